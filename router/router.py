@@ -1,0 +1,113 @@
+"""The router: runs each session's turns against the members (DESIGN.md, "router").
+
+Per turn: the policy names who computes; each named member gets only its unseen delta; new tokens
+go into the log. One file, one loop: `_sample` is the whole state machine driver.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import replace
+
+import torch
+
+from mixserve.actors.messages import MemberInfo, StepRequest
+from mixserve.actors.sampling import pick
+
+from .policies import make_policy
+from .request import GenerateRequest, Plan, RequestError, validate
+from .result import Choice, GenerateResult, summarize
+from .session import MIXTURE, Session
+
+
+class Router:
+    def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
+                 default_member: str | None = None, runs: bool = True, max_parallel: int = 64):
+        self.members = members  # name -> RayMember | LocalMember
+        self.infos = infos
+        self.weights = weights
+        self.method = method
+        self.default_member = default_member
+        self.runs = runs  # run-length scheduling for me (DESIGN.md invariant 5)
+        self.max_parallel = max_parallel  # sessions of one request in flight at once
+        self.eos_ids: dict[str, frozenset[int]] = {}
+        for info in infos.values():
+            self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
+        self.pieces: dict[str, list[bytes]] = {}  # tokenizer -> bytes per id, fetched for ce
+
+    async def generate(self, req: GenerateRequest) -> GenerateResult:
+        plan = validate(req, self.infos, self.weights, self.method, self.default_member)
+        started = time.perf_counter()
+        prompt_ids = await self._prompt_ids(plan)
+        tokenizers = {m: self.infos[m].tokenizer for m in plan.weights}
+        if plan.method == "ce":
+            tokenizers[MIXTURE] = await self._fetch_pieces(plan)
+        stats: Counter = Counter()
+        gate = asyncio.Semaphore(self.max_parallel)
+
+        async def sample(j: int) -> Choice:
+            async with gate:  # n can be large: bound what waits at the members
+                params = replace(plan.params, seed=plan.params.seed + j)
+                return await self._sample(plan, Session(prompt_ids, tokenizers, self.eos_ids, params), stats)
+
+        choices = list(await asyncio.gather(*(sample(j) for j in range(plan.n))))
+        usage = summarize(choices, prompt_ids, stats["forwards"], stats["trips"])
+        total = time.perf_counter() - started
+        timing = {"total_s": total, "ms_per_token": 1000 * total / max(1, usage.completion_tokens),
+                  "first_token_s": min((c.first_token_s or total) for c in choices)}
+        return GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing)
+
+    async def _sample(self, plan: Plan, s: Session, stats: Counter) -> Choice:
+        policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed, self.runs)
+        try:
+            while s.finish_reason is None:
+                turn = policy.plan(s.step, s.remaining)
+                if turn.weights:
+                    await self._mix(s, turn.members, turn.weights, stats)
+                else:
+                    await self._run(s, turn.members[0], turn.steps, stats)
+        finally:
+            # Nothing leaks (DESIGN.md invariant 7): free the session on every member that saw it.
+            await asyncio.gather(*(self.members[m].call("release", s.id) for m in s.cursor),
+                                 return_exceptions=True)
+        return Choice(s.output_text(), [e.token for e in s.log], [e.member for e in s.log],
+                      s.finish_reason, s.first_token_s, s.stretches())
+
+    async def _run(self, s: Session, member: str, steps: int, stats: Counter) -> None:
+        """One member catches up on its delta and decodes its run of steps, in one call."""
+        req = StepRequest(s.id, s.take_delta(member), s.step, steps, s.params)
+        res = await self.members[member].call("step", req)
+        stats.update(forwards=res.forwards, trips=1)
+        s.record(member, res.tokens, res.pieces, res.finish)
+
+    async def _mix(self, s: Session, members: tuple[str, ...], weights: tuple[float, ...], stats: Counter) -> None:
+        """ce: every member's distribution, in parallel; sample from their weighted mixture."""
+        reqs = [StepRequest(s.id, s.take_delta(m), s.step, 0, s.params, distribution=True) for m in members]
+        results = await asyncio.gather(*(self.members[m].call("step", r) for m, r in zip(members, reqs)))
+        stats.update(forwards=sum(r.forwards for r in results), trips=1)
+        vocab = min(len(r.probs) for r in results)
+        mixture = sum(w * torch.tensor(r.probs[:vocab], dtype=torch.float64) for w, r in zip(weights, results))  # (vocab,)
+        token = pick(torch.log(mixture), s.params, s.step)
+        s.record(MIXTURE, [token], [self.pieces[s.tokenizers[MIXTURE]][token]])
+
+    async def _prompt_ids(self, plan: Plan) -> dict[str, list[int]]:
+        names = list(plan.weights)
+        ids = await asyncio.gather(*(self.members[m].call("prompt_ids", plan.prompt, plan.messages) for m in names))
+        for name, prompt in zip(names, ids):
+            limit = self.infos[name].context_length
+            if len(prompt) >= limit:
+                raise RequestError(f"prompt is {len(prompt)} tokens for member {name!r}, whose context "
+                                   f"is {limit} tokens; shorten it", "prompt")
+        return dict(zip(names, ids))
+
+    async def _fetch_pieces(self, plan: Plan) -> str:
+        first = next(iter(plan.weights))
+        tokenizer = self.infos[first].tokenizer
+        if tokenizer not in self.pieces:
+            self.pieces[tokenizer] = await self.members[first].call("pieces")
+        return tokenizer
+
+    async def live_sessions(self) -> dict[str, int]:
+        counts = await asyncio.gather(*(m.call("live_sessions") for m in self.members.values()))
+        return dict(zip(self.members, counts))

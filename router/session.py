@@ -1,0 +1,125 @@
+"""One request's state machine: the authoritative log and each member's cursor (DESIGN.md).
+
+Plain Python, no Ray and no tensors. The log holds every generated token with its bytes; a member's
+cursor says how much of the log its KV cache has seen, so what it is sent is exactly the rest.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from mixserve.actors.messages import SamplingParams, Segment
+
+MIXTURE = "mixture"  # the producer of a ce token: every member at once
+
+
+@dataclass(frozen=True)
+class Entry:
+    member: str  # who produced it (MIXTURE under ce)
+    token: int  # in the producer's vocabulary
+    piece: bytes
+    tokenizer: str  # the producer's tokenizer fingerprint
+
+
+class Session:
+    def __init__(
+        self,
+        prompt_ids: dict[str, list[int]],
+        tokenizers: dict[str, str],
+        eos_ids: dict[str, frozenset[int]],
+        params: SamplingParams,
+    ):
+        self.id = uuid.uuid4().hex
+        self.prompt_ids = prompt_ids  # member -> its own prompt tokens
+        self.tokenizers = tokenizers  # member (and MIXTURE under ce) -> fingerprint
+        self.eos_ids = eos_ids  # fingerprint -> every member's end-of-sequence ids for it
+        self.params = params
+        self.log: list[Entry] = []
+        self.cursor: dict[str, int] = {}  # member -> entries its KV has seen; absent = not even the prompt
+        self.text = bytearray()
+        self.text_end: int | None = None  # where a stop string starts
+        self.finish_reason: str | None = None
+        self.started = time.perf_counter()
+        self.first_token_s: float | None = None
+
+    @property
+    def step(self) -> int:
+        return len(self.log)
+
+    @property
+    def remaining(self) -> int:
+        return self.params.max_tokens - len(self.log)
+
+    def take_delta(self, member: str) -> tuple[Segment, ...]:
+        """What `member` has not seen, as ids where it shares the producer's tokenizer, else text.
+        Marks it as seen: the caller sends it now."""
+        segments: list[Segment] = []
+        if member not in self.cursor:
+            segments.append(Segment(ids=tuple(self.prompt_ids[member])))
+        own = self.tokenizers[member]
+        ids: list[int] = []
+        text = bytearray()
+        for e in self.log[self.cursor.get(member, 0) :]:
+            if e.tokenizer == own:
+                if text:
+                    segments.append(Segment(text=bytes(text)))
+                    text.clear()
+                ids.append(e.token)
+            else:
+                if ids:
+                    segments.append(Segment(ids=tuple(ids)))
+                    ids.clear()
+                text += e.piece
+        if ids:
+            segments.append(Segment(ids=tuple(ids)))
+        if text:
+            segments.append(Segment(text=bytes(text)))
+        self.cursor[member] = len(self.log)
+        return tuple(segments)
+
+    def record(self, member: str, tokens: list[int], pieces: list[bytes], finish: str = "") -> None:
+        """Append tokens produced by `member`; a member has seen its own tokens."""
+        tokenizer = self.tokenizers[member]
+        for token, piece in zip(tokens, pieces):
+            if self.first_token_s is None:
+                self.first_token_s = time.perf_counter() - self.started
+            self.log.append(Entry(member, token, piece, tokenizer))
+            if token in self.eos_ids[tokenizer]:
+                self.finish_reason = "stop"
+                break
+            self._append_text(piece)
+            if self.finish_reason:
+                break
+        if member in self.cursor:
+            self.cursor[member] = len(self.log)
+        if self.finish_reason is None and (finish == "length" or self.remaining <= 0):
+            self.finish_reason = "length"
+        elif self.finish_reason is None and finish == "eos":
+            self.finish_reason = "stop"
+
+    def _append_text(self, piece: bytes) -> None:
+        start = len(self.text)
+        self.text += piece
+        for stop in self.params.stop:
+            s = stop.encode()
+            at = self.text.find(s, max(0, start - len(s) + 1))
+            if at >= 0 and (self.text_end is None or at < self.text_end):
+                self.text_end = at
+                self.finish_reason = "stop"
+
+    def output_text(self) -> str:
+        return bytes(self.text[: self.text_end]).decode("utf-8", errors="replace")
+
+    def stretches(self) -> list[tuple[str, str]]:
+        """(member, text) for each run of consecutive tokens from one member, up to any stop string."""
+        out: list[tuple[str, bytearray]] = []
+        budget = len(self.text) if self.text_end is None else self.text_end
+        for e in self.log:
+            piece = e.piece[: max(0, budget)]
+            budget -= len(e.piece)
+            if out and out[-1][0] == e.member:
+                out[-1][1].extend(piece)
+            else:
+                out.append((e.member, bytearray(piece)))
+        return [(m, bytes(b).decode("utf-8", errors="replace")) for m, b in out]
