@@ -81,6 +81,7 @@ class Session:
     def record(self, member: str, tokens: list[int], pieces: list[bytes], finish: str = "") -> None:
         """Append tokens produced by `member`; a member has seen its own tokens."""
         tokenizer = self.tokenizers[member]
+        start = len(self.log)
         for token, piece in zip(tokens, pieces):
             if self.first_token_s is None:
                 self.first_token_s = time.perf_counter() - self.started
@@ -91,7 +92,7 @@ class Session:
             self._append_text(piece)
             if self.finish_reason:
                 break
-        if member in self.cursor:
+        if self.cursor.get(member) == start:  # it was up to date when it generated these
             self.cursor[member] = len(self.log)
         if self.finish_reason is None and (finish == "length" or self.remaining <= 0):
             self.finish_reason = "length"

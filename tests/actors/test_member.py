@@ -1,0 +1,58 @@
+"""The member core on a tiny model, in process: caching is invisible, catch-up is exact."""
+import pytest
+import torch
+
+from mixserve.actors.loading import resolve
+from mixserve.actors.member import MemberCore
+from mixserve.actors.messages import SamplingParams, Segment, StepRequest
+from mixserve.actors.sampling import pick
+
+
+@pytest.fixture(scope="module")
+def member(tiny_dir):
+    return MemberCore("a", resolve(str(tiny_dir / "a")))
+
+
+def step(member, session, delta=(), first=0, steps=1, **sampling):
+    return member.step(StepRequest(session, tuple(delta), first, steps, SamplingParams(**sampling)))
+
+
+def test_cached_decoding_equals_full_recompute_through_catch_up(member):
+    prompt = member.prompt_ids("the cat")
+    out = step(member, "s1", [Segment(ids=tuple(prompt))], 0, 5, seed=3)
+    other = [7, 8, 9]  # tokens another member produced: a catch-up delta
+    out2 = step(member, "s1", [Segment(ids=tuple(other))], 5, 4, seed=3)
+    ids = prompt + out.tokens + other
+    for t, token in enumerate(out2.tokens, start=5):
+        with torch.inference_mode():
+            logits = member.model(torch.tensor([ids])).logits[0, -1, : member.vocab_size]
+        assert token == pick(torch.log_softmax(logits.float(), -1), SamplingParams(seed=3), t)
+        ids.append(token)
+    assert out.forwards == 5 and out2.forwards == 4
+    member.release("s1")
+
+
+def test_one_run_equals_steps_one_at_a_time(member):
+    prompt = Segment(ids=tuple(member.prompt_ids("a dog")))
+    run = step(member, "r", [prompt], 0, 8, seed=11).tokens
+    singles = [step(member, "s", [prompt], 0, 1, seed=11).tokens[0]]
+    singles += [step(member, "s", (), t, 1, seed=11).tokens[0] for t in range(1, 8)]
+    assert run == singles
+    assert member.release("r") and member.release("s") and member.live_sessions() == 0
+
+
+def test_text_from_another_tokenizer_is_retokenized_at_the_boundary(member):
+    prompt = member.prompt_ids("the")
+    out = step(member, "t", [Segment(ids=tuple(prompt))], 0, 2, seed=5)
+    step(member, "t", [Segment(text=" moon river".encode()), Segment(text="é".encode()[:1])], 2, 1, seed=5)
+    ids = member.sessions["t"].ids
+    text = b"".join(member.codec.piece(i) for i in ids[len(prompt):-1])
+    assert text == b"".join(member.codec.piece(i) for i in out.tokens) + " moon river".encode() + b"\xc3"
+    assert ids[: len(prompt)] == prompt  # the prompt is never re-tokenized
+    member.release("t")
+
+
+def test_full_context_finishes_with_length(member):
+    out = step(member, "c", [Segment(ids=(5,) * (member.context_length - 1))], 0, 5, seed=1)
+    assert out.finish == "length" and len(out.tokens) == 1
+    member.release("c")

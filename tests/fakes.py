@@ -1,0 +1,64 @@
+"""A fake member behind the real interface, for router tests in milliseconds (Ray Serve LLM's mock
+engine idea). Tokens are bytes (id = byte value, EOS = 256); the next-token distribution is a fixed
+function of (member, last token), so the exact mixture is known. It records every delta it is sent.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from mixserve.actors.messages import MemberInfo, StepRequest, StepResult
+from mixserve.actors.sampling import pick
+
+EOS = 256
+VOCAB = 257
+
+
+class FakeCore:
+    def __init__(self, name: str, tokenizer: str = "bytes", eos_weight: float = 0.0):
+        self.name = name
+        self.tokenizer = tokenizer
+        self.eos_weight = eos_weight
+        self.sessions: dict[str, list[int]] = {}
+        self.received: list[tuple[str, list]] = []  # (session, delta segments) per step call
+
+    def info(self) -> MemberInfo:
+        return MemberInfo(self.name, self.tokenizer, VOCAB, 1 << 16, (EOS,))
+
+    def prompt_ids(self, prompt=None, messages=None) -> list[int]:
+        text = prompt if messages is None else "".join(m["content"] for m in messages)
+        return list(text.encode())
+
+    def pieces(self) -> list[bytes]:
+        return [bytes([i]) for i in range(256)] + [b""]
+
+    def logp(self, last: int) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(f"{self.name}:{last}".encode()).digest()[:8], "little")
+        logits = torch.from_numpy(np.random.default_rng(seed).normal(0, 3, VOCAB))
+        logits[EOS] = np.log(self.eos_weight) if self.eos_weight > 0 else -np.inf
+        return torch.log_softmax(logits, dim=-1)
+
+    def step(self, req: StepRequest) -> StepResult:
+        ids = self.sessions.setdefault(req.session, [])
+        self.received.append((req.session, list(req.delta)))
+        for seg in req.delta:
+            ids.extend(seg.ids if seg.text is None else seg.text)
+        if req.distribution:
+            return StepResult(probs=self.logp(ids[-1]).exp().float().numpy(), forwards=1)
+        tokens: list[int] = []
+        for t in range(req.first_step, req.first_step + req.steps):
+            token = pick(self.logp(ids[-1]), req.sampling, t)
+            ids.append(token)
+            tokens.append(token)
+            if token == EOS:
+                break
+        pieces = [b"" if t == EOS else bytes([t]) for t in tokens]
+        return StepResult(tokens, pieces, "eos" if tokens[-1:] == [EOS] else "", forwards=len(tokens))
+
+    def release(self, session: str) -> bool:
+        return self.sessions.pop(session, None) is not None
+
+    def live_sessions(self) -> int:
+        return len(self.sessions)

@@ -1,0 +1,54 @@
+"""Bad request parameters: a clear error naming the field, before any member is called."""
+import pytest
+
+from mixserve.actors.messages import MemberInfo
+from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, validate
+
+MEMBERS = {"a": MemberInfo("a", "t1", 10, 100, (0,)), "b": MemberInfo("b", "t1", 10, 100, (0,)),
+           "c": MemberInfo("c", "t2", 10, 100, (0,))}
+
+
+def check(**fields):
+    return validate(GenerateRequest(**fields), MEMBERS, {"a": 0.5, "b": 0.5}, "me", None)
+
+
+@pytest.mark.parametrize("fields, param, message", [
+    ({}, "prompt", "exactly one of prompt or messages"),
+    ({"prompt": ""}, "prompt", "non-empty string"),
+    ({"messages": []}, "messages", "non-empty list"),
+    ({"messages": [{"role": "user"}]}, "messages", r"messages\[0\] must have string role and content"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens", r"between 1 and 4096 \(got 0\)"),
+    ({"prompt": "x", "max_tokens": 5000}, "max_tokens", "between 1 and 4096"),
+    ({"prompt": "x", "max_tokens": 2.5}, "max_tokens", "must be an integer"),
+    ({"prompt": "x", "temperature": -0.1}, "temperature", "between 0.0 and 100.0"),
+    ({"prompt": "x", "temperature": float("nan")}, "temperature", "must be a number"),
+    ({"prompt": "x", "top_p": 0}, "top_p", r"\(0, 1\]"),
+    ({"prompt": "x", "top_p": 1.5}, "top_p", "between"),
+    ({"prompt": "x", "top_k": -1}, "top_k", "between"),
+    ({"prompt": "x", "seed": -3}, "seed", "between"),
+    ({"prompt": "x", "n": 0}, "n", "between"),
+    ({"prompt": "x", "stop": ("",)}, "stop", "non-empty strings"),
+    ({"prompt": "x", "method": "vote"}, "method", "one of me, ce, single"),
+    ({"prompt": "x", "weights": {"a": -1}}, "weights.a", "between"),
+    ({"prompt": "x", "weights": {"z": 1}}, "weights", r"unknown members \['z'\]"),
+    ({"prompt": "x", "weights": {"a": 0}}, "weights", "at least one positive"),
+    ({"prompt": "x", "method": "ce", "weights": {"a": 1, "c": 1}}, "method", "different tokenizers: a; c"),
+])
+def test_bad_fields_are_named(fields, param, message):
+    with pytest.raises(RequestError, match=message) as e:
+        check(**fields)
+    assert e.value.param == param and e.value.status == 400
+
+
+def test_unknown_single_member_is_not_found():
+    with pytest.raises(NotFoundError, match="unknown member 'z'") as e:
+        check(prompt="x", method="single", member="z")
+    assert e.value.status == 404
+
+
+def test_defaults_are_exact_mixture_sampling_with_a_reported_seed():
+    plan = check(prompt="x")
+    p = plan.params
+    assert (p.temperature, p.top_p, p.top_k, p.max_tokens) == (1.0, 1.0, 0, 16)
+    assert plan.weights == {"a": 0.5, "b": 0.5} and isinstance(p.seed, int)
+    assert check(prompt="x", weights={"a": 1, "b": 0}).weights == {"a": 1.0}  # zero leaves a member out

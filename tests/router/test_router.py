@@ -1,0 +1,103 @@
+"""The router against fake members: lazy sync, ce mixing, determinism, release, finish reasons."""
+import asyncio
+
+import pytest
+import torch
+
+from mixserve.router.members import LocalMember
+from mixserve.router.request import GenerateRequest
+from mixserve.router.router import Router
+from tests.fakes import EOS, FakeCore
+
+
+def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0):
+    cores = {m: FakeCore(m, (tokenizers or {}).get(m, "bytes"), eos_weight) for m in weights}
+    router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
+                    weights, method, runs=runs)
+    return router, cores
+
+
+def generate(router, **fields):
+    return asyncio.run(router.generate(GenerateRequest(**fields)))
+
+
+def test_each_member_receives_exactly_its_pending_tokens_once():
+    router, cores = build({"a": 0.5, "b": 0.3, "c": 0.2})
+    out = generate(router, prompt="hi", max_tokens=80, seed=4)
+    tokens, members = out.choices[0].token_ids, out.choices[0].members
+    assert len(tokens) == 80 and set(members) == {"a", "b", "c"}
+    for name, core in cores.items():
+        sent = [[t for seg in delta for t in seg.ids] for _, delta in core.received]
+        # Replay the log: a run by `name` starting at step s must be sent log[seen:s], nothing else.
+        expected, seen, prompt = [], 0, list(b"hi")
+        for s in range(len(tokens)):
+            if members[s] == name and (s == 0 or members[s - 1] != name):
+                expected.append((prompt if not expected else []) + tokens[seen:s])
+            if members[s] == name:
+                seen = s + 1
+        assert sent == expected
+        flat = [t for delta in sent for t in delta]
+        assert len(flat) == len(prompt) + sum(m != name for m in members[:seen])  # no token twice
+
+
+def test_run_length_scheduling_changes_round_trips_not_text():
+    with_runs, _ = build({"a": 0.5, "b": 0.5}, runs=True)
+    per_step, _ = build({"a": 0.5, "b": 0.5}, runs=False)
+    a = generate(with_runs, prompt="x", max_tokens=200, seed=1)
+    b = generate(per_step, prompt="x", max_tokens=200, seed=1)
+    assert a.choices[0].token_ids == b.choices[0].token_ids
+    assert a.choices[0].members == b.choices[0].members
+    assert b.usage.router_round_trips == 200
+    assert a.usage.router_round_trips < 0.65 * 200  # about 1 - sum(w^2) = 0.5 per token
+    assert a.usage.member_forward_calls == 200
+
+
+def test_greedy_ce_takes_the_argmax_of_the_weighted_mixture():
+    router, cores = build({"a": 0.3, "b": 0.7}, method="ce")
+    out = generate(router, prompt="q", max_tokens=12, temperature=0)
+    last = ord("q")
+    for token in out.choices[0].token_ids:
+        mixture = 0.3 * cores["a"].logp(last).exp() + 0.7 * cores["b"].logp(last).exp()
+        assert token == int(torch.argmax(mixture))
+        last = token
+    assert set(out.choices[0].members) == {"mixture"}
+    assert out.usage.member_forward_calls == 24
+
+
+def test_same_seed_same_text_with_other_sessions_in_flight():
+    router, _ = build({"a": 0.5, "b": 0.5})
+    alone = [generate(router, prompt="p", max_tokens=30, seed=s).choices[0].token_ids for s in range(6)]
+
+    async def together():
+        reqs = [GenerateRequest(prompt="p", max_tokens=30, seed=s) for s in range(6)]
+        return await asyncio.gather(*(router.generate(r) for r in reqs))
+
+    assert [r.choices[0].token_ids for r in asyncio.run(together())] == alone
+    assert generate(router, prompt="p", max_tokens=30, seed=0, n=6).choices[5].token_ids == alone[5]
+
+
+def test_sessions_are_released_on_success_and_on_failure():
+    router, cores = build({"a": 0.5, "b": 0.5})
+    generate(router, prompt="p", max_tokens=20, n=5)
+    assert all(c.live_sessions() == 0 for c in cores.values())
+
+    def broken(req):
+        raise RuntimeError("member b crashed")
+
+    cores["b"].step = broken
+    with pytest.raises(RuntimeError, match="crashed"):
+        generate(router, prompt="p", max_tokens=40, seed=2)
+    assert all(c.live_sessions() == 0 for c in cores.values())
+
+
+def test_finish_reasons_eos_stop_length():
+    router, _ = build({"a": 1.0}, eos_weight=1e6)
+    out = generate(router, prompt="p", max_tokens=10)
+    assert out.choices[0].finish_reason == "stop" and out.choices[0].token_ids == [EOS]
+    assert out.choices[0].text == ""
+    router, _ = build({"a": 0.5, "b": 0.5})
+    full = generate(router, prompt="p", max_tokens=40, seed=3).choices[0]
+    assert full.finish_reason == "length"
+    stop = next(ch for ch in full.text[10:] if ch.isascii())  # fake tokens are random bytes
+    cut = generate(router, prompt="p", max_tokens=40, seed=3, stop=(stop,)).choices[0]
+    assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
