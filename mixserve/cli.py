@@ -53,7 +53,8 @@ def _weights(text: str) -> dict[str, float]:
 
 def _generate(args) -> None:
     from mixserve.api import build_engine
-    from mixserve.router.request import GenerateRequest
+    from mixserve.config import load_config
+    from mixserve.router.request import GenerateRequest, validate
 
     request = GenerateRequest(
         prompt=None if args.chat else args.prompt,
@@ -61,9 +62,11 @@ def _generate(args) -> None:
         method=args.method, member=args.member, weights=args.weights, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, stop=tuple(args.stop),
         seed=args.seed, n=args.n)
+    config = load_config(args.config)
+    validate(request, config.weights, config.weights, config.method, config.default_member)  # fail before Ray
     if not args.json:
         print("loading members...", file=sys.stderr, flush=True)
-    with build_engine(args.config, address=args.address) as engine:
+    with build_engine(config, address=args.address) as engine:
         result = engine.generate(request)
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mixserve.actors.messages import MemberInfo, SamplingParams
@@ -56,23 +57,23 @@ class Plan:
     messages: list[dict] | None = field(default=None)
 
 
-def validate(req: GenerateRequest, members: dict[str, MemberInfo], weights: dict[str, float],
+def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float],
              method: str, default_member: str | None) -> Plan:
-    """Check everything a user can get wrong, naming the field; nothing reaches a member before this."""
+    """Check everything a user can get wrong, naming the field; nothing reaches a member before this.
+    Needs only the member names, so the CLI runs it before starting any actor."""
+    members = list(members)
     _check_prompt(req)
     method = req.method or method
     if method not in METHODS:
         raise RequestError(f"method must be one of {', '.join(METHODS)} (got {method!r})", "method")
     member = None
     if method == "single":
-        member = req.member or default_member or next(iter(members))
+        member = req.member or default_member or members[0]
         if member not in members:
             raise NotFoundError(f"unknown member {member!r}; members: {', '.join(members)}", "member")
         weights = {member: 1.0}
     else:
         weights = _weights(req.weights, members) if req.weights is not None else weights
-    if method == "ce":
-        _check_shared_tokenizer(weights, members)
     params = _sampling(req)
     n = _number(req.n, "n", 1, 1 << 16, integer=True)
     return Plan(method, weights, member, params, int(n), req.prompt, req.messages)
@@ -91,7 +92,7 @@ def _check_prompt(req: GenerateRequest) -> None:
                 raise RequestError(f"messages[{i}] must have string role and content", "messages")
 
 
-def _weights(given, members: dict[str, MemberInfo]) -> dict[str, float]:
+def _weights(given, members: list[str]) -> dict[str, float]:
     if not isinstance(given, dict) or not given:
         raise RequestError("weights must be a non-empty map of member name to weight", "weights")
     unknown = [m for m in given if m not in members]
@@ -106,7 +107,8 @@ def _weights(given, members: dict[str, MemberInfo]) -> dict[str, float]:
     return {m: w / total for m, w in given.items() if w > 0}
 
 
-def _check_shared_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
+def check_shared_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
+    """ce mixes distributions over one vocabulary: refuse members with different tokenizers."""
     groups: dict[str, list[str]] = {}
     for name in weights:
         groups.setdefault(members[name].tokenizer, []).append(name)

@@ -16,7 +16,7 @@ from mixserve.actors.messages import MemberInfo, StepRequest
 from mixserve.actors.sampling import pick
 
 from .policies import make_policy
-from .request import GenerateRequest, Plan, RequestError, validate
+from .request import GenerateRequest, Plan, RequestError, check_shared_tokenizer, validate
 from .result import Choice, GenerateResult, summarize
 from .session import MIXTURE, Session
 
@@ -38,6 +38,8 @@ class Router:
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
         plan = validate(req, self.infos, self.weights, self.method, self.default_member)
+        if plan.method == "ce":
+            check_shared_tokenizer(plan.weights, self.infos)
         started = time.perf_counter()
         prompt_ids = await self._prompt_ids(plan)
         tokenizers = {m: self.infos[m].tokenizer for m in plan.weights}
@@ -93,7 +95,11 @@ class Router:
 
     async def _prompt_ids(self, plan: Plan) -> dict[str, list[int]]:
         names = list(plan.weights)
-        ids = await asyncio.gather(*(self.members[m].call("prompt_ids", plan.prompt, plan.messages) for m in names))
+        try:
+            ids = await asyncio.gather(*(self.members[m].call("prompt_ids", plan.prompt, plan.messages)
+                                         for m in names))
+        except ValueError as e:  # e.g. a member without a chat template; Ray keeps the cause
+            raise RequestError(str(getattr(e, "cause", e)), "messages") from None
         for name, prompt in zip(names, ids):
             limit = self.infos[name].context_length
             if len(prompt) >= limit:

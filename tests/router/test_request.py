@@ -2,7 +2,7 @@
 import pytest
 
 from mixserve.actors.messages import MemberInfo
-from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, validate
+from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, check_shared_tokenizer, validate
 
 MEMBERS = {"a": MemberInfo("a", "t1", 10, 100, (0,)), "b": MemberInfo("b", "t1", 10, 100, (0,)),
            "c": MemberInfo("c", "t2", 10, 100, (0,))}
@@ -32,12 +32,19 @@ def check(**fields):
     ({"prompt": "x", "weights": {"a": -1}}, "weights.a", "between"),
     ({"prompt": "x", "weights": {"z": 1}}, "weights", r"unknown members \['z'\]"),
     ({"prompt": "x", "weights": {"a": 0}}, "weights", "at least one positive"),
-    ({"prompt": "x", "method": "ce", "weights": {"a": 1, "c": 1}}, "method", "different tokenizers: a; c"),
 ])
 def test_bad_fields_are_named(fields, param, message):
     with pytest.raises(RequestError, match=message) as e:
         check(**fields)
     assert e.value.param == param and e.value.status == 400
+
+
+def test_ce_is_refused_across_tokenizers_naming_the_members():
+    plan = check(prompt="x", method="ce", weights={"a": 1, "b": 1, "c": 1})
+    with pytest.raises(RequestError, match="different tokenizers: a, b; c") as e:
+        check_shared_tokenizer(plan.weights, MEMBERS)
+    assert e.value.param == "method"
+    check_shared_tokenizer({"a": 0.5, "b": 0.5}, MEMBERS)
 
 
 def test_unknown_single_member_is_not_found():
