@@ -13,6 +13,7 @@ class Choice:
     finish_reason: str  # "stop" | "length"
     first_token_s: float | None = None
     stretches: list[tuple[str, str]] = field(default_factory=list)  # (member, text) runs, for display
+    index: int = 0  # which of the n samples
 
 
 @dataclass
@@ -38,6 +39,7 @@ class GenerateResult:
         for choice in out["choices"]:
             choice.pop("first_token_s")
             choice.pop("stretches")
+            choice.pop("index")
         return out
 
 

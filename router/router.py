@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import torch
@@ -18,7 +19,7 @@ from mixserve.actors.sampling import pick
 from .policies import make_policy
 from .request import GenerateRequest, Plan, RequestError, check_shared_tokenizer, validate
 from .result import Choice, GenerateResult, summarize
-from .session import MIXTURE, Session
+from .session import MIXTURE, Chunk, Session
 
 
 class Router:
@@ -37,6 +38,13 @@ class Router:
         self.pieces: dict[str, list[bytes]] = {}  # tokenizer -> bytes per id, fetched for ce
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
+        async for item in self.stream(req):
+            result = item
+        return result
+
+    async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
+        """Chunks of every choice as their turns complete, then the whole GenerateResult. Closing the
+        iterator early (a client went away) cancels the sessions and frees them on every member."""
         plan = validate(req, self.infos, self.weights, self.method, self.default_member)
         if plan.method == "ce":
             check_shared_tokenizer(plan.weights, self.infos)
@@ -46,21 +54,41 @@ class Router:
         if plan.method == "ce":
             tokenizers[MIXTURE] = await self._fetch_pieces(plan)
         stats: Counter = Counter()
-        gate = asyncio.Semaphore(self.max_parallel)
+        events: asyncio.Queue = asyncio.Queue()
+        gate = asyncio.Semaphore(self.max_parallel)  # n can be large: bound what waits at the members
 
-        async def sample(j: int) -> Choice:
-            async with gate:  # n can be large: bound what waits at the members
-                params = replace(plan.params, seed=plan.params.seed + j)
-                return await self._sample(plan, Session(prompt_ids, tokenizers, self.eos_ids, params), stats)
+        async def sample(j: int) -> None:
+            try:
+                async with gate:
+                    s = Session(prompt_ids, tokenizers, self.eos_ids, replace(plan.params, seed=plan.params.seed + j))
+                    choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk(j)))
+                events.put_nowait(choice)
+            except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
+                events.put_nowait(e)
 
-        choices = list(await asyncio.gather(*(sample(j) for j in range(plan.n))))
+        tasks = [asyncio.create_task(sample(j)) for j in range(plan.n)]
+        choices: list[Choice] = []
+        try:
+            while len(choices) < plan.n:
+                event = await events.get()
+                if isinstance(event, Exception):
+                    raise event
+                if isinstance(event, Choice):
+                    choices.append(event)
+                else:
+                    yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        choices.sort(key=lambda c: c.index)
         usage = summarize(choices, prompt_ids, stats["forwards"], stats["trips"])
         total = time.perf_counter() - started
         timing = {"total_s": total, "ms_per_token": 1000 * total / max(1, usage.completion_tokens),
                   "first_token_s": min((c.first_token_s or total) for c in choices)}
-        return GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing)
+        yield GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing)
 
-    async def _sample(self, plan: Plan, s: Session, stats: Counter) -> Choice:
+    async def _sample(self, plan: Plan, s: Session, stats: Counter, emit) -> Choice:
         policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed, self.runs)
         try:
             while s.finish_reason is None:
@@ -69,12 +97,21 @@ class Router:
                     await self._mix(s, turn.members, turn.weights, stats)
                 else:
                     await self._run(s, turn.members[0], turn.steps, stats)
+                emit()
         finally:
-            # Nothing leaks (DESIGN.md invariant 7): free the session on every member that saw it.
-            await asyncio.gather(*(self.members[m].call("release", s.id) for m in s.cursor),
-                                 return_exceptions=True)
+            await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.log], [e.member for e in s.log],
-                      s.finish_reason, s.first_token_s, s.stretches())
+                      s.finish_reason, s.first_token_s, s.stretches(), s.params.seed - plan.params.seed)
+
+    async def _release(self, s: Session) -> None:
+        """Free the session on every member that saw it (DESIGN.md invariant 7), even when the request
+        is being cancelled: the release runs to the end under a shield."""
+        calls = asyncio.gather(*(self.members[m].call("release", s.id) for m in s.cursor), return_exceptions=True)
+        try:
+            await asyncio.shield(calls)
+        except asyncio.CancelledError:
+            await calls
+            raise
 
     async def _run(self, s: Session, member: str, steps: int, stats: Counter) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call."""

@@ -15,6 +15,17 @@ MIXTURE = "mixture"  # the producer of a ce token: every member at once
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """A streamed piece of one choice: one turn's tokens (one member, or the mixture under ce)."""
+
+    index: int  # which of the n samples
+    text: str
+    token_ids: list[int]
+    member: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
     member: str  # who produced it (MIXTURE under ce)
     token: int  # in the producer's vocabulary
@@ -40,6 +51,8 @@ class Session:
         self.text = bytearray()
         self.text_end: int | None = None  # where a stop string starts
         self.finish_reason: str | None = None
+        self.shown_bytes = 0  # text already streamed to the client
+        self.shown_tokens = 0
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
 
@@ -112,6 +125,19 @@ class Session:
     def output_text(self) -> str:
         return bytes(self.text[: self.text_end]).decode("utf-8", errors="replace")
 
+    def take_chunk(self, index: int) -> Chunk:
+        """What is new since the last chunk. Text is held back while it could still be the start of a
+        stop string or ends inside a UTF-8 character; the last chunk flushes it."""
+        end = len(self.text) if self.text_end is None else self.text_end
+        if self.finish_reason is None:
+            hold = max((len(s.encode()) for s in self.params.stop), default=1) - 1
+            end = _utf8_boundary(self.text, self.shown_bytes, max(self.shown_bytes, end - hold))
+        text = bytes(self.text[self.shown_bytes : end]).decode("utf-8", errors="replace")
+        new = self.log[self.shown_tokens :]
+        self.shown_bytes, self.shown_tokens = end, len(self.log)
+        member = new[-1].member if new else ""
+        return Chunk(index, text, [e.token for e in new], member, self.finish_reason)
+
     def stretches(self) -> list[tuple[str, str]]:
         """(member, text) for each run of consecutive tokens from one member, up to any stop string."""
         out: list[tuple[str, bytearray]] = []
@@ -124,3 +150,13 @@ class Session:
             else:
                 out.append((e.member, bytearray(piece)))
         return [(m, bytes(b).decode("utf-8", errors="replace")) for m, b in out]
+
+
+def _utf8_boundary(buf: bytearray, start: int, end: int) -> int:
+    """Back `end` off an incomplete UTF-8 character at the end of buf[start:end]."""
+    for back in range(1, min(4, end - start) + 1):
+        lead = buf[end - back]
+        if lead & 0xC0 != 0x80:  # not a continuation byte
+            need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+            return end if back >= need else end - back
+    return end

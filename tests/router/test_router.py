@@ -91,8 +91,8 @@ def test_sessions_are_released_on_success_and_on_failure():
 
 
 def test_finish_reasons_eos_stop_length():
-    router, _ = build({"a": 1.0}, eos_weight=1e6)
-    out = generate(router, prompt="p", max_tokens=10)
+    router, _ = build({"a": 1.0}, eos_weight=1e30)  # EOS all but certain: 1 - 1e-20 or so
+    out = generate(router, prompt="p", max_tokens=10, seed=0)
     assert out.choices[0].finish_reason == "stop" and out.choices[0].token_ids == [EOS]
     assert out.choices[0].text == ""
     router, _ = build({"a": 0.5, "b": 0.5})
@@ -101,3 +101,38 @@ def test_finish_reasons_eos_stop_length():
     stop = next(ch for ch in full.text[10:] if ch.isascii())  # fake tokens are random bytes
     cut = generate(router, prompt="p", max_tokens=40, seed=3, stop=(stop,)).choices[0]
     assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.index(stop)]
+
+
+def collect(router, **fields):
+    async def run():
+        return [item async for item in router.stream(GenerateRequest(**fields))]
+
+    items = asyncio.run(run())
+    return items[:-1], items[-1]
+
+
+def test_streamed_chunks_add_up_to_the_result_and_never_show_the_stop_string():
+    router, _ = build({"a": 0.5, "b": 0.5})
+    full = generate(router, prompt="p", max_tokens=60, seed=3, n=2).choices
+    stop = next(ch for ch in full[0].text[20:] if ch.isascii() and ch.isalnum())
+    chunks, result = collect(router, prompt="p", max_tokens=60, seed=3, n=2, stop=(stop,))
+    for j, choice in enumerate(result.choices):
+        mine = [c for c in chunks if c.index == j]
+        assert "".join(c.text for c in mine) == choice.text and stop not in choice.text
+        assert [t for c in mine for t in c.token_ids] == choice.token_ids
+        assert [c.finish_reason for c in mine][-1] == choice.finish_reason
+        assert all(c.finish_reason is None for c in mine[:-1])
+        assert all(set(choice.members[k] for k in range(len(choice.members))) >= {c.member} for c in mine)
+
+
+def test_closing_the_stream_early_frees_every_member():
+    router, cores = build({"a": 0.5, "b": 0.5})
+
+    async def read_two_chunks_then_leave():
+        stream = router.stream(GenerateRequest(prompt="p", max_tokens=400, seed=1, n=4))
+        seen = [await stream.__anext__(), await stream.__anext__()]
+        await stream.aclose()
+        return seen
+
+    assert len(asyncio.run(read_two_chunks_then_leave())) == 2
+    assert all(c.live_sessions() == 0 for c in cores.values())
