@@ -14,7 +14,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         # A local embedded cluster needs no token; Ray >= 2.60 turns token auth on by default.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
-        address=address,
+        address=address or "local",  # never silently attach to some other cluster on this machine
         num_cpus=num_cpus if address is None else None,
         include_dashboard=False,
         logging_level="warning",

@@ -44,7 +44,8 @@ class Engine:
         self.close()
 
 
-def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = False, address: str | None = None) -> Engine:
+def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = False, address: str | None = None,
+                 metrics=None) -> Engine:
     if not isinstance(config, EnsembleConfig):
         config = load_config(config)
     actors: dict = {}
@@ -58,7 +59,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         members = {name: RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
     router = Router(members, infos, config.weights, config.method, config.default_member,
-                    runs=config.run_length_scheduling)
+                    runs=config.run_length_scheduling, metrics=metrics)
     return Engine(config, router, actors)
 
 

@@ -31,12 +31,23 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
+    srv = sub.add_parser("serve", help="serve the ensemble over OpenAI-compatible HTTP and gRPC (Ray Serve)")
+    srv.add_argument("--config", required=True)
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind HTTP and gRPC to")
+    srv.add_argument("--http-port", type=int, default=8000)
+    srv.add_argument("--grpc-port", type=int, default=9000, help="0 turns gRPC off")
+    srv.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
             from mixserve.tiny import make_tiny
 
             print(f"wrote tiny members a, b, c and ensemble.yaml, hetero.yaml to {make_tiny(args.out)}")
+        elif args.command == "serve":
+            from mixserve.serve_cli import serve_forever
+
+            serve_forever(args.config, args.host, args.http_port, args.grpc_port, args.address)
         else:
             _generate(args)
     except ValueError as e:  # config and request errors: say what was wrong, no traceback

@@ -18,7 +18,8 @@ from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve
 from mixserve.router.policies import METHODS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s"}
+TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
+            "max_concurrent_sessions", "api_key_env"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources"}
 
 
@@ -43,6 +44,9 @@ class EnsembleConfig:
     default_member: str | None = None
     run_length_scheduling: bool = True
     load_timeout_s: float = 600.0
+    model_name: str = "mixserve"  # the ensemble's id in /v1/models and the `model` request field
+    max_concurrent_sessions: int = 64  # past this, requests are refused at once (429), never queued
+    api_key_env: str | None = None  # if set and that variable is non-empty, clients must send the key
 
     @property
     def weights(self) -> dict[str, float]:
@@ -86,7 +90,16 @@ def parse_config(raw, base_dir: str | Path = ".") -> EnsembleConfig:
     timeout = raw.get("load_timeout_s", 600.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"load_timeout_s must be a positive number of seconds (got {timeout!r})")
-    return EnsembleConfig(members, method, default_member, runs, float(timeout))
+    model_name = raw.get("model_name", "mixserve")
+    if not isinstance(model_name, str) or not model_name or model_name in names:
+        raise ConfigError(f"model_name must be a non-empty string other than a member name (got {model_name!r})")
+    sessions = raw.get("max_concurrent_sessions", 64)
+    if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
+        raise ConfigError(f"max_concurrent_sessions must be a positive integer (got {sessions!r})")
+    key_env = raw.get("api_key_env")
+    if key_env is not None and (not isinstance(key_env, str) or not key_env):
+        raise ConfigError(f"api_key_env must name an environment variable (got {key_env!r})")
+    return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env)
 
 
 def _member(raw, index: int, base_dir) -> MemberConfig:

@@ -18,6 +18,7 @@ class RequestError(ValueError):
     """Bad input, with the offending field (`param`) for OpenAI-style error bodies."""
 
     status = 400
+    code: str | None = None
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
@@ -26,6 +27,7 @@ class RequestError(ValueError):
 
 class NotFoundError(RequestError):
     status = 404
+    code = "model_not_found"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .session import MIXTURE, Chunk, Session
 
 class Router:
     def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
-                 default_member: str | None = None, runs: bool = True, max_parallel: int = 64):
+                 default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None):
         self.members = members  # name -> RayMember | LocalMember
         self.infos = infos
         self.weights = weights
@@ -36,6 +36,7 @@ class Router:
         for info in infos.values():
             self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
         self.pieces: dict[str, list[bytes]] = {}  # tokenizer -> bytes per id, fetched for ce
+        self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
         async for item in self.stream(req):
@@ -115,9 +116,13 @@ class Router:
 
     async def _run(self, s: Session, member: str, steps: int, stats: Counter) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call."""
+        caught_up = s.step - s.cursor.get(member, 0)
         req = StepRequest(s.id, s.take_delta(member), s.step, steps, s.params)
+        started = time.perf_counter()
         res = await self.members[member].call("step", req)
         stats.update(forwards=res.forwards, trips=1)
+        if self.metrics:
+            self.metrics.step(member, time.perf_counter() - started, caught_up, len(res.tokens))
         s.record(member, res.tokens, res.pieces, res.finish)
 
     async def _mix(self, s: Session, members: tuple[str, ...], weights: tuple[float, ...], stats: Counter) -> None:

@@ -1,0 +1,36 @@
+"""`mixserve serve`: start (or join) Ray, deploy the app, say where it listens, stay up until Ctrl-C."""
+from __future__ import annotations
+
+import shlex
+import signal
+import threading
+
+from mixserve.cluster.ray_cluster import connect
+from mixserve.config import load_config
+
+
+def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, address: str | None) -> None:
+    config = load_config(config_path)  # config mistakes fail here, before Ray starts
+    connect(address)
+    from ray import serve
+
+    from mixserve.router.app import build_app
+
+    serve.start(http_options={"host": host, "port": http_port})
+    print(f"loading {len(config.members)} members...", flush=True)
+    serve.run(build_app(config, host, grpc_port or None), name="mixserve", route_prefix="/")
+    body = f'{{"model": "{config.model_name}", "prompt": "The ocean is", "max_tokens": 32}}'
+    print(f"mixserve is up: HTTP http://{host}:{http_port}/v1 (OpenAI-compatible)"
+          + (f", gRPC {host}:{grpc_port}" if grpc_port else ""))
+    print(f"try: curl -s http://{host}:{http_port}/v1/completions -H 'Content-Type: application/json' "
+          f"-d {shlex.quote(body)}")
+    print("Ctrl-C to stop.", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("shutting down...", flush=True)
+        serve.shutdown()

@@ -1,0 +1,85 @@
+"""The Ray Serve application: one ingress deployment serving OpenAI-compatible HTTP and gRPC over
+the router; the members are Ray actors it starts from the config (DESIGN.md, "Shape").
+
+`build_app(config)` is the one entry point: `mixserve serve` deploys it, and so does
+`serve run cluster/serve.yaml` through `app_builder`. (No `from __future__ import annotations` here:
+FastAPI reads the route signatures' annotations at runtime.)
+"""
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from mixserve.api import build_engine
+from mixserve.config import EnsembleConfig, load_config
+
+from .grpc_service import start_grpc
+from .metrics import Metrics
+from .openai_http import Shaper, error_body, events, parse
+from .request import RequestError
+from .service import EnsembleService
+
+http = FastAPI(title="mixserve")
+
+
+# Admission control bounds the work; Serve's own queue limit only needs to stay above it.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096)
+@serve.ingress(http)
+class Ingress:
+    async def __init__(self, config: EnsembleConfig, grpc_host: str | None = None, grpc_port: int | None = None):
+        self.metrics = Metrics()
+        self.engine = build_engine(config, metrics=self.metrics)
+        self.service = EnsembleService(config, self.engine.router, self.metrics)
+        self.grpc = await start_grpc(self.service, grpc_host, grpc_port) if grpc_port else None
+
+    # Serve's proxy answers /-/healthz itself (proxy liveness); /health asks the members.
+    @http.get("/health")
+    async def health(self):
+        live = await self.service.live_sessions()
+        ok = live is not None
+        return JSONResponse({"status": "ok" if ok else "degraded", "live_sessions": live},
+                            status_code=200 if ok else 503)
+
+    @http.get("/v1/models")
+    async def models(self, request: Request):
+        try:
+            self.service.authorize(request.headers.get("authorization"))
+        except RequestError as e:
+            return JSONResponse(error_body(e), status_code=e.status)
+        data = [{"object": "model", "owned_by": "mixserve", **m} for m in self.service.models()]
+        return {"object": "list", "data": data}
+
+    @http.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._generate(request, chat=False)
+
+    @http.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: Request, chat: bool):
+        try:
+            self.service.authorize(request.headers.get("authorization"))
+            try:
+                body = await request.json()
+            except ValueError:
+                raise RequestError("request body is not valid JSON") from None
+            req, stream, include_usage = parse(body, self.service, chat)
+            shaper = Shaper(req.member or self.service.config.model_name, chat)
+            if not stream:
+                return shaper.full(await self.service.generate(req))
+            items = self.service.stream(req)
+            first = await items.__anext__()  # bad input fails here, with a status code, not mid-stream
+        except RequestError as e:
+            return JSONResponse(error_body(e), status_code=e.status)
+        method = req.method or self.service.config.method
+        return StreamingResponse(events(first, items, shaper, method, include_usage),
+                                 media_type="text/event-stream")
+
+
+def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000):
+    return Ingress.bind(config, grpc_host, grpc_port)
+
+
+def app_builder(args: dict):
+    """For Serve config files: `import_path: mixserve.router.app:app_builder`, args as below."""
+    return build_app(load_config(args["config"]), args.get("grpc_host", "127.0.0.1"), args.get("grpc_port", 9000))

@@ -1,0 +1,80 @@
+"""gRPC ingress from proto/mixserve.proto: streaming Generate, ListModels, standard health and
+reflection. Runs in the ingress replica's event loop, beside the HTTP routes."""
+from __future__ import annotations
+
+from contextlib import aclosing
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mixserve.proto import SERVICE, pb2, pb2_grpc
+
+from .request import RequestError
+from .result import GenerateResult
+from .service import EnsembleService
+
+STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+          404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
+
+
+class EnsembleServicer(pb2_grpc.EnsembleServicer):
+    def __init__(self, service: EnsembleService):
+        self.service = service
+
+    async def Generate(self, request, context):
+        try:
+            self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
+            req = self.service.request_for_model(request.model or None, _fields(request))
+            async with aclosing(self.service.stream(req)) as items:
+                async for item in items:
+                    yield _usage_chunk(item) if isinstance(item, GenerateResult) else pb2.GenerateChunk(
+                        index=item.index, text=item.text, token_ids=item.token_ids, member=item.member,
+                        finish_reason=item.finish_reason or "")
+        except RequestError as e:
+            await context.abort(STATUS.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), str(e))
+
+    async def ListModels(self, request, context):
+        try:
+            self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
+        except RequestError as e:
+            await context.abort(STATUS[e.status], str(e))
+        cards = [pb2.ModelCard(id=m["id"], model=m.get("model", ""), weight=m.get("weight", 1.0))
+                 for m in self.service.models()]
+        return pb2.ListModelsResponse(models=cards)
+
+
+def _fields(request) -> dict:
+    """Proto3 leaves unset scalars at zero; map zeros that mean "unset" to the request defaults."""
+    s = request.sampling
+    fields = {"prompt": request.prompt or None, "method": request.method or None,
+              "weights": dict(request.weights) or None, "n": request.n or 1,
+              "messages": [{"role": m.role, "content": m.content} for m in request.messages] or None,
+              "temperature": s.temperature if request.HasField("sampling") else 1.0,
+              "top_p": s.top_p or 1.0, "top_k": s.top_k, "max_tokens": s.max_tokens or 16, "stop": tuple(s.stop),
+              "seed": s.seed if s.HasField("seed") else None}
+    if request.member:
+        fields["member"] = request.member
+    return fields
+
+
+def _usage_chunk(result: GenerateResult):
+    u = result.usage
+    return pb2.GenerateChunk(usage=pb2.Usage(
+        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+        member_forward_calls=u.member_forward_calls, router_round_trips=u.router_round_trips,
+        member_tokens=u.member_tokens), method=result.method)
+
+
+async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    pb2_grpc.add_EnsembleServicer_to_server(EnsembleServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise RuntimeError(f"cannot listen for gRPC on {host}:{port}")
+    await server.start()
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server

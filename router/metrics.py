@@ -1,0 +1,24 @@
+"""Prometheus metrics through Ray's metrics agent (scraped from each node's metrics port)."""
+from __future__ import annotations
+
+
+class Metrics:
+    def __init__(self):
+        from ray.util import metrics
+
+        self.tokens = metrics.Counter("mixserve_member_tokens", "Tokens produced, per member.", ("member",))
+        self.step_latency = metrics.Histogram(
+            "mixserve_step_latency_s", "Router -> member call latency (one turn), seconds.",
+            boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], tag_keys=("member",))
+        self.catch_up = metrics.Counter("mixserve_catch_up_tokens", "Log entries a member caught up on.",
+                                        ("member",))
+        self.active = metrics.Gauge("mixserve_active_sessions", "Sessions being generated now.")
+        self.rejected = metrics.Counter("mixserve_rejected_requests", "Requests refused, per reason.", ("reason",))
+
+    def step(self, member: str, seconds: float, caught_up: int, tokens: int) -> None:
+        tags = {"member": member}
+        self.step_latency.observe(seconds, tags)
+        if caught_up:
+            self.catch_up.inc(caught_up, tags)
+        if tokens:
+            self.tokens.inc(tokens, tags)

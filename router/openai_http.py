@@ -1,0 +1,130 @@
+"""OpenAI-compatible request parsing and response shapes for /v1/completions and /v1/chat/completions.
+
+Ensemble controls ride as extra body fields (the openai client's `extra_body`): `method`, `weights`,
+`top_k`. Every response says which method ran; chunks say which member produced them.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import aclosing
+
+from .request import RequestError
+from .result import GenerateResult
+from .service import EnsembleService
+from .session import Chunk
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+               429: "rate_limit_error", 503: "server_error"}
+# OpenAI fields we accept and ignore: they change nothing about what is sampled.
+IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "best_of", "stream_options",
+           "stream", "model", "prompt", "messages", "logprobs", "echo", "top_logprobs", "max_completion_tokens"}
+SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights"}
+
+
+def error_body(e: RequestError) -> dict:
+    return {"error": {"message": str(e), "type": ERROR_TYPES.get(e.status, "invalid_request_error"),
+                      "param": e.param, "code": e.code}}
+
+
+def parse(body, service: EnsembleService, chat: bool):
+    """A JSON body -> (GenerateRequest, stream, include_usage)."""
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    unknown = sorted(set(body) - IGNORED - SAMPLING)
+    if unknown:
+        raise RequestError(f"unknown fields {unknown}", unknown[0])
+    for flag in ("stream", "echo"):
+        if not isinstance(body.get(flag, False), bool):
+            raise RequestError(f"{flag} must be true or false", flag)
+    if body.get("logprobs") not in (None, False) or body.get("echo"):
+        raise RequestError("logprobs and echo are not supported yet", "logprobs")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("stream_options must be an object", "stream_options")
+    fields = {k: body[k] for k in SAMPLING if k in body and body[k] is not None}
+    if "max_completion_tokens" in body and "max_tokens" not in fields:
+        fields["max_tokens"] = body["max_completion_tokens"]
+    if isinstance(fields.get("stop"), list):
+        fields["stop"] = tuple(fields["stop"])
+    if chat:
+        fields["messages"] = body.get("messages")
+    else:
+        prompt = body.get("prompt")
+        fields["prompt"] = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 else prompt
+    if chat and fields["messages"] is None:
+        raise RequestError("messages is required", "messages")
+    if not chat and fields["prompt"] is None:
+        raise RequestError("prompt is required", "prompt")
+    return service.request_for_model(body.get("model"), fields), body.get("stream", False), \
+        bool(options.get("include_usage"))
+
+
+class Shaper:
+    """Builds the response objects of one request: same id, model and creation time throughout."""
+
+    def __init__(self, model: str, chat: bool):
+        self.model = model
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.started: set[int] = set()  # choices that have had their first chat delta (role)
+
+    def _envelope(self, kind: str, choices: list[dict], **extra) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
+                **extra}
+
+    def full(self, result: GenerateResult) -> dict:
+        choices = []
+        for i, c in enumerate(result.choices):
+            choice = {"index": i, "finish_reason": c.finish_reason, "logprobs": None, "members": c.members}
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": c.text}
+            else:
+                choice["text"] = c.text
+            choices.append(choice)
+        return self._envelope("chat.completion" if self.chat else "text_completion", choices,
+                              usage=usage(result), method=result.method, seed=result.seed)
+
+    def chunk(self, chunk: Chunk, method: str) -> dict:
+        choice = {"index": chunk.index, "finish_reason": chunk.finish_reason, "member": chunk.member,
+                  "token_ids": chunk.token_ids}
+        if self.chat:
+            delta = {"content": chunk.text}
+            if chunk.index not in self.started:
+                self.started.add(chunk.index)
+                delta["role"] = "assistant"
+            choice["delta"] = delta
+        else:
+            choice["text"] = chunk.text
+        return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice], method=method)
+
+    def usage_chunk(self, result: GenerateResult) -> dict:
+        return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [],
+                              usage=usage(result), method=result.method, seed=result.seed)
+
+
+def usage(result: GenerateResult) -> dict:
+    u = result.usage
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens, "member_tokens": u.member_tokens,
+            "member_forward_calls": u.member_forward_calls, "router_round_trips": u.router_round_trips}
+
+
+def sse(obj: dict | str) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
+
+
+async def events(first, items, shaper: Shaper, method: str, include_usage: bool):
+    """Server-sent events; a client that goes away cancels this and closes the sessions."""
+    async with aclosing(items):
+        item = first
+        while True:
+            if hasattr(item, "choices"):
+                if include_usage:
+                    yield sse(shaper.usage_chunk(item))
+                break
+            yield sse(shaper.chunk(item, method))
+            item = await items.__anext__()
+    yield sse("[DONE]")

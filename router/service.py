@@ -1,0 +1,96 @@
+"""The protocol-neutral ingress: authentication, admission and metrics around the router. HTTP
+(router/openai_http.py) and gRPC (router/grpc_service.py) are thin translations on top of it."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from mixserve.config import EnsembleConfig
+
+from .admission import Admission, OverloadedError
+from .request import GenerateRequest, NotFoundError, RequestError
+from .result import GenerateResult
+from .router import Router
+from .session import Chunk
+
+
+class UnauthorizedError(RequestError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class EnsembleService:
+    def __init__(self, config: EnsembleConfig, router: Router, metrics=None):
+        self.config = config
+        self.router = router
+        self.metrics = metrics
+        self.admission = Admission(config.max_concurrent_sessions)
+        self.api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+
+    def authorize(self, authorization: str | None) -> None:
+        """`authorization` is the raw header / metadata value: "Bearer KEY"."""
+        if not self.api_key:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            self._reject("unauthorized")
+            raise UnauthorizedError("missing or wrong API key: send `Authorization: Bearer <key>`")
+
+    def models(self) -> list[dict]:
+        """The ensemble first, then each member: a client may ask for one member by name."""
+        ensemble = {"id": self.config.model_name, "method": self.config.method, "weights": self.config.weights}
+        return [ensemble] + [{"id": m.name, "model": m.model, "weight": m.weight} for m in self.config.members]
+
+    def request_for_model(self, model, fields: dict) -> GenerateRequest:
+        """`model` is the ensemble's name or a member's (which means method single on it)."""
+        if model is None or model == self.config.model_name:
+            return GenerateRequest(**fields)
+        if not isinstance(model, str) or model not in self.config.weights:
+            names = ", ".join([self.config.model_name, *self.config.weights])
+            raise NotFoundError(f"model {model!r} does not exist; models: {names}", "model")
+        if fields.get("method") not in (None, "single"):
+            raise RequestError(f"model {model!r} is one member; method must be single (got {fields['method']!r})",
+                               "method")
+        return GenerateRequest(**{**fields, "method": "single", "member": model})
+
+    async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
+        n = req.n if isinstance(req.n, int) and not isinstance(req.n, bool) and req.n > 0 else 1
+        try:
+            with self.admission.hold(n):
+                self._gauge()
+                async with aclosing(self.router.stream(req)) as items:
+                    async for item in items:
+                        yield item
+        except OverloadedError:
+            self._reject("overloaded")
+            raise
+        except RequestError as e:
+            self._reject(str(e.status))
+            raise
+        finally:
+            self._gauge()
+
+    async def generate(self, req: GenerateRequest) -> GenerateResult:
+        async with aclosing(self.stream(req)) as items:
+            async for item in items:
+                result = item
+        return result
+
+    async def live_sessions(self, timeout_s: float = 2.0) -> dict[str, int] | None:
+        """Sessions held per member, or None when a member does not answer (the service is degraded)."""
+        try:
+            return await asyncio.wait_for(self.router.live_sessions(), timeout_s)
+        except Exception:  # noqa: BLE001 - any member that cannot answer makes the service degraded
+            return None
+
+    def _reject(self, reason: str) -> None:
+        if self.metrics:
+            self.metrics.rejected.inc(1, {"reason": reason})
+
+    def _gauge(self) -> None:
+        if self.metrics:
+            self.metrics.active.set(self.admission.active)
+
