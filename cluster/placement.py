@@ -18,3 +18,18 @@ def actor_options(member: MemberConfig) -> dict:
 
 def torch_threads(member: MemberConfig) -> int:
     return max(1, int(member.resources.get("num_cpus", 1)))
+
+
+def check_fits(members, capacity: dict[str, float]) -> None:
+    """Fail at once when the members' total demand exceeds what a fixed cluster has: on an embedded
+    local Ray nothing can scale up, so waiting for placement would only end in a timeout."""
+    demand: dict[str, float] = {}
+    for m in members:
+        opts = actor_options(m)
+        for key, value in {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts["resources"]}.items():
+            demand[key] = demand.get(key, 0) + value
+    short = {k: (v, capacity.get(k, 0)) for k, v in demand.items() if v > capacity.get(k, 0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{k}: members need {need:g}, the cluster has {have:g}" for k, (need, have) in short.items())
+        raise RuntimeError(f"the members do not fit on this Ray cluster ({detail}); lower `resources` per member "
+                           f"in the config (e.g. num_cpus: 0.5) or join a larger cluster with --address")

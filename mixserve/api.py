@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 
 from mixserve.actors.member import MemberCore
-from mixserve.cluster.placement import actor_options, torch_threads
+from mixserve.cluster.placement import actor_options, check_fits, torch_threads
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
 from mixserve.router.members import LocalMember, RayMember
@@ -54,7 +54,11 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
     else:
+        import ray
+
         connect(address)
+        if address is None:
+            check_fits(config.members, ray.cluster_resources())
         actors = _start_actors(config)
         members = {name: RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)

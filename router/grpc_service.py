@@ -50,7 +50,7 @@ def _fields(request) -> dict:
     fields = {"prompt": request.prompt or None, "method": request.method or None,
               "weights": dict(request.weights) or None, "n": request.n or 1,
               "messages": [{"role": m.role, "content": m.content} for m in request.messages] or None,
-              "temperature": s.temperature if request.HasField("sampling") else 1.0,
+              "temperature": s.temperature if s.HasField("temperature") else 1.0,
               "top_p": s.top_p or 1.0, "top_k": s.top_k, "max_tokens": s.max_tokens or 16, "stop": tuple(s.stop),
               "seed": s.seed if s.HasField("seed") else None}
     if request.member:

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import os
+import socket
+from dataclasses import dataclass
 
 import pytest
+import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Set before Ray starts so every worker, the secured ingress included, inherits it.
+os.environ["MIXSERVE_TEST_KEY"] = "sesame"
+MAX_SESSIONS = 40
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +47,54 @@ def hetero(tiny_dir, ray_local):
 
     with build_engine(tiny_dir / "hetero.yaml") as engine:
         yield engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Server:
+    http: str  # base URL, loopback only
+    grpc: str  # host:port
+    config_path: str
+
+
+@pytest.fixture(scope="session")
+def serve_instance(ray_local):
+    from ray import serve
+
+    http_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    yield f"http://127.0.0.1:{http_port}"
+    serve.shutdown()
+
+
+def _deploy(tiny_dir, serve_instance, name: str, prefix: str, raw: dict) -> Server:
+    from ray import serve
+
+    from mixserve.config import load_config
+    from mixserve.router.app import build_app
+
+    path = tiny_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    grpc_port = free_port()
+    serve.run(build_app(load_config(path), "127.0.0.1", grpc_port), name=name, route_prefix=prefix)
+    return Server(serve_instance + prefix.rstrip("/"), f"127.0.0.1:{grpc_port}", str(path))
+
+
+@pytest.fixture(scope="session")
+def server(tiny_dir, serve_instance):
+    """a and b share a tokenizer, c has its own; me across all three by default."""
+    # Half a CPU each: the CLI test runs this same config on its own 2-CPU local Ray.
+    members = [{"name": m, "model": m, "weight": 1, "resources": {"num_cpus": 0.5}} for m in "abc"]
+    return _deploy(tiny_dir, serve_instance, "served", "/",
+                   {"members": members, "max_concurrent_sessions": MAX_SESSIONS})
+
+
+@pytest.fixture(scope="session")
+def secure_server(tiny_dir, serve_instance):
+    raw = {"members": [{"name": "a", "model": "a"}], "model_name": "secure", "api_key_env": "MIXSERVE_TEST_KEY"}
+    return _deploy(tiny_dir, serve_instance, "secure", "/secure", raw)

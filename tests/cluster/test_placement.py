@@ -29,3 +29,12 @@ def test_a_member_that_cannot_be_placed_fails_clearly_and_in_bounded_time(tiny_d
     with pytest.raises(RuntimeError, match=r"big needs .*'node_with_h100': 1.*ray status"):
         build_engine(config)
     assert time.monotonic() - started < 30
+
+
+def test_members_that_cannot_fit_a_fixed_cluster_fail_at_once(tiny_dir):
+    from mixserve.cluster.placement import check_fits
+
+    config = parse_config({"members": [{"name": m, "model": m} for m in "abc"]}, tiny_dir)
+    with pytest.raises(RuntimeError, match="CPU: members need 3, the cluster has 2"):
+        check_fits(config.members, {"CPU": 2.0})
+    check_fits(config.members, {"CPU": 3.0})

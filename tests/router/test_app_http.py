@@ -1,0 +1,102 @@
+"""The served app over HTTP, through real clients on loopback: the openai package and plain requests."""
+import json
+import time
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import MAX_SESSIONS
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def post(server, path, body, **kw):
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return requests.post(server.http + path, data=data, headers={"Content-Type": "application/json"},
+                         timeout=60, **kw)
+
+
+def wait_no_live_sessions(server, within_s: float) -> dict:
+    deadline = time.monotonic() + within_s
+    while True:
+        live = requests.get(server.http + "/health", timeout=5).json()["live_sessions"]
+        if not any(live.values()) or time.monotonic() > deadline:
+            return live
+        time.sleep(0.05)  # polling the thing itself, with a bound
+
+
+def test_completion_says_method_and_tokens_per_member(client):
+    done = client.completions.create(model="mixserve", prompt="the cat", max_tokens=12, seed=3)
+    extra = done.model_dump()
+    assert extra["method"] == "me" and done.usage.completion_tokens == 12
+    assert sum(extra["usage"]["member_tokens"].values()) == 12
+    assert done.choices[0].finish_reason == "length"
+
+
+def test_streamed_chat_equals_the_whole_reply_and_takes_ensemble_controls(client):
+    kwargs = dict(model="mixserve", messages=[{"role": "user", "content": "a dog"}], max_tokens=20, seed=5,
+                  extra_body={"method": "ce", "weights": {"a": 0.3, "b": 0.7}})
+    whole = client.chat.completions.create(**kwargs)
+    assert whole.model_dump()["method"] == "ce"
+    stream = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 20
+    assert {c.model_dump()["choices"][0]["member"] for c in chunks if c.choices} == {"mixture"}
+
+
+def test_models_list_the_ensemble_and_each_member_which_can_be_asked_alone(client):
+    assert [m.id for m in client.models.list().data] == ["mixserve", "a", "b", "c"]
+    alone = client.completions.create(model="c", prompt="the sun", max_tokens=6, seed=1)
+    assert alone.model_dump()["choices"][0]["members"] == ["c"] * 6
+    assert alone.model_dump()["method"] == "single"
+
+
+@pytest.mark.parametrize("body, status, param, message", [
+    ("{not json", 400, None, "not valid JSON"),
+    ([1, 2], 400, None, "must be a JSON object"),
+    ({"prompt": ""}, 400, "prompt", "non-empty string"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", "between 1 and 4096"),
+    ({"prompt": "x", "max_tokens": 100000}, 400, "max_tokens", "between 1 and 4096"),
+    ({"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens", "must be an integer"),
+    ({"prompt": "x", "temperature": -1}, 400, "temperature", "between"),
+    ({"prompt": "x", "top_p": 0}, 400, "top_p", "(0, 1]"),
+    ({"prompt": "x", "stream": "yes"}, 400, "stream", "true or false"),
+    ({"prompt": "x", "weights": {"a": -1}}, 400, "weights.a", "between"),
+    ({"prompt": "x", "weights": {"zed": 1}}, 400, "weights", "unknown members ['zed']"),
+    ({"prompt": "x", "method": "ce"}, 400, "method", "different tokenizers: a, b; c"),
+    ({"prompt": "x", "colour": "red"}, 400, "colour", "unknown fields ['colour']"),
+    ({"prompt": "x", "model": "gpt-5"}, 404, "model", "model 'gpt-5' does not exist"),
+    ({"prompt": "the " * 1500}, 400, "prompt", "member 'a', whose context is 1024 tokens"),
+    ({"prompt": "x", "n": MAX_SESSIONS + 1}, 429, None, f"limit of {MAX_SESSIONS} concurrent sessions"),
+])
+def test_bad_requests_get_openai_style_errors(server, body, status, param, message):
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["param"] == param and error["type"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_a_client_that_disconnects_mid_stream_frees_every_member(server):
+    body = {"prompt": "the river", "max_tokens": 4096, "stream": True, "seed": 1, "n": 3}
+    with post(server, "/v1/completions", body, stream=True) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line).startswith(b"data: ")
+    # The connection is closed here, long before 3 x 4096 tokens.
+    assert wait_no_live_sessions(server, within_s=1.0) == {"a": 0, "b": 0, "c": 0}
+
+
+def test_api_key_is_required_when_configured(secure_server):
+    url = secure_server.http + "/v1/completions"
+    body = {"prompt": "x", "max_tokens": 2}
+    assert requests.post(url, json=body, timeout=30).status_code == 401
+    wrong = requests.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    right = requests.post(url, json=body, headers={"Authorization": "Bearer sesame"}, timeout=30)
+    assert right.status_code == 200 and right.json()["model"] == "secure"

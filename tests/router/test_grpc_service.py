@@ -1,0 +1,92 @@
+"""The served app over gRPC through a stub generated from proto/mixserve.proto, on loopback."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from mixserve.proto import SERVICE, pb2, pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.grpc) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        yield ch
+
+
+def request(**kw):
+    sampling = pb2.SamplingParams(**{k: kw.pop(k) for k in list(kw) if k in ("max_tokens", "seed", "temperature")})
+    return pb2.GenerateRequest(sampling=sampling, **kw)
+
+
+def test_generate_streams_chunks_then_usage(channel):
+    chunks = list(pb2_grpc.EnsembleStub(channel).Generate(request(prompt="the cat", max_tokens=12, seed=3),
+                                                         timeout=60))
+    *text_chunks, last = chunks
+    assert last.usage.completion_tokens == 12 and last.method == "me"
+    assert sum(len(c.token_ids) for c in text_chunks) == 12 and text_chunks[-1].finish_reason == "length"
+    assert {c.member for c in text_chunks} <= {"a", "b", "c"}
+
+
+def test_same_seed_same_text_over_http_grpc_and_the_cli(channel, server):
+    stub = pb2_grpc.EnsembleStub(channel)
+    grpc_text = "".join(c.text for c in stub.Generate(request(prompt="a river", max_tokens=16, seed=21), timeout=60))
+    http = requests.post(server.http + "/v1/completions", timeout=60,
+                         json={"prompt": "a river", "max_tokens": 16, "seed": 21}).json()
+    cli = subprocess.run([sys.executable, "-m", "mixserve", "generate", "--config", server.config_path, "--prompt",
+                          "a river", "--max-tokens", "16", "--seed", "21", "--json"],
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert cli.returncode == 0, cli.stderr
+    assert grpc_text == http["choices"][0]["text"] == json.loads(cli.stdout)["choices"][0]["text"]
+
+
+def test_errors_map_to_status_codes(channel):
+    stub = pb2_grpc.EnsembleStub(channel)
+    cases = [(request(prompt=""), grpc.StatusCode.INVALID_ARGUMENT, "exactly one of prompt or messages"),
+             (request(prompt="x", model="nope"), grpc.StatusCode.NOT_FOUND, "does not exist"),
+             (request(prompt="x", method="ce"), grpc.StatusCode.INVALID_ARGUMENT, "different tokenizers"),
+             (request(prompt="x", n=10_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "concurrent sessions")]
+    for req, code, message in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Generate(req, timeout=30))
+        assert e.value.code() == code and message in e.value.details()
+
+
+def test_cancel_mid_stream_frees_every_member(channel, server):
+    call = pb2_grpc.EnsembleStub(channel).Generate(request(prompt="the moon", max_tokens=4096, seed=2, n=2),
+                                                   timeout=120)
+    next(call)
+    call.cancel()
+    deadline = time.monotonic() + 1.0
+    while any((live := requests.get(server.http + "/health", timeout=5).json()["live_sessions"]).values()):
+        assert time.monotonic() < deadline, live
+        time.sleep(0.05)
+
+
+def test_health_reflection_and_models(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answer = next(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert SERVICE in {s.name for s in answer.list_services_response.service}
+    models = pb2_grpc.EnsembleStub(channel).ListModels(pb2.ListModelsRequest())
+    assert [m.id for m in models.models] == ["mixserve", "a", "b", "c"]
+
+
+def test_api_key_is_required_as_metadata(secure_server):
+    with grpc.insecure_channel(secure_server.grpc) as ch:
+        stub = pb2_grpc.EnsembleStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Generate(request(prompt="x", max_tokens=2), timeout=30))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = list(stub.Generate(request(prompt="x", max_tokens=2), metadata=[("authorization", "Bearer sesame")],
+                                timeout=30))
+        assert ok[-1].usage.completion_tokens == 2
