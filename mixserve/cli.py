@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--http-port", type=int, default=8000)
     srv.add_argument("--grpc-port", type=int, default=9000, help="0 turns gRPC off")
     srv.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")
+    srv.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port of a local Ray")
 
     args = parser.parse_args(argv)
     try:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "serve":
             from mixserve.serve_cli import serve_forever
 
-            serve_forever(args.config, args.host, args.http_port, args.grpc_port, args.address)
+            serve_forever(args.config, args.host, args.http_port, args.grpc_port, args.address, args.metrics_port)
         else:
             _generate(args)
     except ValueError as e:  # config and request errors: say what was wrong, no traceback

@@ -9,9 +9,10 @@ from mixserve.cluster.ray_cluster import connect
 from mixserve.config import load_config
 
 
-def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, address: str | None) -> None:
+def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, address: str | None,
+                  metrics_port: int) -> None:
     config = load_config(config_path)  # config mistakes fail here, before Ray starts
-    connect(address)
+    connect(address, metrics_port=metrics_port)
     from ray import serve
 
     from mixserve.router.app import build_app
@@ -24,13 +25,14 @@ def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, a
           + (f", gRPC {host}:{grpc_port}" if grpc_port else ""))
     print(f"try: curl -s http://{host}:{http_port}/v1/completions -H 'Content-Type: application/json' "
           f"-d {shlex.quote(body)}")
+    if address is None:
+        print(f"Prometheus metrics (mixserve_*): http://127.0.0.1:{metrics_port}/metrics")
     print("Ctrl-C to stop.", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
+    # Our own handlers: Ray's driver replaces Python's default SIGINT behaviour.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(timeout=1.0):
         pass
-    finally:
-        print("shutting down...", flush=True)
-        serve.shutdown()
+    print("shutting down...", flush=True)
+    serve.shutdown()

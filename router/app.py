@@ -5,10 +5,13 @@ the router; the members are Ray actors it starts from the config (DESIGN.md, "Sh
 `serve run cluster/serve.yaml` through `app_builder`. (No `from __future__ import annotations` here:
 FastAPI reads the route signatures' annotations at runtime.)
 """
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from mixserve import cluster
 from mixserve.api import build_engine
 from mixserve.config import EnsembleConfig, load_config
 
@@ -81,5 +84,10 @@ def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "
 
 
 def app_builder(args: dict):
-    """For Serve config files: `import_path: mixserve.router.app:app_builder`, args as below."""
-    return build_app(load_config(args["config"]), args.get("grpc_host", "127.0.0.1"), args.get("grpc_port", 9000))
+    """For Serve config files (cluster/serve.yaml): `import_path: mixserve.router.app:app_builder` with
+    args `config` (a path; a bare name such as default.yaml is looked up in mixserve's cluster/ folder
+    too), `grpc_host`, `grpc_port`."""
+    path = Path(args["config"])
+    if not path.exists() and (Path(cluster.__file__).parent / path.name).exists():
+        path = Path(cluster.__file__).parent / path.name
+    return build_app(load_config(path), args.get("grpc_host", "127.0.0.1"), args.get("grpc_port", 9000))

@@ -100,3 +100,25 @@ def test_api_key_is_required_when_configured(secure_server):
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
     right = requests.post(url, json=body, headers={"Authorization": "Bearer sesame"}, timeout=30)
     assert right.status_code == 200 and right.json()["model"] == "secure"
+
+
+def test_32_concurrent_streams_each_equal_their_sequential_run(server):
+    import asyncio
+
+    def body(seed):
+        return dict(model="mixserve", prompt="the sun", max_tokens=24, seed=seed)
+
+    sync = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=120)
+    alone = [sync.completions.create(**body(s)).choices[0].text for s in range(32)]
+
+    async def crowd():
+        client = openai.AsyncOpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+        async def one(seed):
+            stream = await client.completions.create(stream=True, **body(seed))
+            return "".join([c.choices[0].text async for c in stream if c.choices])
+
+        return await asyncio.wait_for(asyncio.gather(*(one(s) for s in range(32))), timeout=180)
+
+    assert asyncio.run(crowd()) == alone
+    assert wait_no_live_sessions(server, within_s=1.0) == {"a": 0, "b": 0, "c": 0}
