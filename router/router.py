@@ -61,8 +61,9 @@ class Router:
         async def sample(j: int) -> None:
             try:
                 async with gate:
-                    s = Session(prompt_ids, tokenizers, self.eos_ids, replace(plan.params, seed=plan.params.seed + j))
-                    choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk(j)))
+                    params = replace(plan.params, seed=plan.params.seed + j)
+                    s = Session(prompt_ids, tokenizers, self.eos_ids, params, index=j)
+                    choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk()))
                 events.put_nowait(choice)
             except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
                 events.put_nowait(e)
@@ -102,7 +103,7 @@ class Router:
         finally:
             await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.log], [e.member for e in s.log],
-                      s.finish_reason, s.first_token_s, s.stretches(), s.params.seed - plan.params.seed)
+                      s.finish_reason, s.first_token_s, s.stretches(), s.index)
 
     async def _release(self, s: Session) -> None:
         """Free the session on every member that saw it (DESIGN.md invariant 7), even when the request

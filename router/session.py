@@ -40,8 +40,10 @@ class Session:
         tokenizers: dict[str, str],
         eos_ids: dict[str, frozenset[int]],
         params: SamplingParams,
+        index: int = 0,
     ):
         self.id = uuid.uuid4().hex
+        self.index = index  # which of the request's n samples
         self.prompt_ids = prompt_ids  # member -> its own prompt tokens
         self.tokenizers = tokenizers  # member (and MIXTURE under ce) -> fingerprint
         self.eos_ids = eos_ids  # fingerprint -> every member's end-of-sequence ids for it
@@ -125,7 +127,7 @@ class Session:
     def output_text(self) -> str:
         return bytes(self.text[: self.text_end]).decode("utf-8", errors="replace")
 
-    def take_chunk(self, index: int) -> Chunk:
+    def take_chunk(self) -> Chunk:
         """What is new since the last chunk. Text is held back while it could still be the start of a
         stop string or ends inside a UTF-8 character; the last chunk flushes it."""
         end = len(self.text) if self.text_end is None else self.text_end
@@ -136,7 +138,7 @@ class Session:
         new = self.log[self.shown_tokens :]
         self.shown_bytes, self.shown_tokens = end, len(self.log)
         member = new[-1].member if new else ""
-        return Chunk(index, text, [e.token for e in new], member, self.finish_reason)
+        return Chunk(self.index, text, [e.token for e in new], member, self.finish_reason)
 
     def stretches(self) -> list[tuple[str, str]]:
         """(member, text) for each run of consecutive tokens from one member, up to any stop string."""
