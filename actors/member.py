@@ -6,13 +6,14 @@ then decodes a run of tokens, sampling here on the member's own device.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
 from .codec import TokenCodec
 from .loading import ModelSource, load
-from .messages import MemberInfo, Segment, StepRequest, StepResult
+from .messages import MemberInfo, Segment, SessionLost, StepRequest, StepResult
 from .sampling import pick
 
 
@@ -26,7 +27,8 @@ class SessionCache:
 
 
 class MemberCore:
-    def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1):
+    def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
+                 max_sessions: int | None = None, max_cached_tokens: int | None = None):
         self.name = name
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
@@ -36,8 +38,11 @@ class MemberCore:
         self.vocab_size = len(self.codec.pieces)  # the model's padded rows past this are never sampled
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 1 << 20))
-        self.sessions: dict[str, SessionCache] = {}
+        self.sessions: OrderedDict[str, SessionCache] = OrderedDict()  # least recently used first
+        self.max_sessions = max_sessions
+        self.max_cached_tokens = max_cached_tokens
         self.forwards = 0
+        self.evictions = 0
 
     def info(self) -> MemberInfo:
         return MemberInfo(self.name, self.codec.fingerprint, self.vocab_size, self.context_length, self.eos_ids)
@@ -52,7 +57,12 @@ class MemberCore:
         return self.tokenizer.encode(prompt)
 
     def step(self, req: StepRequest) -> StepResult:
-        s = self.sessions.setdefault(req.session, SessionCache())
+        if req.fresh:
+            s = self.sessions[req.session] = SessionCache()
+        elif (s := self.sessions.get(req.session)) is None:
+            raise SessionLost(req.session)
+        self.sessions.move_to_end(req.session)
+        self._evict(keep=req.session)
         for seg in req.delta:
             self._append(s, seg)
         if req.distribution:
@@ -84,6 +94,22 @@ class MemberCore:
 
     def live_sessions(self) -> int:
         return len(self.sessions)
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used caches past max_sessions / max_cached_tokens; their sessions
+        replay from the router's log when they come back."""
+        def over() -> bool:
+            if self.max_sessions is not None and len(self.sessions) > self.max_sessions:
+                return True
+            return self.max_cached_tokens is not None and \
+                sum(c.kv_len for c in self.sessions.values()) > self.max_cached_tokens
+        while len(self.sessions) > 1 and over():
+            victim = next(iter(self.sessions))
+            if victim == keep:
+                self.sessions.move_to_end(keep)
+                victim = next(iter(self.sessions))
+            del self.sessions[victim]
+            self.evictions += 1
 
     def _append(self, s: SessionCache, seg: Segment) -> None:
         if seg.text is None:

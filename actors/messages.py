@@ -32,6 +32,12 @@ class StepRequest:
     steps: int
     sampling: SamplingParams
     distribution: bool = False
+    fresh: bool = False  # the delta starts at the prompt: (re)build the session from nothing
+
+
+class SessionLost(Exception):
+    """The member holds no cache for this session (evicted, or the member restarted). The cache is
+    soft state: the router replays the log with a fresh request (DESIGN.md invariant 1)."""
 
 
 @dataclass(frozen=True)

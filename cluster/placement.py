@@ -20,6 +20,12 @@ def torch_threads(member: MemberConfig) -> int:
     return max(1, int(member.resources.get("num_cpus", 1)))
 
 
+def member_args(member: MemberConfig) -> tuple:
+    """MemberCore's constructor arguments, for an actor or an in-process core alike."""
+    return (member.name, member.source, member.dtype, torch_threads(member), member.max_sessions,
+            member.max_cached_tokens)
+
+
 def check_fits(members, capacity: dict[str, float]) -> None:
     """Fail at once when the members' total demand exceeds what a fixed cluster has: on an embedded
     local Ray nothing can scale up, so waiting for placement would only end in a timeout."""

@@ -8,13 +8,16 @@ import asyncio
 from pathlib import Path
 
 from mixserve.actors.member import MemberCore
-from mixserve.cluster.placement import actor_options, check_fits, torch_threads
+from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
 from mixserve.router.members import LocalMember, RayMember
 from mixserve.router.request import GenerateRequest
 from mixserve.router.result import GenerateResult
 from mixserve.router.router import Router
+
+
+MEMBER_RESTARTS = 3  # past this a member stays down; its sessions fail with 503 / UNAVAILABLE
 
 
 class Engine:
@@ -50,7 +53,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         config = load_config(config)
     actors: dict = {}
     if in_process:
-        cores = {m.name: MemberCore(m.name, m.source, m.dtype, torch_threads(m)) for m in config.members}
+        cores = {m.name: MemberCore(*member_args(m)) for m in config.members}
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
     else:
@@ -63,18 +66,16 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         members = {name: RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
     router = Router(members, infos, config.weights, config.method, config.default_member,
-                    runs=config.run_length_scheduling, metrics=metrics)
+                    runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s)
     return Engine(config, router, actors)
 
 
 def _start_actors(config: EnsembleConfig) -> dict:
     import ray
 
-    remote = ray.remote(MemberCore)
-    return {
-        m.name: remote.options(**actor_options(m)).remote(m.name, m.source, m.dtype, torch_threads(m))
-        for m in config.members
-    }
+    # A crashed member restarts (reloading its weights); the router replays its sessions' logs.
+    remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberCore)
+    return {m.name: remote.options(**actor_options(m)).remote(*member_args(m)) for m in config.members}
 
 
 def _wait_ready(config: EnsembleConfig, actors: dict) -> dict:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -19,8 +19,8 @@ from mixserve.router.policies import METHODS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
-            "max_concurrent_sessions", "api_key_env"}
-MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources"}
+            "max_concurrent_sessions", "api_key_env", "member_retry_s"}
+MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens"}
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,8 @@ class MemberConfig:
     weight: float  # normalised over the members
     dtype: str = "auto"
     resources: dict[str, float] = field(default_factory=dict)  # num_cpus, num_gpus, custom resources
+    max_sessions: int | None = None  # KV caches kept; past it the least recently used are evicted
+    max_cached_tokens: int | None = None  # the same bound, in cached tokens summed over sessions
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class EnsembleConfig:
     model_name: str = "mixserve"  # the ensemble's id in /v1/models and the `model` request field
     max_concurrent_sessions: int = 64  # past this, requests are refused at once (429), never queued
     api_key_env: str | None = None  # if set and that variable is non-empty, clients must send the key
+    member_retry_s: float = 120.0  # how long a session waits for a member that went down to come back
 
     @property
     def weights(self) -> dict[str, float]:
@@ -77,7 +80,7 @@ def parse_config(raw, base_dir: str | Path = ".") -> EnsembleConfig:
     if duplicates:
         raise ConfigError(f"member names must be unique; used twice: {', '.join(duplicates)}")
     total = sum(m.weight for m in parsed)
-    members = tuple(MemberConfig(m.name, m.model, m.source, m.weight / total, m.dtype, m.resources) for m in parsed)
+    members = tuple(replace(m, weight=m.weight / total) for m in parsed)
     method = raw.get("method", "me")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
@@ -99,7 +102,11 @@ def parse_config(raw, base_dir: str | Path = ".") -> EnsembleConfig:
     key_env = raw.get("api_key_env")
     if key_env is not None and (not isinstance(key_env, str) or not key_env):
         raise ConfigError(f"api_key_env must name an environment variable (got {key_env!r})")
-    return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env)
+    retry = raw.get("member_retry_s", 120.0)
+    if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry <= 0:
+        raise ConfigError(f"member_retry_s must be a positive number of seconds (got {retry!r})")
+    return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
+                          float(retry))
 
 
 def _member(raw, index: int, base_dir) -> MemberConfig:
@@ -130,7 +137,13 @@ def _member(raw, index: int, base_dir) -> MemberConfig:
     for key, value in resources.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{where}.resources.{key} must be a non-negative number (got {value!r})")
-    return MemberConfig(name, model, source, float(weight), dtype, dict(resources))
+    bounds = {}
+    for key in ("max_sessions", "max_cached_tokens"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}.{key} must be a positive integer (got {value!r})")
+        bounds[key] = value
+    return MemberConfig(name, model, source, float(weight), dtype, dict(resources), **bounds)
 
 
 def _no_unknown(raw: dict, known: set[str], where: str) -> None:

@@ -117,14 +117,16 @@ def sse(obj: dict | str) -> str:
 
 
 async def events(first, items, shaper: Shaper, method: str, include_usage: bool):
-    """Server-sent events; a client that goes away cancels this and closes the sessions."""
+    """Server-sent events; a client that goes away cancels this and closes the sessions. A failure
+    after the first chunk (a member that stayed down) arrives as an error event."""
     async with aclosing(items):
         item = first
-        while True:
-            if hasattr(item, "choices"):
-                if include_usage:
-                    yield sse(shaper.usage_chunk(item))
-                break
-            yield sse(shaper.chunk(item, method))
-            item = await items.__anext__()
+        try:
+            while not isinstance(item, GenerateResult):
+                yield sse(shaper.chunk(item, method))
+                item = await items.__anext__()
+            if include_usage:
+                yield sse(shaper.usage_chunk(item))
+        except RequestError as e:
+            yield sse(error_body(e))
     yield sse("[DONE]")

@@ -25,6 +25,13 @@ class RequestError(ValueError):
         self.param = param
 
 
+class UnavailableError(RequestError):
+    """A member the request needs stayed down past the retry bound."""
+
+    status = 503
+    code = "member_unavailable"
+
+
 class NotFoundError(RequestError):
     status = 404
     code = "model_not_found"

@@ -13,18 +13,20 @@ from dataclasses import replace
 
 import torch
 
-from mixserve.actors.messages import MemberInfo, StepRequest
+from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
 
+from .members import MemberDown
 from .policies import make_policy
-from .request import GenerateRequest, Plan, RequestError, check_shared_tokenizer, validate
+from .request import GenerateRequest, Plan, RequestError, UnavailableError, check_shared_tokenizer, validate
 from .result import Choice, GenerateResult, summarize
 from .session import MIXTURE, Chunk, Session
 
 
 class Router:
     def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
-                 default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None):
+                 default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
+                 retry_s: float = 120.0):
         self.members = members  # name -> RayMember | LocalMember
         self.infos = infos
         self.weights = weights
@@ -37,6 +39,7 @@ class Router:
             self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
         self.pieces: dict[str, list[bytes]] = {}  # tokenizer -> bytes per id, fetched for ce
         self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
+        self.retry_s = retry_s  # how long a session waits for a member that went down
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
         async for item in self.stream(req):
@@ -118,9 +121,9 @@ class Router:
     async def _run(self, s: Session, member: str, steps: int, stats: Counter) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call."""
         caught_up = s.step - s.cursor.get(member, 0)
-        req = StepRequest(s.id, s.take_delta(member), s.step, steps, s.params)
         started = time.perf_counter()
-        res = await self.members[member].call("step", req)
+        res = await self._step(s, member, lambda delta, fresh: StepRequest(
+            s.id, delta, s.step, steps, s.params, fresh=fresh))
         stats.update(forwards=res.forwards, trips=1)
         if self.metrics:
             self.metrics.step(member, time.perf_counter() - started, caught_up, len(res.tokens))
@@ -128,19 +131,47 @@ class Router:
 
     async def _mix(self, s: Session, members: tuple[str, ...], weights: tuple[float, ...], stats: Counter) -> None:
         """ce: every member's distribution, in parallel; sample from their weighted mixture."""
-        reqs = [StepRequest(s.id, s.take_delta(m), s.step, 0, s.params, distribution=True) for m in members]
-        results = await asyncio.gather(*(self.members[m].call("step", r) for m, r in zip(members, reqs)))
+        results = await asyncio.gather(*(self._step(s, m, lambda delta, fresh: StepRequest(
+            s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh)) for m in members))
         stats.update(forwards=sum(r.forwards for r in results), trips=1)
         vocab = min(len(r.probs) for r in results)
         mixture = sum(w * torch.tensor(r.probs[:vocab], dtype=torch.float64) for w, r in zip(weights, results))  # (vocab,)
         token = pick(torch.log(mixture), s.params, s.step)
         s.record(MIXTURE, [token], [self.pieces[s.tokenizers[MIXTURE]][token]])
 
+    async def _step(self, s: Session, member: str, request) -> StepResult:
+        """A step that survives the member losing the session (eviction, restart): the log is
+        replayed from the prompt (DESIGN.md invariant 1)."""
+        def attempt():
+            fresh = member not in s.cursor  # before take_delta marks the log as seen
+            return self.members[member].call("step", request(s.take_delta(member), fresh))
+
+        return await self._retrying(member, attempt, lost=lambda: s.forget(member))
+
+    async def _retrying(self, member: str, attempt, lost=lambda: None):
+        """Run `attempt()`; a member that is down is retried with backoff for up to retry_s, then the
+        request fails with 503 / UNAVAILABLE (DESIGN.md invariant 6). `lost` runs before each retry."""
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except (SessionLost, MemberDown) as e:
+                if time.monotonic() + delay > deadline:
+                    raise UnavailableError(f"member {member!r} is unavailable ({e}); gave up after "
+                                           f"{self.retry_s:g} s") from None
+                if isinstance(e, MemberDown):
+                    await asyncio.sleep(delay)  # backoff while Ray restarts the member
+                    delay = min(2 * delay, 1.0)
+            lost()
+
     async def _prompt_ids(self, plan: Plan) -> dict[str, list[int]]:
         names = list(plan.weights)
         try:
-            ids = await asyncio.gather(*(self.members[m].call("prompt_ids", plan.prompt, plan.messages)
-                                         for m in names))
+            ids = await asyncio.gather(*(self._retrying(m, lambda m=m: self.members[m].call(
+                "prompt_ids", plan.prompt, plan.messages)) for m in names))
+        except RequestError:
+            raise
         except ValueError as e:  # e.g. a member without a chat template; Ray keeps the cause
             raise RequestError(str(getattr(e, "cause", e)), "messages") from None
         for name, prompt in zip(names, ids):

@@ -93,6 +93,10 @@ class Session:
         self.cursor[member] = len(self.log)
         return tuple(segments)
 
+    def forget(self, member: str) -> None:
+        """The member lost its cache for this session: next time it gets the whole log."""
+        self.cursor.pop(member, None)
+
     def record(self, member: str, tokens: list[int], pieces: list[bytes], finish: str = "") -> None:
         """Append tokens produced by `member`; a member has seen its own tokens."""
         tokenizer = self.tokenizers[member]

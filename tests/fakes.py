@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import torch
 
-from mixserve.actors.messages import MemberInfo, StepRequest, StepResult
+from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
 
 EOS = 256
@@ -41,7 +41,11 @@ class FakeCore:
         return torch.log_softmax(logits, dim=-1)
 
     def step(self, req: StepRequest) -> StepResult:
-        ids = self.sessions.setdefault(req.session, [])
+        if req.fresh:
+            self.sessions[req.session] = []
+        elif req.session not in self.sessions:
+            raise SessionLost(req.session)
+        ids = self.sessions[req.session]
         self.received.append((req.session, list(req.delta)))
         for seg in req.delta:
             ids.extend(seg.ids if seg.text is None else seg.text)

@@ -4,7 +4,7 @@ import torch
 
 from mixserve.actors.loading import resolve
 from mixserve.actors.member import MemberCore
-from mixserve.actors.messages import SamplingParams, Segment, StepRequest
+from mixserve.actors.messages import SamplingParams, Segment, SessionLost, StepRequest
 from mixserve.actors.sampling import pick
 
 
@@ -14,7 +14,9 @@ def member(tiny_dir):
 
 
 def step(member, session, delta=(), first=0, steps=1, **sampling):
-    return member.step(StepRequest(session, tuple(delta), first, steps, SamplingParams(**sampling)))
+    # A delta that starts with the prompt opens the session, as the router's first contact does.
+    fresh = first == 0 and bool(delta)
+    return member.step(StepRequest(session, tuple(delta), first, steps, SamplingParams(**sampling), fresh=fresh))
 
 
 def test_cached_decoding_equals_full_recompute_through_catch_up(member):
@@ -56,3 +58,17 @@ def test_full_context_finishes_with_length(member):
     out = step(member, "c", [Segment(ids=(5,) * (member.context_length - 1))], 0, 5, seed=1)
     assert out.finish == "length" and len(out.tokens) == 1
     member.release("c")
+
+
+def test_unknown_session_without_the_prompt_is_session_lost(member):
+    with pytest.raises(SessionLost):
+        step(member, "never-opened", (), 3, 1)
+
+
+def test_least_recently_used_sessions_are_evicted_past_max_sessions(tiny_dir):
+    small = MemberCore("a", resolve(str(tiny_dir / "a")), max_sessions=2)
+    for name in ("x", "y", "z"):
+        step(small, name, [Segment(ids=(5, 6))], 0, 1, seed=1)
+    assert list(small.sessions) == ["y", "z"] and small.evictions == 1
+    with pytest.raises(SessionLost):
+        step(small, "x", (), 1, 1)

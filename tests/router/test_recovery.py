@@ -1,0 +1,71 @@
+"""The router recovers from members that lose sessions or go down (DESIGN.md invariants 1 and 6)."""
+import asyncio
+import time
+
+import pytest
+
+from mixserve.router.members import LocalMember, MemberDown
+from mixserve.router.request import GenerateRequest, UnavailableError
+from mixserve.router.router import Router
+from tests.fakes import FakeCore
+
+
+def build(retry_s=5.0):
+    cores = {m: FakeCore(m) for m in ("a", "b")}
+    router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
+                    {"a": 0.5, "b": 0.5}, "me", retry_s=retry_s)
+    return router, cores
+
+
+def run(router, **fields):
+    return asyncio.run(router.generate(GenerateRequest(prompt="p", max_tokens=60, seed=7, **fields)))
+
+
+def test_a_member_that_forgets_sessions_gets_the_log_replayed_and_the_text_is_unchanged():
+    router, cores = build()
+    expected = run(router).choices[0]
+    step = cores["a"].step
+    calls = 0
+
+    def forgetful(req):
+        nonlocal calls
+        calls += 1
+        if calls % 2 == 0:
+            cores["a"].sessions.clear()  # as an eviction or a restart would
+        return step(req)
+
+    cores["a"].step = forgetful
+    got = run(router).choices[0]
+    assert got.token_ids == expected.token_ids and got.text == expected.text
+    replays = [delta for _, delta in cores["a"].received if delta and delta[0].ids[:1] == (ord("p"),)]
+    assert len(replays) > 2  # the first contact, then replays from the prompt
+
+
+def test_a_member_down_for_a_while_is_waited_for():
+    router, cores = build()
+    expected = run(router).choices[0].token_ids
+    step = cores["b"].step
+    failures = iter(range(3))
+
+    def flaky(req):
+        if next(failures, None) is not None:
+            raise MemberDown("restarting")
+        return step(req)
+
+    cores["b"].step = flaky
+    assert run(router).choices[0].token_ids == expected
+
+
+def test_a_member_that_stays_down_fails_its_sessions_in_bounded_time_and_others_go_on():
+    router, cores = build(retry_s=0.3)
+
+    def dead(req):
+        raise MemberDown("actor died")
+
+    cores["b"].step = dead
+    started = time.monotonic()
+    with pytest.raises(UnavailableError, match="member 'b' is unavailable") as e:
+        run(router)
+    assert e.value.status == 503 and time.monotonic() - started < 3
+    assert run(router, method="single", member="a").choices[0].finish_reason == "length"
+    assert cores["a"].live_sessions() == 0
