@@ -10,9 +10,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mixserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    models = sub.add_parser("models", help="make small random-initialised members for tests and benchmarks")
-    models.add_argument("preset", choices=["tiny"])
-    models.add_argument("--out", required=True, help="directory to write the members and configs into")
+    models = sub.add_parser("models", help="tiny: make random-initialised test members; prepare: load (and "
+                                           "convert GGUF once) every member of a config, e.g. in an image build")
+    models.add_argument("action", choices=["tiny", "prepare"])
+    models.add_argument("--out", help="tiny: directory to write the members and configs into")
+    models.add_argument("--config", help="prepare: the ensemble config")
 
     gen = sub.add_parser("generate", help="generate from an ensemble config")
     gen.add_argument("--config", required=True)
@@ -39,12 +41,18 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT, ray://...)")
     srv.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port of a local Ray")
 
+    k8s = sub.add_parser("k8s", help="Kubernetes (KubeRay) manifests from an ensemble config")
+    k8s.add_argument("action", choices=["render"])
+    k8s.add_argument("--config", required=True)
+    k8s.add_argument("--image", default="mixserve:latest", help="container image with mixserve and the models")
+    k8s.add_argument("--out", help="write here instead of standard output")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
-            from mixserve.tiny import make_tiny
-
-            print(f"wrote tiny members a, b, c and ensemble.yaml, hetero.yaml to {make_tiny(args.out)}")
+            _models(args, parser)
+        elif args.command == "k8s":
+            _render(args)
         elif args.command == "serve":
             from mixserve.serve_cli import serve_forever
 
@@ -54,6 +62,41 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:  # config and request errors: say what was wrong, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _models(args, parser) -> None:
+    if args.action == "tiny":
+        if not args.out:
+            parser.error("models tiny needs --out DIR")
+        from mixserve.tiny import make_tiny
+
+        print(f"wrote tiny members a, b, c and ensemble.yaml, hetero.yaml to {make_tiny(args.out)}")
+        return
+    if not args.config:
+        parser.error("models prepare needs --config FILE")
+    from mixserve.actors.loading import load
+    from mixserve.config import load_config
+
+    for member in load_config(args.config).members:
+        load(member.source, member.dtype, "cpu")
+        print(f"ready: {member.name} ({member.model})", flush=True)
+
+
+def _render(args) -> None:
+    import yaml
+
+    from mixserve.cluster.kuberay import render, to_yaml
+    from mixserve.config import ConfigError
+
+    try:
+        raw = yaml.safe_load(open(args.config))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {args.config!r}: {e}") from None
+    text = to_yaml(render(raw, args.image))
+    if args.out:
+        open(args.out, "w").write(text)
+    else:
+        print(text, end="")
 
 
 def _weights(text: str) -> dict[str, float]:

@@ -67,14 +67,16 @@ def load_config(path: str | Path) -> EnsembleConfig:
     return parse_config(raw, base_dir=path.parent)
 
 
-def parse_config(raw, base_dir: str | Path = ".") -> EnsembleConfig:
+def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -> EnsembleConfig:
+    """`resolve_models=False` checks everything but whether the models exist here (k8s render: they
+    must exist in the image, not on the machine that renders)."""
     if not isinstance(raw, dict):
         raise ConfigError("config must be a mapping with a `members` list")
     _no_unknown(raw, TOP_KEYS, "config")
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
         raise ConfigError("members must be a non-empty list of {name, model, weight}")
-    parsed = [_member(m, i, base_dir) for i, m in enumerate(members_raw)]
+    parsed = [_member(m, i, base_dir, resolve_models) for i, m in enumerate(members_raw)]
     names = [m.name for m in parsed]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -109,7 +111,7 @@ def parse_config(raw, base_dir: str | Path = ".") -> EnsembleConfig:
                           float(retry))
 
 
-def _member(raw, index: int, base_dir) -> MemberConfig:
+def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     where = f"members[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping with name, model and weight")
@@ -122,7 +124,7 @@ def _member(raw, index: int, base_dir) -> MemberConfig:
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a model directory, a .gguf file or package:NAME")
     try:
-        source = resolve(model, base_dir)
+        source = resolve(model, base_dir) if resolve_models else ModelSource("unresolved", model)
     except ModelReferenceError as e:
         raise ConfigError(f"{where}.model: {e}") from None
     weight = raw.get("weight", 1.0)

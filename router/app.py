@@ -13,7 +13,7 @@ from ray import serve
 
 from mixserve import cluster
 from mixserve.api import build_engine
-from mixserve.config import EnsembleConfig, load_config
+from mixserve.config import EnsembleConfig, load_config, parse_config
 
 from .grpc_service import start_grpc
 from .metrics import Metrics
@@ -25,7 +25,7 @@ http = FastAPI(title="mixserve")
 
 
 # Admission control bounds the work; Serve's own queue limit only needs to stay above it.
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4096)
+@serve.deployment(max_ongoing_requests=4096)
 @serve.ingress(http)
 class Ingress:
     async def __init__(self, config: EnsembleConfig, grpc_host: str | None = None, grpc_port: int | None = None):
@@ -79,15 +79,24 @@ class Ingress:
                                  media_type="text/event-stream")
 
 
-def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000):
-    return Ingress.bind(config, grpc_host, grpc_port)
+def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000,
+              ingress_resources: "dict | None" = None):
+    """`ingress_resources` pins the ingress replica (and so its gRPC port) to nodes declaring them."""
+    options = {"num_cpus": 0, "resources": ingress_resources or {}}
+    return Ingress.options(ray_actor_options=options).bind(config, grpc_host, grpc_port)
 
 
 def app_builder(args: dict):
-    """For Serve config files (cluster/serve.yaml): `import_path: mixserve.router.app:app_builder` with
-    args `config` (a path; a bare name such as default.yaml is looked up in mixserve's cluster/ folder
-    too), `grpc_host`, `grpc_port`."""
-    path = Path(args["config"])
-    if not path.exists() and (Path(cluster.__file__).parent / path.name).exists():
-        path = Path(cluster.__file__).parent / path.name
-    return build_app(load_config(path), args.get("grpc_host", "127.0.0.1"), args.get("grpc_port", 9000))
+    """For Serve config files (cluster/serve.yaml, KubeRay's serveConfigV2): `import_path:
+    mixserve.router.app:app_builder` with args `config` (a path; a bare name such as default.yaml is
+    looked up in mixserve's cluster/ folder too) or `ensemble` (the config inline, as `mixserve k8s
+    render` writes it), and `grpc_host`, `grpc_port`, `ingress_resources`."""
+    if "ensemble" in args:
+        config = parse_config(args["ensemble"])
+    else:
+        path = Path(args["config"])
+        if not path.exists() and (Path(cluster.__file__).parent / path.name).exists():
+            path = Path(cluster.__file__).parent / path.name
+        config = load_config(path)
+    return build_app(config, args.get("grpc_host", "127.0.0.1"), args.get("grpc_port", 9000),
+                     args.get("ingress_resources"))
