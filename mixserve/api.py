@@ -15,6 +15,7 @@ from mixserve.router.members import LocalMember, RayMember
 from mixserve.router.request import GenerateRequest
 from mixserve.router.result import GenerateResult
 from mixserve.router.router import Router
+from mixserve.router.snapshot import STORE_ACTOR, SessionStore
 
 
 MEMBER_RESTARTS = 3  # past this a member stays down; its sessions fail with 503 / UNAVAILABLE
@@ -56,6 +57,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         cores = {m.name: MemberCore(*member_args(m)) for m in config.members}
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
+        store = None
     else:
         import ray
 
@@ -65,8 +67,11 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         actors = _start_actors(config)
         members = {name: RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
+        # Detached and named: every router replica finds the same snapshots, and they outlive any one.
+        store = RayMember(ray.remote(SessionStore).options(
+            name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0).remote())
     router = Router(members, infos, config.weights, config.method, config.default_member,
-                    runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s)
+                    runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store)
     return Engine(config, router, actors)
 
 

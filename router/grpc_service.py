@@ -55,6 +55,8 @@ def _fields(request) -> dict:
               "seed": s.seed if s.HasField("seed") else None}
     if request.member:
         fields["member"] = request.member
+    if request.session:
+        fields["session"] = request.session
     return fields
 
 

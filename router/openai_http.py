@@ -20,7 +20,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 # OpenAI fields we accept and ignore: they change nothing about what is sampled.
 IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "best_of", "stream_options",
            "stream", "model", "prompt", "messages", "logprobs", "echo", "top_logprobs", "max_completion_tokens"}
-SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights"}
+SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights", "session"}
 
 
 def error_body(e: RequestError) -> dict:
@@ -53,9 +53,9 @@ def parse(body, service: EnsembleService, chat: bool):
     else:
         prompt = body.get("prompt")
         fields["prompt"] = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 else prompt
-    if chat and fields["messages"] is None:
+    if chat and fields["messages"] is None and "session" not in fields:
         raise RequestError("messages is required", "messages")
-    if not chat and fields["prompt"] is None:
+    if not chat and fields["prompt"] is None and "session" not in fields:
         raise RequestError("prompt is required", "prompt")
     return service.request_for_model(body.get("model"), fields), body.get("stream", False), \
         bool(options.get("include_usage"))

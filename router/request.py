@@ -51,6 +51,7 @@ class GenerateRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # None: a random seed, reported back
     n: int = 1
+    session: str | None = None  # continue (or start, with a prompt) the session of this id
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Plan:
     n: int
     prompt: str | None = None
     messages: list[dict] | None = field(default=None)
+    session: str | None = None
 
 
 def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float],
@@ -71,7 +73,7 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
     """Check everything a user can get wrong, naming the field; nothing reaches a member before this.
     Needs only the member names, so the CLI runs it before starting any actor."""
     members = list(members)
-    _check_prompt(req)
+    _check_session(req)
     method = req.method or method
     if method not in METHODS:
         raise RequestError(f"method must be one of {', '.join(METHODS)} (got {method!r})", "method")
@@ -85,7 +87,17 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
         weights = _weights(req.weights, members) if req.weights is not None else weights
     params = _sampling(req)
     n = _number(req.n, "n", 1, 1 << 16, integer=True)
-    return Plan(method, weights, member, params, int(n), req.prompt, req.messages)
+    if req.session is not None and n != 1:
+        raise RequestError("a request that names a session draws one sample (n must be 1)", "n")
+    return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session)
+
+
+def _check_session(req: GenerateRequest) -> None:
+    if req.session is not None and (not isinstance(req.session, str) or not 0 < len(req.session) <= 128):
+        raise RequestError("session must be an id of 1 to 128 characters", "session")
+    if req.session is not None and req.prompt is None and req.messages is None:
+        return  # continuing a session: its prompt is in its snapshot
+    _check_prompt(req)
 
 
 def _check_prompt(req: GenerateRequest) -> None:

@@ -16,17 +16,20 @@ import torch
 from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
 
-from .members import MemberDown
+from . import snapshot
+from .members import LocalMember, MemberDown
 from .policies import make_policy
-from .request import GenerateRequest, Plan, RequestError, UnavailableError, check_shared_tokenizer, validate
+from .request import (GenerateRequest, NotFoundError, Plan, RequestError, UnavailableError, check_shared_tokenizer,
+                      validate)
 from .result import Choice, GenerateResult, summarize
 from .session import MIXTURE, Chunk, Session
+from .snapshot import SessionStore
 
 
 class Router:
     def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
                  default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
-                 retry_s: float = 120.0):
+                 retry_s: float = 120.0, store=None):
         self.members = members  # name -> RayMember | LocalMember
         self.infos = infos
         self.weights = weights
@@ -40,6 +43,7 @@ class Router:
         self.pieces: dict[str, list[bytes]] = {}  # tokenizer -> bytes per id, fetched for ce
         self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
         self.retry_s = retry_s  # how long a session waits for a member that went down
+        self.store = store or LocalMember(SessionStore())  # session snapshots, by id
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
         async for item in self.stream(req):
@@ -53,7 +57,8 @@ class Router:
         if plan.method == "ce":
             check_shared_tokenizer(plan.weights, self.infos)
         started = time.perf_counter()
-        prompt_ids = await self._prompt_ids(plan)
+        prompt_ids, history = await self._resume(plan) if plan.session else (None, [])
+        prompt_ids = prompt_ids or await self._prompt_ids(plan)
         tokenizers = {m: self.infos[m].tokenizer for m in plan.weights}
         if plan.method == "ce":
             tokenizers[MIXTURE] = await self._fetch_pieces(plan)
@@ -65,8 +70,10 @@ class Router:
             try:
                 async with gate:
                     params = replace(plan.params, seed=plan.params.seed + j)
-                    s = Session(prompt_ids, tokenizers, self.eos_ids, params, index=j)
+                    s = Session(prompt_ids, tokenizers, self.eos_ids, params, index=j, history=history)
                     choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk()))
+                    if plan.session:
+                        await self.store.call("put", plan.session, snapshot.dump(prompt_ids, s.log))
                 events.put_nowait(choice)
             except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
                 events.put_nowait(e)
@@ -105,7 +112,7 @@ class Router:
                 emit()
         finally:
             await self._release(s)
-        return Choice(s.output_text(), [e.token for e in s.log], [e.member for e in s.log],
+        return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
                       s.finish_reason, s.first_token_s, s.stretches(), s.index)
 
     async def _release(self, s: Session) -> None:
@@ -164,6 +171,23 @@ class Router:
                     await asyncio.sleep(delay)  # backoff while Ray restarts the member
                     delay = min(2 * delay, 1.0)
             lost()
+
+    async def _resume(self, plan: Plan) -> tuple[dict[str, list[int]] | None, list]:
+        """A named session's prompt and log from its snapshot; (None, []) for a new one."""
+        blob = await self.store.call("get", plan.session)
+        if blob is None:
+            if plan.prompt is None and plan.messages is None:
+                raise NotFoundError(f"unknown session {plan.session!r}; start it with a prompt", "session")
+            return None, []
+        if plan.prompt is not None or plan.messages is not None:
+            raise RequestError(f"session {plan.session!r} exists: continue it without a prompt", "prompt")
+        prompt_ids, history = snapshot.load(blob)
+        missing = [m for m in plan.weights if m not in prompt_ids]
+        if missing:
+            raise RequestError(f"session {plan.session!r} was not started with members {missing}", "weights")
+        if history and history[-1].token in self.eos_ids[history[-1].tokenizer]:
+            raise RequestError(f"session {plan.session!r} ended with an end-of-sequence token", "session")
+        return prompt_ids, history
 
     async def _prompt_ids(self, plan: Plan) -> dict[str, list[int]]:
         names = list(plan.weights)

@@ -41,20 +41,24 @@ class Session:
         eos_ids: dict[str, frozenset[int]],
         params: SamplingParams,
         index: int = 0,
+        history: list[Entry] | None = None,
     ):
+        """`history`: the log of an earlier request on the same session, continued here (its tokens
+        keep their step numbers, so 20 + 20 tokens are the same as 40 at once)."""
         self.id = uuid.uuid4().hex
         self.index = index  # which of the request's n samples
         self.prompt_ids = prompt_ids  # member -> its own prompt tokens
         self.tokenizers = tokenizers  # member (and MIXTURE under ce) -> fingerprint
         self.eos_ids = eos_ids  # fingerprint -> every member's end-of-sequence ids for it
         self.params = params
-        self.log: list[Entry] = []
+        self.log: list[Entry] = list(history or [])
         self.cursor: dict[str, int] = {}  # member -> entries its KV has seen; absent = not even the prompt
-        self.text = bytearray()
+        self.text = bytearray(b"".join(e.piece for e in self.log))
         self.text_end: int | None = None  # where a stop string starts
         self.finish_reason: str | None = None
-        self.shown_bytes = 0  # text already streamed to the client
-        self.shown_tokens = 0
+        self.first, self.base = len(self.log), len(self.text)  # where this request's output starts
+        self.shown_bytes = self.base  # text already streamed to the client
+        self.shown_tokens = self.first
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
 
@@ -64,7 +68,7 @@ class Session:
 
     @property
     def remaining(self) -> int:
-        return self.params.max_tokens - len(self.log)
+        return self.first + self.params.max_tokens - len(self.log)
 
     def take_delta(self, member: str) -> tuple[Segment, ...]:
         """What `member` has not seen, as ids where it shares the producer's tokenizer, else text.
@@ -128,8 +132,11 @@ class Session:
                 self.text_end = at
                 self.finish_reason = "stop"
 
+    def output(self) -> list[Entry]:
+        return self.log[self.first :]
+
     def output_text(self) -> str:
-        return bytes(self.text[: self.text_end]).decode("utf-8", errors="replace")
+        return bytes(self.text[self.base : self.text_end]).decode("utf-8", errors="replace")
 
     def take_chunk(self) -> Chunk:
         """What is new since the last chunk. Text is held back while it could still be the start of a
@@ -147,8 +154,8 @@ class Session:
     def stretches(self) -> list[tuple[str, str]]:
         """(member, text) for each run of consecutive tokens from one member, up to any stop string."""
         out: list[tuple[str, bytearray]] = []
-        budget = len(self.text) if self.text_end is None else self.text_end
-        for e in self.log:
+        budget = (len(self.text) if self.text_end is None else self.text_end) - self.base
+        for e in self.output():
             piece = e.piece[: max(0, budget)]
             budget -= len(e.piece)
             if out and out[-1][0] == e.member:

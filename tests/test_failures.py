@@ -66,3 +66,14 @@ def test_eviction_past_max_sessions_replays_and_changes_nothing(tiny_dir):
         assert sum(m.core.evictions for m in bounded.router.members.values()) > 0
         assert max(len(m.core.sessions) for m in bounded.router.members.values()) <= 2
     assert texts(got) == texts(expected)
+
+
+def test_a_restarted_router_continues_a_session_from_its_snapshot(tiny_dir, ensemble):
+    import uuid
+
+    session = uuid.uuid4().hex
+    whole = ensemble.generate(prompt="the sun", max_tokens=30, seed=9).choices[0]
+    first = ensemble.generate(prompt="the sun", max_tokens=15, seed=9, session=session).choices[0]
+    with build_engine(tiny_dir / "ensemble.yaml") as restarted:  # another router, other member actors
+        second = restarted.generate(session=session, max_tokens=15, seed=9).choices[0]
+    assert first.token_ids + second.token_ids == whole.token_ids and first.text + second.text == whole.text

@@ -1,0 +1,47 @@
+"""Session snapshots: a session's log in msgpack, kept outside the router process, so that a request
+naming the session continues it even on a restarted or different router replica (DESIGN.md: the log
+is the truth; members' caches are rebuilt from it)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import msgpack
+
+from .session import Entry
+
+VERSION = 1
+STORE_ACTOR = "mixserve_sessions"
+
+
+def dump(prompt_ids: dict[str, list[int]], log: list[Entry]) -> bytes:
+    # One flat list per field: a 1,000-token log packs to a few kilobytes.
+    return msgpack.packb({"v": VERSION, "prompt_ids": prompt_ids, "member": [e.member for e in log],
+                          "token": [e.token for e in log], "piece": [e.piece for e in log],
+                          "tokenizer": [e.tokenizer for e in log]})
+
+
+def load(blob: bytes) -> tuple[dict[str, list[int]], list[Entry]]:
+    d = msgpack.unpackb(blob)
+    if d.get("v") != VERSION:
+        raise ValueError(f"session snapshot version {d.get('v')} is not {VERSION}")
+    return d["prompt_ids"], [Entry(*row) for row in zip(d["member"], d["token"], d["piece"], d["tokenizer"])]
+
+
+class SessionStore:
+    """Snapshots by session id, least recently used dropped past `capacity`. In a Ray cluster it
+    runs as the named actor mixserve_sessions, shared by every router replica."""
+
+    def __init__(self, capacity: int = 10_000):
+        self.capacity = capacity
+        self.blobs: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, session: str) -> bytes | None:
+        if session in self.blobs:
+            self.blobs.move_to_end(session)
+        return self.blobs.get(session)
+
+    def put(self, session: str, blob: bytes) -> None:
+        self.blobs[session] = blob
+        self.blobs.move_to_end(session)
+        while len(self.blobs) > self.capacity:
+            self.blobs.popitem(last=False)
