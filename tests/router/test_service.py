@@ -1,0 +1,50 @@
+"""The protocol-neutral ingress layer: admission, auth and health, on fake members."""
+import asyncio
+
+import pytest
+
+from mixserve.config import parse_config
+from mixserve.router.admission import OverloadedError
+from mixserve.router.members import LocalMember, MemberDown
+from mixserve.router.request import GenerateRequest
+from mixserve.router.router import Router
+from mixserve.router.service import EnsembleService, UnauthorizedError
+from tests.fakes import FakeCore
+
+
+@pytest.fixture()
+def service(tiny_dir, monkeypatch):
+    monkeypatch.setenv("SERVICE_TEST_KEY", "k1")
+    config = parse_config({"members": [{"name": "a", "model": "a"}, {"name": "b", "model": "b"}],
+                           "max_concurrent_sessions": 4, "api_key_env": "SERVICE_TEST_KEY"}, tiny_dir)
+    cores = {m: FakeCore(m) for m in ("a", "b")}
+    router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
+                    config.weights, "me")
+    return EnsembleService(config, router), cores
+
+
+def test_health_is_degraded_while_a_member_does_not_answer(service):
+    svc, cores = service
+    assert asyncio.run(svc.live_sessions()) == {"a": 0, "b": 0}
+
+    def down():
+        raise MemberDown("gone")
+
+    cores["b"].live_sessions = down
+    assert asyncio.run(svc.live_sessions()) is None
+
+
+def test_admission_refuses_past_the_limit_and_frees_slots_afterwards(service):
+    svc, _ = service
+    with pytest.raises(OverloadedError, match="limit of 4 concurrent sessions"):
+        asyncio.run(svc.generate(GenerateRequest(prompt="x", n=5)))
+    assert asyncio.run(svc.generate(GenerateRequest(prompt="x", n=4, max_tokens=3))).usage.completion_tokens == 12
+    assert svc.admission.active == 0
+
+
+def test_a_missing_or_wrong_key_is_refused_saying_how_to_send_it(service):
+    svc, _ = service
+    svc.authorize("Bearer k1")
+    for bad in (None, "", "Bearer k2", "k1x"):
+        with pytest.raises(UnauthorizedError, match="Authorization: Bearer"):
+            svc.authorize(bad)
