@@ -30,7 +30,7 @@ def pinned(raw: dict) -> dict:
     return {**raw, "members": members}
 
 
-def render(raw: dict, image: str, name: str = "mixserve") -> dict:
+def render(raw: dict, image: str) -> dict:
     config = parse_config(raw, resolve_models=False)  # a bad config renders nothing
     serve_config = {
         "proxy_location": "EveryNode",
@@ -57,7 +57,7 @@ def render(raw: dict, image: str, name: str = "mixserve") -> dict:
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "mixserve"}},
+        "metadata": {"name": "mixserve", "labels": {"app.kubernetes.io/name": "mixserve"}},
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
             "rayClusterConfig": {"rayVersion": RAY_VERSION, "headGroupSpec": head,
@@ -88,7 +88,6 @@ def _worker_group(member, image: str) -> dict:
 def _resources_param(resources: dict) -> str:
     # KubeRay passes this through a shell to `ray start --resources`: a quoted JSON string.
     return '"' + json.dumps(resources).replace('"', '\\"') + '"'
-
 
 
 def to_yaml(manifest: dict) -> str:

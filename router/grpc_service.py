@@ -24,7 +24,7 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
 
     async def Generate(self, request, context):
         try:
-            self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
+            self._authorize(context)
             req = self.service.request_for_model(request.model or None, _fields(request))
             async with aclosing(self.service.stream(req)) as items:
                 async for item in items:
@@ -34,9 +34,12 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
         except RequestError as e:
             await context.abort(STATUS.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), str(e))
 
+    def _authorize(self, context) -> None:
+        self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
+
     async def ListModels(self, request, context):
         try:
-            self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
+            self._authorize(context)
         except RequestError as e:
             await context.abort(STATUS[e.status], str(e))
         cards = [pb2.ModelCard(id=m["id"], model=m.get("model", ""), weight=m.get("weight", 1.0))

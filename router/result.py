@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 
 
@@ -41,6 +42,14 @@ class GenerateResult:
             choice.pop("stretches")
             choice.pop("index")
         return out
+
+
+async def final(items) -> GenerateResult:
+    """Drain a generation stream (chunks, then the result) and return the result; closes it either way."""
+    async with aclosing(items):
+        async for item in items:
+            result = item
+    return result
 
 
 def summarize(choices: list[Choice], prompt_token_ids: dict[str, list[int]], forwards: int, trips: int) -> Usage:

@@ -21,7 +21,7 @@ from .members import LocalMember, MemberDown
 from .policies import make_policy
 from .request import (GenerateRequest, NotFoundError, Plan, RequestError, UnavailableError, check_shared_tokenizer,
                       validate)
-from .result import Choice, GenerateResult, summarize
+from .result import Choice, GenerateResult, final, summarize
 from .session import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
 
@@ -46,9 +46,7 @@ class Router:
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
-        async for item in self.stream(req):
-            result = item
-        return result
+        return await final(self.stream(req))
 
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
         """Chunks of every choice as their turns complete, then the whole GenerateResult. Closing the

@@ -12,7 +12,7 @@ from mixserve.config import EnsembleConfig
 
 from .admission import Admission, OverloadedError
 from .request import GenerateRequest, NotFoundError, RequestError
-from .result import GenerateResult
+from .result import GenerateResult, final
 from .router import Router
 from .session import Chunk
 
@@ -74,10 +74,7 @@ class EnsembleService:
             self._gauge()
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
-        async with aclosing(self.stream(req)) as items:
-            async for item in items:
-                result = item
-        return result
+        return await final(self.stream(req))
 
     async def live_sessions(self, timeout_s: float = 2.0) -> dict[str, int] | None:
         """Sessions held per member, or None when a member does not answer (the service is degraded)."""
