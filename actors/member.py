@@ -1,8 +1,9 @@
 """The member core: one causal LM and a KV cache per session (DESIGN.md, "member").
 
-Plain Python over torch; the Ray actor is `ray.remote(MemberCore)` with placement options (see
-cluster/placement.py). One operation, `step`, appends a session's unseen log (prefill, catch-up) and
-then decodes a run of tokens, sampling here on the member's own device.
+Plain Python over torch. The Ray actor is actors/engine.py's MemberEngine, which batches the
+sessions ready at each moment into one `forward`; `step` runs one request whole, in this thread.
+A step appends a session's unseen log (prefill, catch-up) and then decodes a run of tokens,
+sampling here on the member's own device.
 """
 from __future__ import annotations
 
@@ -11,29 +12,40 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import packed
 from .codec import TokenCodec
 from .loading import ModelSource, load
+from .packed import KV
 from .messages import MemberInfo, Segment, SessionLost, StepRequest, StepResult
 from .sampling import pick
+
+
+MIN_GEMM_ROWS = 5  # BLAS takes its matrix-vector path below this many rows, and rounds differently
 
 
 @dataclass
 class SessionCache:
     ids: list[int] = field(default_factory=list)  # the sequence as this member tokenizes it
-    kv: object = None  # transformers Cache holding ids[:cached]
-    cached: int = 0  # ids[:cached] are valid in kv
-    kv_len: int = 0  # tokens kv holds; past `cached` they are stale and get cropped
+    kv: KV = field(default_factory=KV)  # keys and values of ids[:cached]
+    cached: int = 0  # ids[:cached] are valid in kv; positions past it are overwritten as it grows
     fixed: int = 0  # ids[:fixed] arrived as ids (prompt, shared tokenizer): never re-tokenized
 
 
 class MemberCore:
+    """One model and its sessions. `begin` applies a step request's delta, `forward` runs any number
+    of sessions in one packed model call, `advance` samples a session's next token from its row: the
+    batching engine (actors/engine.py) and the whole-run `step` below are both made of these."""
+
     def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
-                 max_sessions: int | None = None, max_cached_tokens: int | None = None):
+                 max_sessions: int | None = None, max_cached_tokens: int | None = None,
+                 batch_invariant: bool = False):
         self.name = name
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
             torch.set_num_threads(threads)  # one simulated accelerator per member (DESIGN.md)
         self.model, self.tokenizer = load(source, dtype, self.device)
+        packed.register()
+        self.model.set_attn_implementation(packed.ATTENTION)
         self.codec = TokenCodec(self.tokenizer)
         self.vocab_size = len(self.codec.pieces)  # the model's padded rows past this are never sampled
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
@@ -41,7 +53,9 @@ class MemberCore:
         self.sessions: OrderedDict[str, SessionCache] = OrderedDict()  # least recently used first
         self.max_sessions = max_sessions
         self.max_cached_tokens = max_cached_tokens
-        self.forwards = 0
+        self.min_rows = MIN_GEMM_ROWS if batch_invariant else 1
+        self.forwards = 0  # model calls
+        self.rows = 0  # sessions advanced, summed over model calls
         self.evictions = 0
 
     def info(self) -> MemberInfo:
@@ -57,33 +71,80 @@ class MemberCore:
         return self.tokenizer.encode(prompt)
 
     def step(self, req: StepRequest) -> StepResult:
+        """A whole step in this thread, one session per forward (in-process members and the
+        ce-sequential baseline). Same numbers as the batched engine: see `forward`."""
+        s = self.begin(req)
+        if req.distribution:
+            return StepResult(probs=self.forward([s])[0].exp().numpy(), forwards=1)
+        tokens: list[int] = []
+        pieces: list[bytes] = []
+        finish = ""
+        for t in range(req.first_step, req.first_step + req.steps):
+            if self.full(s):
+                finish = "length"
+                break
+            token, piece, finish = self.advance(s, self.forward([s])[0], req.sampling, t)
+            tokens.append(token)
+            pieces.append(piece)
+            if finish:
+                break
+        return StepResult(tokens, pieces, finish, forwards=len(tokens))
+
+    def begin(self, req: StepRequest, busy: frozenset[str] = frozenset()) -> SessionCache:
+        """The session's cache with the request's delta appended; `busy` sessions are never evicted."""
         if req.fresh:
             s = self.sessions[req.session] = SessionCache()
         elif (s := self.sessions.get(req.session)) is None:
             raise SessionLost(req.session)
         self.sessions.move_to_end(req.session)
-        self._evict(keep=req.session)
+        self._evict(keep=busy | {req.session})
         for seg in req.delta:
             self._append(s, seg)
-        if req.distribution:
-            logp = self._forward(s)  # (vocab,)
-            return StepResult(probs=logp.exp().float().cpu().numpy(), forwards=1)
-        tokens: list[int] = []
-        pieces: list[bytes] = []
-        finish = ""
-        for t in range(req.first_step, req.first_step + req.steps):
-            if len(s.ids) >= self.context_length:
-                finish = "length"
-                break
-            token = pick(self._forward(s), req.sampling, t)
-            s.ids.append(token)
-            tokens.append(token)
-            if token in self.eos_ids:
-                pieces.append(b"")
-                finish = "eos"
-                break
-            pieces.append(self.codec.piece(token))
-        return StepResult(tokens, pieces, finish, forwards=len(tokens))
+        return s
+
+    def full(self, s: SessionCache) -> bool:
+        return len(s.ids) >= self.context_length
+
+    def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int) -> tuple[int, bytes, str]:
+        """Sample step `step` from this session's row of log-probs and append it."""
+        token = pick(logp, sampling, step)
+        s.ids.append(token)
+        if token in self.eos_ids:
+            return token, b"", "eos"
+        return token, self.codec.piece(token), ""
+
+    @torch.inference_mode()
+    def forward(self, rows: list[SessionCache]) -> torch.Tensor:
+        """Feed every row's uncached tail in one packed model call; next-token log-probs (rows, vocab).
+
+        Each session attends only to itself (actors/packed.py). With batch_invariant every call has at
+        least MIN_GEMM_ROWS rows in each matrix product and each query attends alone, so a session's
+        numbers are the same alone, in any batch, or replayed in one prefill."""
+        segments, ids, positions, last = [], [], [], []
+        for s in rows:
+            if s.cached == len(s.ids):
+                s.cached -= 1  # everything is cached but we need the last position's logits again
+            tail = s.ids[s.cached :]
+            segments.append(packed.Segment(s.kv, s.cached, len(ids), len(tail)))
+            positions.extend(range(s.cached, len(s.ids)))
+            ids.extend(tail)
+            last.append(len(ids) - 1)
+        if len(ids) < self.min_rows:  # a throwaway session pads the batch up to the matrix path
+            pad = self.min_rows - len(ids)
+            segments.append(packed.Segment(packed.KV(), 0, len(ids), pad))
+            positions.extend(range(pad))
+            ids.extend([0] * pad)
+        keep = last + [last[-1]] * max(0, self.min_rows - len(last))
+        with packed.packing(tuple(segments), per_query=self.min_rows > 1):
+            out = self.model(input_ids=torch.tensor([ids], device=self.device),
+                             position_ids=torch.tensor([positions], device=self.device), use_cache=False,
+                             logits_to_keep=torch.tensor(keep, device=self.device))
+        self.forwards += 1
+        self.rows += len(rows)
+        for s in rows:
+            s.cached = len(s.ids)
+        logits = out.logits[0, : len(rows), : self.vocab_size].float()
+        return torch.log_softmax(logits, dim=-1).cpu()
 
     def pieces(self) -> list[bytes]:
         """Bytes per token id: the router samples ce tokens itself and needs their text."""
@@ -95,19 +156,18 @@ class MemberCore:
     def live_sessions(self) -> int:
         return len(self.sessions)
 
-    def _evict(self, keep: str) -> None:
+    def _evict(self, keep: set[str] | frozenset[str]) -> None:
         """Drop least recently used caches past max_sessions / max_cached_tokens; their sessions
         replay from the router's log when they come back."""
         def over() -> bool:
             if self.max_sessions is not None and len(self.sessions) > self.max_sessions:
                 return True
             return self.max_cached_tokens is not None and \
-                sum(c.kv_len for c in self.sessions.values()) > self.max_cached_tokens
-        while len(self.sessions) > 1 and over():
-            victim = next(iter(self.sessions))
-            if victim == keep:
-                self.sessions.move_to_end(keep)
-                victim = next(iter(self.sessions))
+                sum(c.cached for c in self.sessions.values()) > self.max_cached_tokens
+        while over():
+            victim = next((sid for sid in self.sessions if sid not in keep), None)
+            if victim is None:
+                return
             del self.sessions[victim]
             self.evictions += 1
 
@@ -127,31 +187,6 @@ class MemberCore:
                 s.ids.pop()
                 s.cached = min(s.cached, len(s.ids))
         s.ids.extend(new)
-
-    @torch.inference_mode()
-    def _forward(self, s: SessionCache) -> torch.Tensor:
-        """Feed the uncached tail of the session; return next-token log-probs (vocab,)."""
-        if s.cached == len(s.ids):
-            s.cached -= 1  # everything is cached but we need the last position's logits again
-        self._crop(s)
-        tail = torch.tensor([s.ids[s.cached :]], device=self.device)  # (1, new)
-        out = self.model(input_ids=tail, past_key_values=s.kv, use_cache=True, logits_to_keep=1)
-        self.forwards += 1
-        s.kv, s.cached = out.past_key_values, len(s.ids)
-        s.kv_len = s.cached
-        return torch.log_softmax(out.logits[0, -1, : self.vocab_size].float(), dim=-1)
-
-    def _crop(self, s: SessionCache) -> None:
-        extra = s.kv_len - s.cached
-        if s.kv is None or extra <= 0:
-            return
-        try:
-            s.kv.crop(-extra)
-            s.kv_len = s.cached
-        except RuntimeError:
-            # A sliding-window layer past its window cannot roll back; the cache is soft state, so
-            # rebuild it from the ids (DESIGN.md invariant 1).
-            s.kv, s.cached, s.kv_len = None, 0, 0
 
 
 def _eos_ids(model, tokenizer) -> tuple[int, ...]:

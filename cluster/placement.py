@@ -20,10 +20,11 @@ def torch_threads(member: MemberConfig) -> int:
     return max(1, int(member.resources.get("num_cpus", 1)))
 
 
-def member_args(member: MemberConfig) -> tuple:
+def member_args(member: MemberConfig) -> dict:
     """MemberCore's constructor arguments, for an actor or an in-process core alike."""
-    return (member.name, member.source, member.dtype, torch_threads(member), member.max_sessions,
-            member.max_cached_tokens)
+    return dict(name=member.name, source=member.source, dtype=member.dtype, threads=torch_threads(member),
+                max_sessions=member.max_sessions, max_cached_tokens=member.max_cached_tokens,
+                batch_invariant=member.batch_invariant)
 
 
 def check_fits(members, capacity: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from mixserve.actors.engine import MemberEngine
 from mixserve.actors.member import MemberCore
 from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
@@ -54,7 +55,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         config = load_config(config)
     actors: dict = {}
     if in_process:
-        cores = {m.name: MemberCore(*member_args(m)) for m in config.members}
+        cores = {m.name: MemberCore(**member_args(m)) for m in config.members}
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
         store = None
@@ -71,7 +72,8 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         store = RayMember(ray.remote(SessionStore).options(
             name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0).remote())
     router = Router(members, infos, config.weights, config.method, config.default_member,
-                    runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store)
+                    runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store,
+                    eager_sync=config.eager_sync)
     return Engine(config, router, actors)
 
 
@@ -79,8 +81,9 @@ def _start_actors(config: EnsembleConfig) -> dict:
     import ray
 
     # A crashed member restarts (reloading its weights); the router replays its sessions' logs.
-    remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberCore)
-    return {m.name: remote.options(**actor_options(m)).remote(*member_args(m)) for m in config.members}
+    remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberEngine)
+    return {m.name: remote.options(**actor_options(m)).remote(max_batch=m.max_batch, **member_args(m))
+            for m in config.members}
 
 
 def _wait_ready(config: EnsembleConfig, actors: dict) -> dict:

@@ -10,10 +10,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mixserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    models = sub.add_parser("models", help="tiny: make random-initialised test members; prepare: load (and "
-                                           "convert GGUF once) every member of a config, e.g. in an image build")
-    models.add_argument("action", choices=["tiny", "prepare"])
-    models.add_argument("--out", help="tiny: directory to write the members and configs into")
+    models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~25M-parameter "
+                                           "random members for `mixserve bench`; prepare: load (and convert GGUF "
+                                           "once) every member of a config, e.g. in an image build")
+    models.add_argument("action", choices=["tiny", "bench", "prepare"])
+    models.add_argument("--out", help="tiny, bench: directory to write the members and configs into")
     models.add_argument("--config", help="prepare: the ensemble config")
 
     gen = sub.add_parser("generate", help="generate from an ensemble config")
@@ -47,12 +48,23 @@ def main(argv: list[str] | None = None) -> None:
     k8s.add_argument("--image", default="mixserve:latest", help="container image with mixserve and the models")
     k8s.add_argument("--out", help="write here instead of standard output")
 
+    bench = sub.add_parser("bench", help="measure me against single members, ce-parallel and ce-sequential")
+    bench.add_argument("--config", required=True)
+    bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in words (about tokens)")
+    bench.add_argument("--max-tokens", type=int, default=128)
+    bench.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="comma-separated, e.g. 1,4,16")
+    bench.add_argument("--repeats", type=int, default=5, help="requests per method at batch 1")
+    bench.add_argument("--out", default="bench-out", help="directory for bench.json, bench.md, bench.png")
+    bench.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
             _models(args, parser)
         elif args.command == "k8s":
             _render(args)
+        elif args.command == "bench":
+            _bench(args)
         elif args.command == "serve":
             from mixserve.serve_cli import serve_forever
 
@@ -71,6 +83,13 @@ def _models(args, parser) -> None:
         from mixserve.tiny import make_tiny
 
         print(f"wrote tiny members a, b, c and ensemble.yaml, hetero.yaml to {make_tiny(args.out)}")
+        return
+    if args.action == "bench":
+        if not args.out:
+            parser.error("models bench needs --out DIR")
+        from mixserve.tiny import make_bench
+
+        print(f"wrote bench members m1, m2 and bench.yaml to {make_bench(args.out)}")
         return
     if not args.config:
         parser.error("models prepare needs --config FILE")
@@ -104,6 +123,30 @@ def _weights(text: str) -> dict[str, float]:
         return {k.strip(): float(v) for k, v in (pair.split("=") for pair in text.split(","))}
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected name=weight pairs like a=0.7,b=0.3 (got {text!r})") from None
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(c) for c in text.split(",")}))
+    except ValueError:
+        levels = ()
+    if not levels or levels[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4,16 (got {text!r})")
+    return levels
+
+
+def _bench(args) -> None:
+    from mixserve.bench import run_bench
+
+    for name in ("prompt_tokens", "max_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    report = run_bench(args.config, args.prompt_tokens, args.max_tokens, args.concurrency, args.repeats,
+                       out=args.out, address=args.address)
+    from mixserve.bench_report import markdown
+
+    print(markdown(report))
+    print(f"wrote bench.json, bench.md and bench.png to {args.out}")
 
 
 def _generate(args) -> None:

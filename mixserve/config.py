@@ -19,8 +19,9 @@ from mixserve.router.policies import METHODS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
-            "max_concurrent_sessions", "api_key_env", "member_retry_s"}
-MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens"}
+            "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync"}
+MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
+               "batch_invariant"}
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,10 @@ class MemberConfig:
     resources: dict[str, float] = field(default_factory=dict)  # num_cpus, num_gpus, custom resources
     max_sessions: int | None = None  # KV caches kept; past it the least recently used are evicted
     max_cached_tokens: int | None = None  # the same bound, in cached tokens summed over sessions
+    max_batch: int = 16  # sessions in one forward (continuous batching); 1 turns batching off
+    # Bit-identical tokens whatever the batch (DESIGN.md invariant 3) at the price of small-batch speed:
+    # every forward computes at least MIN_GEMM_ROWS rows, because BLAS rounds a 1-row product differently.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class EnsembleConfig:
     max_concurrent_sessions: int = 64  # past this, requests are refused at once (429), never queued
     api_key_env: str | None = None  # if set and that variable is non-empty, clients must send the key
     member_retry_s: float = 120.0  # how long a session waits for a member that went down to come back
+    eager_sync: bool = False  # after a run, send its tokens to the idle members at once (see README)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -107,8 +113,11 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     retry = raw.get("member_retry_s", 120.0)
     if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry <= 0:
         raise ConfigError(f"member_retry_s must be a positive number of seconds (got {retry!r})")
+    eager = raw.get("eager_sync", False)
+    if not isinstance(eager, bool):
+        raise ConfigError(f"eager_sync must be true or false (got {eager!r})")
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
-                          float(retry))
+                          float(retry), eager)
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
@@ -145,7 +154,14 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{key} must be a positive integer (got {value!r})")
         bounds[key] = value
-    return MemberConfig(name, model, source, float(weight), dtype, dict(resources), **bounds)
+    max_batch = raw.get("max_batch", 16)
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"{where}.max_batch must be a positive integer (got {max_batch!r})")
+    invariant = raw.get("batch_invariant", False)
+    if not isinstance(invariant, bool):
+        raise ConfigError(f"{where}.batch_invariant must be true or false (got {invariant!r})")
+    return MemberConfig(name, model, source, float(weight), dtype, dict(resources), **bounds, max_batch=max_batch,
+                        batch_invariant=invariant)
 
 
 def _no_unknown(raw: dict, known: set[str], where: str) -> None:

@@ -1,8 +1,11 @@
-"""`mixserve models tiny`: small random-initialised members, made offline in seconds.
+"""`mixserve models tiny|bench`: random-initialised members, made offline in seconds.
 
-a (Llama) and b (Qwen2) share one byte-level BPE tokenizer trained here; c (Llama) has its own,
+tiny: a (Llama) and b (Qwen2) share one byte-level BPE tokenizer trained here; c (Llama) has its own,
 different tokenizer. Weights are drawn with a wide init so next-token distributions are peaked and
 differ between members: an ensemble of them is measurably not any one of them.
+
+bench: two members of about 25 M parameters each (Llama and Qwen2, shared tokenizer), large enough
+that the forward, not the serving overhead, dominates a step on one CPU thread, as on an accelerator.
 """
 from __future__ import annotations
 
@@ -38,14 +41,18 @@ def _tokenizer(seed: int, vocab_size: int):
     return hf
 
 
-def _model(arch: str, vocab_size: int, seed: int):
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, initializer_range=0.5, max_position_embeddings=1024)
+BENCH = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+             num_key_value_heads=4, initializer_range=0.02, max_position_embeddings=2048)
+
+
+def _model(arch: str, vocab_size: int, seed: int, size: dict = TINY):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    shape = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                 initializer_range=0.5, eos_token_id=0, bos_token_id=None, pad_token_id=None,
-                 tie_word_embeddings=False)
+    shape = dict(vocab_size=vocab_size, eos_token_id=0, bos_token_id=None,
+                 pad_token_id=None, tie_word_embeddings=False, **size)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
     torch.manual_seed(seed)
     return model_cls(config_cls(**shape)).eval()
@@ -59,7 +66,22 @@ def make_tiny(out: str | Path) -> Path:
         _model(arch, len(tok), seed).save_pretrained(out / name)
         tok.save_pretrained(out / name)
     for file, second in (("ensemble.yaml", "b"), ("hetero.yaml", "c")):
-        config = {"members": [{"name": "a", "model": "a", "weight": 0.5},
-                              {"name": second, "model": second, "weight": 0.5}], "method": "me"}
+        # batch_invariant: the tests compare texts across concurrency and batching, bit for bit.
+        config = {"members": [{"name": m, "model": m, "weight": 0.5, "batch_invariant": True} for m in ("a", second)],
+                  "method": "me"}
         (out / file).write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def make_bench(out: str | Path) -> Path:
+    """Members m1 and m2 and bench.yaml (me, equal weights, one CPU each)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(seed=1, vocab_size=384)
+    for name, arch, seed in (("m1", "llama", 21), ("m2", "qwen2", 22)):
+        _model(arch, len(tok), seed, BENCH).save_pretrained(out / name)
+        tok.save_pretrained(out / name)
+    config = {"members": [{"name": m, "model": m, "weight": 0.5, "resources": {"num_cpus": 1}} for m in ("m1", "m2")],
+              "method": "me"}
+    (out / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out

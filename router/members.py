@@ -1,8 +1,15 @@
 """How the router reaches a member: a Ray actor, or a core in this process (tests, ce-sequential).
 
-Both expose one awaitable `call(method, *args)`, so the router and every fake behind it are the same.
+Both expose `call(method, *args)`, which sends the call *now* and returns an awaitable, and
+`stream(request)`, the step's tokens as the member samples them. Sending at call time matters for
+`release`: a release that is sent cannot be lost to a cancellation that lands before it is awaited.
 """
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from mixserve.actors.messages import StepRequest, StepResult
 
 
 class MemberDown(Exception):
@@ -13,18 +20,48 @@ class RayMember:
     def __init__(self, actor):
         self.actor = actor
 
-    async def call(self, method: str, *args):
-        import ray
+    def call(self, method: str, *args) -> asyncio.Future:
+        return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
 
-        try:
-            return await getattr(self.actor, method).remote(*args)
-        except ray.exceptions.RayActorError as e:
-            raise MemberDown(str(e).splitlines()[0]) from None
+    async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        parts = self.actor.step.options(num_returns="streaming").remote(req)
+        async for ref in _down_on_actor_error_iter(parts):
+            yield await _down_on_actor_error(ref)
 
 
 class LocalMember:
+    """A core called in this process. Its step runs whole (no batching): the baseline and the fakes."""
+
     def __init__(self, core):
         self.core = core
 
-    async def call(self, method: str, *args):
-        return getattr(self.core, method)(*args)
+    def call(self, method: str, *args) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        try:
+            done.set_result(getattr(self.core, method)(*args))
+        except Exception as e:  # noqa: BLE001 - raised where it is awaited, as a Ray call's would be
+            done.set_exception(e)
+        return done
+
+    async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        await asyncio.sleep(0)  # a yield, not a wait: other sessions interleave, as they do on a remote member
+        yield await self.call("step", req)
+
+
+async def _down_on_actor_error(ref):
+    import ray
+
+    try:
+        return await ref
+    except ray.exceptions.RayActorError as e:
+        raise MemberDown(str(e).splitlines()[0]) from None
+
+
+async def _down_on_actor_error_iter(parts):
+    import ray
+
+    try:
+        async for ref in parts:
+            yield ref
+    except ray.exceptions.RayActorError as e:
+        raise MemberDown(str(e).splitlines()[0]) from None

@@ -29,7 +29,7 @@ from .snapshot import SessionStore
 class Router:
     def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
                  default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
-                 retry_s: float = 120.0, store=None):
+                 retry_s: float = 120.0, store=None, eager_sync: bool = False):
         self.members = members  # name -> RayMember | LocalMember
         self.infos = infos
         self.weights = weights
@@ -44,6 +44,8 @@ class Router:
         self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
         self.retry_s = retry_s  # how long a session waits for a member that went down
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
+        self.eager_sync = eager_sync  # after a run, the idle members catch up in the background
+        self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
         return await final(self.stream(req))
@@ -105,9 +107,11 @@ class Router:
                 turn = policy.plan(s.step, s.remaining)
                 if turn.weights:
                     await self._mix(s, turn.members, turn.weights, stats)
+                    emit()
                 else:
-                    await self._run(s, turn.members[0], turn.steps, stats)
-                emit()
+                    await self._run(s, turn.members[0], turn.steps, stats, emit)
+                    if self.eager_sync and s.finish_reason is None:
+                        self._sync_idle(s, plan, turn.members[0])
         finally:
             await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
@@ -115,43 +119,83 @@ class Router:
 
     async def _release(self, s: Session) -> None:
         """Free the session on every member that saw it (DESIGN.md invariant 7), even when the request
-        is being cancelled: the release runs to the end under a shield."""
+        is being cancelled. The calls are sent before the first await, so no cancellation can drop
+        them; the wait for their answers runs under a shield."""
+        for member in s.cursor:
+            if (sync := self.syncs.pop((s.id, member), None)) is not None:
+                sync.cancel()
         calls = asyncio.gather(*(self.members[m].call("release", s.id) for m in s.cursor), return_exceptions=True)
         try:
             await asyncio.shield(calls)
         except asyncio.CancelledError:
-            await calls
+            await asyncio.shield(calls)
             raise
 
-    async def _run(self, s: Session, member: str, steps: int, stats: Counter) -> None:
-        """One member catches up on its delta and decodes its run of steps, in one call."""
+    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit) -> None:
+        """One member catches up on its delta and decodes its run of steps, in one call whose tokens
+        stream back as they are sampled."""
         caught_up = s.step - s.cursor.get(member, 0)
         started = time.perf_counter()
-        res = await self._step(s, member, lambda delta, fresh: StepRequest(
-            s.id, delta, s.step, steps, s.params, fresh=fresh))
-        stats.update(forwards=res.forwards, trips=1)
+        end = s.step + steps
+
+        def request(delta, fresh):
+            return StepRequest(s.id, delta, s.step, end - s.step, s.params, fresh=fresh)
+
+        async def record(part: StepResult) -> bool:
+            s.record(member, part.tokens, part.pieces, part.finish)
+            emit()
+            return s.finish_reason is not None or s.step >= end
+
+        await self._step(s, member, request, stats, record)
         if self.metrics:
-            self.metrics.step(member, time.perf_counter() - started, caught_up, len(res.tokens))
-        s.record(member, res.tokens, res.pieces, res.finish)
+            self.metrics.step(member, time.perf_counter() - started, caught_up, steps)
 
     async def _mix(self, s: Session, members: tuple[str, ...], weights: tuple[float, ...], stats: Counter) -> None:
         """ce: every member's distribution, in parallel; sample from their weighted mixture."""
         results = await asyncio.gather(*(self._step(s, m, lambda delta, fresh: StepRequest(
-            s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh)) for m in members))
-        stats.update(forwards=sum(r.forwards for r in results), trips=1)
+            s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh), stats) for m in members))
         vocab = min(len(r.probs) for r in results)
         mixture = sum(w * torch.tensor(r.probs[:vocab], dtype=torch.float64) for w, r in zip(weights, results))  # (vocab,)
         token = pick(torch.log(mixture), s.params, s.step)
         s.record(MIXTURE, [token], [self.pieces[s.tokenizers[MIXTURE]][token]])
 
-    async def _step(self, s: Session, member: str, request) -> StepResult:
-        """A step that survives the member losing the session (eviction, restart): the log is
-        replayed from the prompt (DESIGN.md invariant 1)."""
-        def attempt():
+    async def _step(self, s: Session, member: str, request, stats: Counter, on_part=None) -> StepResult:
+        """One step call that survives the member losing the session (eviction, restart): the log is
+        replayed from the prompt (DESIGN.md invariant 1). `on_part(part)` sees each streamed part and
+        returns True when no more are wanted; a retry asks only for the steps still missing."""
+        last = StepResult()
+
+        async def attempt():
+            nonlocal last
+            if (sync := self.syncs.pop((s.id, member), None)) is not None:
+                await sync  # the background catch-up went first: its tokens are off the delta
             fresh = member not in s.cursor  # before take_delta marks the log as seen
-            return self.members[member].call("step", request(s.take_delta(member), fresh))
+            stats.update(trips=1)
+            async for part in self.members[member].stream(request(s.take_delta(member), fresh)):
+                stats.update(forwards=part.forwards)
+                last = part
+                if on_part and await on_part(part):
+                    break
+            return last
 
         return await self._retrying(member, attempt, lost=lambda: s.forget(member))
+
+    def _sync_idle(self, s: Session, plan: Plan, ran: str) -> None:
+        """eager_sync: send the run's tokens to every other member now, so that its catch-up is done
+        by the time it is chosen. Awaited before that member's next step (see _step)."""
+        for member in plan.weights:
+            # A member without even the prompt gains nothing: it prefills when first chosen.
+            if member == ran or member not in s.cursor or (s.id, member) in self.syncs:
+                continue
+            req = StepRequest(s.id, s.take_delta(member), s.step, 0, s.params)
+            self.syncs[(s.id, member)] = asyncio.create_task(self._sync(s, member, req))
+
+    async def _sync(self, s: Session, member: str, req: StepRequest) -> None:
+        try:
+            async for _ in self.members[member].stream(req):
+                pass
+        except (SessionLost, MemberDown):
+            s.forget(member)  # it will get the whole log when chosen
 
     async def _retrying(self, member: str, attempt, lost=lambda: None):
         """Run `attempt()`; a member that is down is retried with backoff for up to retry_s, then the

@@ -89,7 +89,8 @@ def _deploy(tiny_dir, serve_instance, name: str, prefix: str, raw: dict) -> Serv
 def server(tiny_dir, serve_instance):
     """a and b share a tokenizer, c has its own; me across all three by default."""
     # Half a CPU each: the CLI test runs this same config on its own 2-CPU local Ray.
-    members = [{"name": m, "model": m, "weight": 1, "resources": {"num_cpus": 0.5}} for m in "abc"]
+    members = [{"name": m, "model": m, "weight": 1, "resources": {"num_cpus": 0.5}, "batch_invariant": True}
+               for m in "abc"]
     return _deploy(tiny_dir, serve_instance, "served", "/",
                    {"members": members, "max_concurrent_sessions": MAX_SESSIONS})
 

@@ -20,8 +20,8 @@ def main(tiny_dir: str, prompt: str, seed: int) -> None:
     workers = {name: cluster.add_node(num_cpus=1, resources={f"member_{name}": 1}) for name in ("a", "b")}
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    members = [{"name": n, "model": n, "weight": 0.5, "resources": {"num_cpus": 1, f"member_{n}": 1}}
-               for n in ("a", "b")]
+    members = [{"name": n, "model": n, "weight": 0.5, "resources": {"num_cpus": 1, f"member_{n}": 1},
+                "batch_invariant": True} for n in ("a", "b")]
     with build_engine(parse_config({"members": members}, tiny_dir), address=cluster.address) as engine:
         text = engine.generate(prompt=prompt, max_tokens=40, seed=seed).choices[0].text
         ids = {actor._actor_id.hex(): name for name, actor in engine.actors.items()}

@@ -1,0 +1,132 @@
+"""The member as a Ray actor: continuous batching over MemberCore (DESIGN.md, "member").
+
+Every step request becomes a job. One loop runs a single packed forward for all jobs ready at that
+moment (prefills, catch-ups and decodes together), samples each job's next token and streams it back;
+jobs join and leave between forwards. The forward runs in a worker thread, so the actor keeps
+answering (health, release, new jobs) while the model computes.
+
+The interface the router needs is this class's public methods; a second backend (vLLM with prefix
+caching on a GPU) would implement the same six: info, prompt_ids, pieces, step, release,
+live_sessions.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from .member import MemberCore, SessionCache
+from .messages import MemberInfo, StepRequest, StepResult
+
+RELEASED_KEPT = 4096  # recently released ids: a step that arrives after its release is dropped
+
+
+@dataclass
+class Job:
+    req: StepRequest
+    cache: SessionCache
+    next_step: int
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # StepResult parts; None ends the stream
+
+    @property
+    def done(self) -> bool:
+        return self.next_step >= self.req.first_step + self.req.steps
+
+
+class MemberEngine:
+    def __init__(self, max_batch: int = 16, **core_args):
+        self.core = MemberCore(**core_args)
+        self.max_batch = max_batch
+        self.jobs: OrderedDict[str, Job] = OrderedDict()  # by session, in turn order
+        self.released: OrderedDict[str, None] = OrderedDict()
+        self.loop: asyncio.Task | None = None
+        self.batches = 0  # forwards run by the loop, for metrics and tests
+
+    def info(self) -> MemberInfo:
+        return self.core.info()
+
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        return self.core.prompt_ids(prompt, messages)
+
+    def pieces(self) -> list[bytes]:
+        return self.core.pieces()
+
+    def live_sessions(self) -> int:
+        return self.core.live_sessions()
+
+    def stats(self) -> dict:
+        return {"forwards": self.core.forwards, "rows": self.core.rows, "evictions": self.core.evictions}
+
+    def release(self, session: str) -> bool:
+        """Free the session and end its run, if one is going (the client went away)."""
+        # An async actor may run calls out of order: remember the id so a late step is dropped.
+        self.released[session] = None
+        while len(self.released) > RELEASED_KEPT:
+            self.released.popitem(last=False)
+        job = self.jobs.pop(session, None)
+        if job is not None:
+            job.out.put_nowait(None)
+        return self.core.release(session)
+
+    async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        """The step's tokens, streamed as they are sampled (a caller asks with num_returns="streaming")."""
+        if req.session in self.released:
+            return
+        job = Job(req, self.core.begin(req, busy=frozenset(self.jobs)), req.first_step)
+        if req.steps and not req.distribution and self.core.full(job.cache):
+            yield StepResult(finish="length")
+            return
+        if req.steps == 0 and not req.distribution and job.cache.cached == len(job.cache.ids):
+            return  # a sync with nothing new to compute
+        self.jobs[req.session] = job
+        if self.loop is None:
+            self.loop = asyncio.create_task(self._run())
+        try:
+            ended = False
+            while not ended and (part := await job.out.get()) is not None:
+                # Coalesce what piled up while the caller was reading: fewer, larger messages.
+                while not job.out.empty():
+                    if (more := job.out.get_nowait()) is None:
+                        ended = True
+                        break
+                    part = StepResult(part.tokens + more.tokens, part.pieces + more.pieces, more.finish,
+                                      forwards=part.forwards + more.forwards)
+                yield part
+        finally:
+            if self.jobs.get(req.session) is job:
+                del self.jobs[req.session]
+
+    async def _run(self) -> None:
+        try:
+            while self.jobs:
+                batch = list(self.jobs.values())[: self.max_batch]
+                for job in batch:  # round robin when more are waiting than fit
+                    self.jobs.move_to_end(job.req.session)
+                logp = await asyncio.to_thread(self.core.forward, [job.cache for job in batch])
+                self.batches += 1
+                for job, row in zip(batch, logp):
+                    if self.jobs.get(job.req.session) is job:  # not released meanwhile
+                        self._advance(job, row)
+        finally:
+            self.loop = None
+
+    def _advance(self, job: Job, row) -> None:
+        req = job.req
+        if req.distribution:
+            return self._finish(job, StepResult(probs=row.exp().numpy(), forwards=1))
+        if req.steps == 0:  # eager sync: the forward filled the cache, nothing to sample
+            return self._finish(job, StepResult())
+        token, piece, finish = self.core.advance(job.cache, row, req.sampling, job.next_step)
+        job.next_step += 1
+        if not finish and not job.done and self.core.full(job.cache):
+            finish = "length"
+        part = StepResult([token], [piece], finish, forwards=1)
+        if finish or job.done:
+            return self._finish(job, part)
+        job.out.put_nowait(part)
+
+    def _finish(self, job: Job, part: StepResult) -> None:
+        del self.jobs[job.req.session]
+        job.out.put_nowait(part)
+        job.out.put_nowait(None)

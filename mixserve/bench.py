@@ -1,0 +1,195 @@
+"""`mixserve bench`: ME against its baselines on the same members and prompts, in one run.
+
+Methods: `single:<member>` for each member (its step time t_i), `ce-parallel` (every member every
+step, in parallel, explicit mixture), `ce-sequential` (every member one after another in this
+process: the baseline the paper quotes its speedup against) and `me`. Per method: ms per token
+(median and p99 of the gaps between streamed tokens at batch 1), time to first token, tokens/s at
+each concurrency, member forwards and router round trips per token; then the floor sum(lambda_i t_i)
+and ME's ratios. Writes bench.json, bench.md and bench.png (mixserve/bench_report.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import platform
+import random
+import statistics
+import time
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mixserve.config import EnsembleConfig, load_config
+from mixserve.router.request import GenerateRequest, RequestError
+from mixserve.router.result import GenerateResult
+from mixserve.router.session import Chunk
+
+
+@dataclass
+class Run:
+    """One request, as a client sees it."""
+
+    tokens: int
+    total_s: float
+    first_token_s: float
+    gaps_ms: list[float]  # per token after the first: time since the previous chunk / its tokens
+    forwards: int
+    trips: int
+
+
+@dataclass
+class MethodResult:
+    name: str
+    runs: int = 0
+    tokens: int = 0
+    ms_per_token_median: float | None = None
+    ms_per_token_p99: float | None = None
+    ttft_s_median: float | None = None
+    forwards_per_token: float | None = None
+    trips_per_token: float | None = None
+    tokens_per_s: dict[int, float] = field(default_factory=dict)  # concurrency -> throughput
+    skipped: str | None = None
+
+
+async def measure(router, req: GenerateRequest) -> Run:
+    started = last = time.perf_counter()
+    first, gaps, result = None, [], None
+    async with aclosing(router.stream(req)) as items:
+        async for item in items:
+            now = time.perf_counter()
+            if isinstance(item, Chunk) and item.token_ids:
+                if first is None:
+                    first = now - started
+                else:
+                    gaps += [1000 * (now - last) / len(item.token_ids)] * len(item.token_ids)
+                last = now
+            elif isinstance(item, GenerateResult):
+                result = item
+    u = result.usage
+    return Run(u.completion_tokens, time.perf_counter() - started, first or 0.0, gaps, u.member_forward_calls,
+               u.router_round_trips)
+
+
+async def wave(router, requests: list[GenerateRequest], concurrency: int, tick) -> tuple[list[Run], float]:
+    """Every request, `concurrency` at a time; the wall time of the whole wave."""
+    queue = list(reversed(requests))
+    runs: list[Run] = []
+
+    async def worker():
+        while queue:
+            runs.append(await measure(router, queue.pop()))
+            tick()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return runs, time.perf_counter() - started
+
+
+def prompt_text(tokens: int, seed: int) -> str:
+    from mixserve.tiny import WORDS
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(tokens))  # about one token per word
+
+
+def methods(config: EnsembleConfig) -> dict[str, dict]:
+    """Method name -> request fields, plus which engine runs it ('ray' or 'local')."""
+    out = {f"single:{m.name}": {"method": "single", "member": m.name, "engine": "ray"} for m in config.members}
+    out["ce-parallel"] = {"method": "ce", "engine": "ray"}
+    out["ce-sequential"] = {"method": "ce", "engine": "local"}
+    out["me"] = {"method": "me", "engine": "ray"}
+    return out
+
+
+def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, concurrency=(1, 4, 16),
+              repeats: int = 5, rounds: int = 1, out: str | Path = "bench-out", address: str | None = None,
+              progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from mixserve.api import build_engine
+
+    from .bench_report import write_report
+
+    config = load_config(config_path)
+    plan = methods(config)
+    waves = {c: repeats if c == 1 else c * rounds for c in concurrency}
+    bar = tqdm(total=len(plan) * sum(waves.values()), unit="req", disable=not progress, desc="bench")
+    results: dict[str, MethodResult] = {}
+    engines = {"ray": build_engine(config, address=address), "local": build_engine(config, in_process=True)}
+    try:
+        for name, fields in plan.items():
+            fields = {k: v for k, v in fields.items() if k != "engine"}
+            router = engines[plan[name]["engine"]].router
+            results[name] = asyncio.run(_one_method(router, name, fields, prompt_tokens, max_tokens, waves,
+                                                    lambda: bar.update(1)))
+            bar.set_postfix_str(name)
+    finally:
+        bar.close()
+        for engine in engines.values():
+            engine.close()
+    report = summarize(config, results, dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                                             concurrency=list(concurrency), repeats=repeats, rounds=rounds))
+    write_report(report, Path(out))
+    return report
+
+
+async def _one_method(router, name: str, fields: dict, prompt_tokens: int, max_tokens: int,
+                      waves: dict[int, int], tick) -> MethodResult:
+    def request(i: int, tokens: int = max_tokens) -> GenerateRequest:
+        return GenerateRequest(prompt=prompt_text(prompt_tokens, i), max_tokens=tokens, seed=i, **fields)
+
+    result = MethodResult(name)
+    try:
+        await measure(router, request(10_000, 4))  # warm-up: first forwards, actor and torch start-up
+    except RequestError as e:
+        result.skipped = str(e)
+        return result
+    for c, count in waves.items():
+        runs, wall = await wave(router, [request(i) for i in range(count)], c, tick)
+        result.tokens_per_s[c] = sum(r.tokens for r in runs) / wall
+        if c == 1:
+            gaps = sorted(g for r in runs for g in r.gaps_ms)
+            tokens = sum(r.tokens for r in runs)
+            result.runs, result.tokens = len(runs), tokens
+            result.ms_per_token_median = statistics.median(gaps) if gaps else None
+            result.ms_per_token_p99 = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))] if gaps else None
+            result.ttft_s_median = statistics.median(r.first_token_s for r in runs)
+            result.forwards_per_token = sum(r.forwards for r in runs) / max(1, tokens)
+            result.trips_per_token = sum(r.trips for r in runs) / max(1, tokens)
+    return result
+
+
+def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings: dict) -> dict:
+    weights = config.weights
+    t = {m: results[f"single:{m}"].ms_per_token_median for m in weights}
+    floor = sum(weights[m] * t[m] for m in weights) if all(t.values()) else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    me, par, seq = (results.get(k) for k in ("me", "ce-parallel", "ce-sequential"))
+    top = max(settings["concurrency"])
+    ratios = {
+        "floor_ms": floor,
+        "me_over_floor": ratio(me.ms_per_token_median, floor),
+        "me_speedup_over_ce_sequential": ratio(seq.ms_per_token_median, me.ms_per_token_median),
+        "me_speedup_over_ce_parallel": ratio(par.ms_per_token_median, me.ms_per_token_median),
+        f"me_throughput_over_ce_parallel_at_{top}": ratio(me.tokens_per_s.get(top), par.tokens_per_s.get(top)),
+        "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
+    }
+    return {"settings": settings, "hardware": hardware(), "weights": weights,
+            "methods": {k: asdict(v) for k, v in results.items()}, "ratios": ratios}
+
+
+def hardware() -> dict:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "simulation": None if gpu else "one CPU and one torch thread per member stands in for one accelerator"}
