@@ -12,7 +12,7 @@ live_sessions.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -27,11 +27,36 @@ class Job:
     req: StepRequest
     cache: SessionCache
     next_step: int
-    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # StepResult parts; None ends the stream
+    parts: deque = field(default_factory=deque)  # StepResult parts, then None (the end) or an error
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def done(self) -> bool:
         return self.next_step >= self.req.first_step + self.req.steps
+
+    def push(self, item: StepResult | Exception | None) -> None:
+        self.parts.append(item)
+        self.ready.set()
+
+    async def stream(self) -> AsyncIterator[StepResult]:
+        """The parts as they come; what piled up while the caller was reading goes as one part."""
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            merged = None
+            while self.parts:
+                item = self.parts.popleft()
+                if item is None or isinstance(item, Exception):
+                    if merged is not None:
+                        yield merged
+                    if item is None:
+                        return
+                    raise item
+                merged = item if merged is None else StepResult(
+                    merged.tokens + item.tokens, merged.pieces + item.pieces, item.finish, item.probs,
+                    merged.forwards + item.forwards)
+            if merged is not None:
+                yield merged
 
 
 class MemberEngine:
@@ -66,7 +91,7 @@ class MemberEngine:
             self.released.popitem(last=False)
         job = self.jobs.pop(session, None)
         if job is not None:
-            job.out.put_nowait(None)
+            job.push(None)
         return self.core.release(session)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
@@ -83,15 +108,7 @@ class MemberEngine:
         if self.loop is None:
             self.loop = asyncio.create_task(self._run())
         try:
-            ended = False
-            while not ended and (part := await job.out.get()) is not None:
-                # Coalesce what piled up while the caller was reading: fewer, larger messages.
-                while not job.out.empty():
-                    if (more := job.out.get_nowait()) is None:
-                        ended = True
-                        break
-                    part = StepResult(part.tokens + more.tokens, part.pieces + more.pieces, more.finish,
-                                      forwards=part.forwards + more.forwards)
+            async for part in job.stream():
                 yield part
         finally:
             if self.jobs.get(req.session) is job:
@@ -103,7 +120,13 @@ class MemberEngine:
                 batch = list(self.jobs.values())[: self.max_batch]
                 for job in batch:  # round robin when more are waiting than fit
                     self.jobs.move_to_end(job.req.session)
-                logp = await asyncio.to_thread(self.core.forward, [job.cache for job in batch])
+                try:
+                    logp = await asyncio.to_thread(self.core.forward, [job.cache for job in batch])
+                except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving the rest
+                    for job in batch:
+                        if self.jobs.get(job.req.session) is job:
+                            self._finish(job, e)
+                    continue
                 self.batches += 1
                 for job, row in zip(batch, logp):
                     if self.jobs.get(job.req.session) is job:  # not released meanwhile
@@ -124,9 +147,10 @@ class MemberEngine:
         part = StepResult([token], [piece], finish, forwards=1)
         if finish or job.done:
             return self._finish(job, part)
-        job.out.put_nowait(part)
+        job.push(part)
 
-    def _finish(self, job: Job, part: StepResult) -> None:
+    def _finish(self, job: Job, part: StepResult | Exception) -> None:
         del self.jobs[job.req.session]
-        job.out.put_nowait(part)
-        job.out.put_nowait(None)
+        job.push(part)
+        if not isinstance(part, Exception):
+            job.push(None)

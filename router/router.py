@@ -44,7 +44,7 @@ class Router:
         self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
         self.retry_s = retry_s  # how long a session waits for a member that went down
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
-        self.eager_sync = eager_sync  # after a run, the idle members catch up in the background
+        self.eager_sync = eager_sync  # idle members catch up in the background as tokens stream
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
@@ -109,9 +109,8 @@ class Router:
                     await self._mix(s, turn.members, turn.weights, stats)
                     emit()
                 else:
-                    await self._run(s, turn.members[0], turn.steps, stats, emit)
-                    if self.eager_sync and s.finish_reason is None:
-                        self._sync_idle(s, plan, turn.members[0])
+                    idle = [m for m in plan.weights if m != turn.members[0]] if self.eager_sync else []
+                    await self._run(s, turn.members[0], turn.steps, stats, emit, idle)
         finally:
             await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
@@ -131,9 +130,9 @@ class Router:
             await asyncio.shield(calls)
             raise
 
-    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit) -> None:
+    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=()) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call whose tokens
-        stream back as they are sampled."""
+        stream back as they are sampled. `idle` members (eager_sync) get those tokens as they come."""
         caught_up = s.step - s.cursor.get(member, 0)
         started = time.perf_counter()
         end = s.step + steps
@@ -144,7 +143,10 @@ class Router:
         async def record(part: StepResult) -> bool:
             s.record(member, part.tokens, part.pieces, part.finish)
             emit()
-            return s.finish_reason is not None or s.step >= end
+            if s.finish_reason is not None or s.step >= end:
+                return True
+            self._sync_idle(s, idle)
+            return False
 
         await self._step(s, member, request, stats, record)
         if self.metrics:
@@ -180,12 +182,13 @@ class Router:
 
         return await self._retrying(member, attempt, lost=lambda: s.forget(member))
 
-    def _sync_idle(self, s: Session, plan: Plan, ran: str) -> None:
-        """eager_sync: send the run's tokens to every other member now, so that its catch-up is done
-        by the time it is chosen. Awaited before that member's next step (see _step)."""
-        for member in plan.weights:
+    def _sync_idle(self, s: Session, idle) -> None:
+        """eager_sync: send the tokens streamed so far to the idle members now, so that they catch up
+        while the running member decodes, each on its own device. A member's next step waits for its
+        sync first (see _step): an async actor does not keep the order of calls."""
+        for member in idle:
             # A member without even the prompt gains nothing: it prefills when first chosen.
-            if member == ran or member not in s.cursor or (s.id, member) in self.syncs:
+            if member not in s.cursor or (s.id, member) in self.syncs or s.cursor[member] == s.step:
                 continue
             req = StepRequest(s.id, s.take_delta(member), s.step, 0, s.params)
             self.syncs[(s.id, member)] = asyncio.create_task(self._sync(s, member, req))
@@ -196,6 +199,9 @@ class Router:
                 pass
         except (SessionLost, MemberDown):
             s.forget(member)  # it will get the whole log when chosen
+        finally:
+            if self.syncs.get((s.id, member)) is asyncio.current_task():
+                del self.syncs[(s.id, member)]
 
     async def _retrying(self, member: str, attempt, lost=lambda: None):
         """Run `attempt()`; a member that is down is retried with backoff for up to retry_s, then the

@@ -106,3 +106,20 @@ def test_a_replayed_prefill_is_bit_identical_to_decoding_token_by_token(tiny_dir
         core.forward([stepwise])
         stepwise.ids.append(ids[t])
     assert torch.equal(core.forward([stepwise])[0], core.forward([SessionCache(ids=list(ids))])[0])
+
+
+def test_a_forward_that_fails_fails_its_requests_and_the_engine_keeps_serving(engine, monkeypatch):
+    real = engine.core.forward
+
+    def broken(rows):
+        monkeypatch.setattr(engine.core, "forward", real)  # only the first call fails
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine.core, "forward", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        asyncio.run(collect(engine, opening(engine, "broken", "the cat", 4, seed=1)))
+    parts = asyncio.run(collect(engine, opening(engine, "after", "the cat", 4, seed=1)))
+    alone = engine.core.step(opening(engine, "alone", "the cat", 4, seed=1))
+    assert [t for p in parts for t in p.tokens] == alone.tokens and not engine.jobs
+    for session in ("broken", "after", "alone"):
+        engine.release(session)
