@@ -56,6 +56,7 @@ class TokenCodec:
         singles = [i for i, p in enumerate(pieces) if len(p) == 1 and i not in added]
         for i in sorted(singles, key=lambda i: i in fallback):
             self.byte_ids.setdefault(pieces[i][0], i)
+        self.byte_complete = len(self.byte_ids) == 256  # can spell any text another tokenizer wrote
         self.fingerprint = hashlib.sha256(b"\0".join(pieces)).hexdigest()[:16]
 
     def piece(self, token: int) -> bytes:

@@ -59,7 +59,8 @@ class MemberCore:
         self.evictions = 0
 
     def info(self) -> MemberInfo:
-        return MemberInfo(self.name, self.codec.fingerprint, self.vocab_size, self.context_length, self.eos_ids)
+        return MemberInfo(self.name, self.codec.fingerprint, self.vocab_size, self.context_length, self.eos_ids,
+                          self.codec.byte_complete)
 
     def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
         """The prompt in this member's tokens: a chat through its own chat template."""

@@ -58,3 +58,4 @@ class MemberInfo:
     vocab_size: int
     context_length: int
     eos_ids: tuple[int, ...]
+    byte_complete: bool = True  # has a token for each of the 256 bytes: can join a union vocabulary

@@ -2,7 +2,8 @@
 
 Methods: `single:<member>` for each member (its step time t_i), `ce-parallel` (every member every
 step, in parallel, explicit mixture), `ce-sequential` (every member one after another in this
-process: the baseline the paper quotes its speedup against) and `me`. Per method: ms per token
+process: the baseline the paper quotes its speedup against), `me`, and `me-http` (ME through the
+served app, OpenAI streaming over loopback: mixserve/bench_http.py). Per method: ms per token
 (median and p99 of the gaps between streamed tokens at batch 1), time to first token, tokens/s at
 each concurrency, member forwards and router round trips per token; then the floor sum(lambda_i t_i)
 and ME's ratios. Writes bench.json, bench.md and bench.png (mixserve/bench_report.py).
@@ -14,11 +15,13 @@ import platform
 import random
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mixserve.config import EnsembleConfig, load_config
+from mixserve.bench_http import measure_http, served
 from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.result import GenerateResult
 from mixserve.router.session import Chunk
@@ -69,14 +72,14 @@ async def measure(router, req: GenerateRequest) -> Run:
                u.router_round_trips)
 
 
-async def wave(router, requests: list[GenerateRequest], concurrency: int, tick) -> tuple[list[Run], float]:
-    """Every request, `concurrency` at a time; the wall time of the whole wave."""
+async def wave(measure_one, requests: list[GenerateRequest], concurrency: int, tick) -> tuple[list[Run], float]:
+    """Every request through `measure_one(req) -> Run`, `concurrency` at a time; the wall time of the wave."""
     queue = list(reversed(requests))
     runs: list[Run] = []
 
     async def worker():
         while queue:
-            runs.append(await measure(router, queue.pop()))
+            runs.append(await measure_one(queue.pop()))
             tick()
 
     started = time.perf_counter()
@@ -97,6 +100,7 @@ def methods(config: EnsembleConfig) -> dict[str, dict]:
     out["ce-parallel"] = {"method": "ce", "engine": "ray"}
     out["ce-sequential"] = {"method": "ce", "engine": "local"}
     out["me"] = {"method": "me", "engine": "ray"}
+    out["me-http"] = {"method": "me", "engine": "http"}
     return out
 
 
@@ -114,37 +118,47 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
     waves = {c: repeats if c == 1 else c * rounds for c in concurrency}
     bar = tqdm(total=len(plan) * sum(waves.values()), unit="req", disable=not progress, desc="bench")
     results: dict[str, MethodResult] = {}
-    engines = {"ray": build_engine(config, address=address), "local": build_engine(config, in_process=True)}
+
+    def run(name: str, measure_one) -> None:
+        fields = {k: v for k, v in plan[name].items() if k != "engine"}
+        bar.set_postfix_str(name)
+        results[name] = asyncio.run(_one_method(measure_one, name, fields, prompt_tokens, max_tokens, waves,
+                                                lambda: bar.update(1)))
+
     try:
-        for name, fields in plan.items():
-            fields = {k: v for k, v in fields.items() if k != "engine"}
-            router = engines[plan[name]["engine"]].router
-            results[name] = asyncio.run(_one_method(router, name, fields, prompt_tokens, max_tokens, waves,
-                                                    lambda: bar.update(1)))
-            bar.set_postfix_str(name)
+        engines = {"ray": build_engine(config, address=address), "local": build_engine(config, in_process=True)}
+        try:
+            for name in plan:
+                if (engine := plan[name]["engine"]) != "http":
+                    run(name, lambda req, router=engines[engine].router: measure(router, req))
+        finally:
+            for engine in engines.values():
+                engine.close()  # frees the members' CPUs for the served app's own members
+        with served(config) as url, ThreadPoolExecutor(max(concurrency)) as pool:
+            def over_http(req):
+                return asyncio.get_running_loop().run_in_executor(pool, measure_http, url, config.model_name, req)
+            run("me-http", over_http)
     finally:
         bar.close()
-        for engine in engines.values():
-            engine.close()
     report = summarize(config, results, dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                                              concurrency=list(concurrency), repeats=repeats, rounds=rounds))
     write_report(report, Path(out))
     return report
 
 
-async def _one_method(router, name: str, fields: dict, prompt_tokens: int, max_tokens: int,
+async def _one_method(measure_one, name: str, fields: dict, prompt_tokens: int, max_tokens: int,
                       waves: dict[int, int], tick) -> MethodResult:
     def request(i: int, tokens: int = max_tokens) -> GenerateRequest:
         return GenerateRequest(prompt=prompt_text(prompt_tokens, i), max_tokens=tokens, seed=i, **fields)
 
     result = MethodResult(name)
     try:
-        await measure(router, request(10_000, 4))  # warm-up: first forwards, actor and torch start-up
+        await measure_one(request(10_000, 4))  # warm-up: first forwards, actor and torch start-up
     except RequestError as e:
         result.skipped = str(e)
         return result
     for c, count in waves.items():
-        runs, wall = await wave(router, [request(i) for i in range(count)], c, tick)
+        runs, wall = await wave(measure_one, [request(i) for i in range(count)], c, tick)
         result.tokens_per_s[c] = sum(r.tokens for r in runs) / wall
         if c == 1:
             gaps = sorted(g for r in runs for g in r.gaps_ms)
@@ -166,7 +180,7 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a and b else None
 
-    me, par, seq = (results.get(k) for k in ("me", "ce-parallel", "ce-sequential"))
+    me, par, seq, http = (results.get(k) for k in ("me", "ce-parallel", "ce-sequential", "me-http"))
     top = max(settings["concurrency"])
     ratios = {
         "floor_ms": floor,
@@ -175,6 +189,7 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
         "me_speedup_over_ce_parallel": ratio(par.ms_per_token_median, me.ms_per_token_median),
         f"me_throughput_over_ce_parallel_at_{top}": ratio(me.tokens_per_s.get(top), par.tokens_per_s.get(top)),
         "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
+        "me_http_over_me": ratio(http.ms_per_token_median, me.ms_per_token_median),
     }
     return {"settings": settings, "hardware": hardware(), "weights": weights,
             "methods": {k: asdict(v) for k, v in results.items()}, "ratios": ratios}

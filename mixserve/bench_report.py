@@ -40,6 +40,7 @@ def markdown(report: dict) -> str:
         f"**{_num(r.get(f'me_throughput_over_ce_parallel_at_{top}'), '{:.2f}')}x**",
         f"- ME router round trips per token: {_num(report['methods'].get('me', {}).get('trips_per_token'), '{:.2f}')} "
         f"(theory 1 - sum(lambda_i^2) = {r['me_trips_per_token_theory']:.2f})",
+        f"- ME over HTTP streaming / ME in process, ms per token at batch 1: **{_num(r.get('me_http_over_me'), '{:.2f}')}**",
         "",
         f"{s['prompt_tokens']} prompt words, {s['max_tokens']} max tokens, {s['repeats']} requests at batch 1; "
         f"{hw['cpu']} ({hw['cpus']} cores), GPU: {hw['gpu'] or 'none'}, torch {hw['torch']}."

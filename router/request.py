@@ -128,17 +128,17 @@ def _weights(given, members: list[str]) -> dict[str, float]:
     return {m: w / total for m, w in given.items() if w > 0}
 
 
-def check_shared_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
-    """ce mixes distributions over one vocabulary: refuse members with different tokenizers."""
-    groups: dict[str, list[str]] = {}
-    for name in weights:
-        groups.setdefault(members[name].tokenizer, []).append(name)
-    if len(groups) > 1:
-        listed = "; ".join(", ".join(names) for names in groups.values())
+def check_mixable(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
+    """ce mixes distributions over one vocabulary: members share a tokenizer, or each can spell any
+    bytes, so that their vocabularies align on token bytes (router/vocab.py)."""
+    if len({members[name].tokenizer for name in weights}) == 1:
+        return
+    unable = [name for name in weights if not members[name].byte_complete]
+    if unable:
         raise RequestError(
-            f"method=ce mixes distributions over one vocabulary, but these members have different "
-            f"tokenizers: {listed}. Use method=me (works across tokenizers), or ce on members that "
-            f"share a tokenizer", "method")
+            f"method=ce across different tokenizers aligns vocabularies by token bytes, but members "
+            f"{unable} have no token for some bytes, so they cannot follow text the others write. Use "
+            f"method=me, or ce on members that share a tokenizer", "method")
 
 
 def _sampling(req: GenerateRequest) -> SamplingParams:

@@ -19,11 +19,12 @@ from mixserve.actors.sampling import pick
 from . import snapshot
 from .members import LocalMember, MemberDown
 from .policies import make_policy
-from .request import (GenerateRequest, NotFoundError, Plan, RequestError, UnavailableError, check_shared_tokenizer,
+from .request import (GenerateRequest, NotFoundError, Plan, RequestError, UnavailableError, check_mixable,
                       validate)
 from .result import Choice, GenerateResult, final, summarize
 from .session import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
+from .vocab import EOS, SharedVocab, UnionVocab
 
 
 class Router:
@@ -40,7 +41,7 @@ class Router:
         self.eos_ids: dict[str, frozenset[int]] = {}
         for info in infos.values():
             self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
-        self.pieces: dict[str, list[bytes]] = {}  # tokenizer -> bytes per id, fetched for ce
+        self.vocabs: dict[frozenset[str], SharedVocab | UnionVocab] = {}  # ce: members' tokenizers -> vocabulary
         self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
         self.retry_s = retry_s  # how long a session waits for a member that went down
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
@@ -55,13 +56,13 @@ class Router:
         iterator early (a client went away) cancels the sessions and frees them on every member."""
         plan = validate(req, self.infos, self.weights, self.method, self.default_member)
         if plan.method == "ce":
-            check_shared_tokenizer(plan.weights, self.infos)
+            check_mixable(plan.weights, self.infos)
         started = time.perf_counter()
         prompt_ids, history = await self._resume(plan) if plan.session else (None, [])
         prompt_ids = prompt_ids or await self._prompt_ids(plan)
         tokenizers = {m: self.infos[m].tokenizer for m in plan.weights}
         if plan.method == "ce":
-            tokenizers[MIXTURE] = await self._fetch_pieces(plan)
+            tokenizers[MIXTURE] = (await self._vocab(plan)).fingerprint
         stats: Counter = Counter()
         events: asyncio.Queue = asyncio.Queue()
         gate = asyncio.Semaphore(self.max_parallel)  # n can be large: bound what waits at the members
@@ -156,10 +157,11 @@ class Router:
         """ce: every member's distribution, in parallel; sample from their weighted mixture."""
         results = await asyncio.gather(*(self._step(s, m, lambda delta, fresh: StepRequest(
             s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh), stats) for m in members))
-        vocab = min(len(r.probs) for r in results)
-        mixture = sum(w * torch.tensor(r.probs[:vocab], dtype=torch.float64) for w, r in zip(weights, results))  # (vocab,)
+        vocab = self.vocabs[frozenset(s.tokenizers[m] for m in members)]
+        mixture = vocab.mix([(s.tokenizers[m], w, torch.from_numpy(r.probs.copy()))
+                             for m, w, r in zip(members, weights, results)])  # (vocab,)
         token = pick(torch.log(mixture), s.params, s.step)
-        s.record(MIXTURE, [token], [self.pieces[s.tokenizers[MIXTURE]][token]])
+        s.record(MIXTURE, [token], [vocab.pieces[token]])
 
     async def _step(self, s: Session, member: str, request, stats: Counter, on_part=None) -> StepResult:
         """One step call that survives the member losing the session (eviction, restart): the log is
@@ -233,7 +235,7 @@ class Router:
         missing = [m for m in plan.weights if m not in prompt_ids]
         if missing:
             raise RequestError(f"session {plan.session!r} was not started with members {missing}", "weights")
-        if history and history[-1].token in self.eos_ids[history[-1].tokenizer]:
+        if history and history[-1].token in self.eos_ids.get(history[-1].tokenizer, ()):
             raise RequestError(f"session {plan.session!r} ended with an end-of-sequence token", "session")
         return prompt_ids, history
 
@@ -253,12 +255,20 @@ class Router:
                                    f"is {limit} tokens; shorten it", "prompt")
         return dict(zip(names, ids))
 
-    async def _fetch_pieces(self, plan: Plan) -> str:
-        first = next(iter(plan.weights))
-        tokenizer = self.infos[first].tokenizer
-        if tokenizer not in self.pieces:
-            self.pieces[tokenizer] = await self.members[first].call("pieces")
-        return tokenizer
+    async def _vocab(self, plan: Plan) -> SharedVocab | UnionVocab:
+        """The vocabulary ce samples from: the members' shared one, or the union of theirs by token
+        bytes (router/vocab.py). Fetched once per set of tokenizers."""
+        one = {self.infos[m].tokenizer: m for m in plan.weights}  # tokenizer -> a member that has it
+        key = frozenset(one)
+        if key not in self.vocabs:
+            pieces = await asyncio.gather(*(self.members[m].call("pieces") for m in one.values()))
+            if len(one) == 1:
+                self.vocabs[key] = SharedVocab(next(iter(one)), pieces[0])
+            else:
+                union = UnionVocab(dict(zip(one, pieces)), self.eos_ids)
+                self.eos_ids[union.fingerprint] = frozenset({EOS})
+                self.vocabs[key] = union
+        return self.vocabs[key]
 
     async def live_sessions(self) -> dict[str, int]:
         counts = await asyncio.gather(*(m.call("live_sessions") for m in self.members.values()))

@@ -1,7 +1,10 @@
-"""Members with different tokenizers: ME shares text, CE is refused with a clear error."""
+"""Members with different tokenizers: ME shares text; CE mixes over the union of their vocabularies
+by token bytes (router/vocab.py)."""
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mixserve.router.request import RequestError
+from mixserve.actors.codec import TokenCodec
 
 
 def test_me_across_tokenizers_generates_and_both_members_write(hetero):
@@ -17,8 +20,32 @@ def test_me_across_tokenizers_generates_and_both_members_write(hetero):
     assert hetero.live_sessions() == {"a": 0, "c": 0}
 
 
-def test_ce_across_tokenizers_is_refused_naming_the_members(hetero):
-    with pytest.raises(RequestError, match="different tokenizers: a; c"):
-        hetero.generate(prompt="the dog", method="ce")
-    result = hetero.generate(prompt="the dog", method="single", member="c", max_tokens=5)
-    assert set(result.choices[0].members) == {"c"}
+@torch.inference_mode()
+def union_mixture(tiny_dir, prompt: str, weights: dict[str, float]) -> dict[bytes, float]:
+    """The next token's distribution over byte strings, from the models directly."""
+    mixture: dict[bytes, float] = {}
+    for name, w in weights.items():
+        tok = AutoTokenizer.from_pretrained(tiny_dir / name)
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir / name, dtype=torch.float32)
+        probs = torch.softmax(model(torch.tensor([tok.encode(prompt)])).logits[0, -1, : len(tok)].double(), -1)
+        for token, piece in enumerate(TokenCodec(tok).pieces):
+            key = b"<eos>" if token == tok.eos_token_id else piece
+            mixture[key] = mixture.get(key, 0.0) + w * float(probs[token])
+    return mixture
+
+
+@pytest.mark.parametrize("prompt", ["the dog", "a river ran", "if the"])
+def test_greedy_ce_across_tokenizers_takes_the_argmax_over_token_bytes(hetero, tiny_dir, prompt):
+    mixture = union_mixture(tiny_dir, prompt, {"a": 0.5, "c": 0.5})
+    best = max(mixture, key=mixture.get)
+    result = hetero.generate(prompt=prompt, method="ce", temperature=0, max_tokens=1)
+    assert result.choices[0].text == ("" if best == b"<eos>" else best.decode("utf-8", errors="replace"))
+
+
+def test_ce_across_tokenizers_samples_text_every_member_follows(hetero):
+    result = hetero.generate(prompt="the dog", method="ce", max_tokens=30, seed=5)
+    choice = result.choices[0]
+    assert len(choice.token_ids) > 0 and set(choice.members) == {"mixture"}
+    assert result.usage.member_forward_calls == 2 * len(choice.token_ids)
+    assert hetero.generate(prompt="the dog", method="ce", max_tokens=30, seed=5).choices[0].text == choice.text
+    assert hetero.live_sessions() == {"a": 0, "c": 0}

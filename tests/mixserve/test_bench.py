@@ -1,32 +1,40 @@
-"""A small `mixserve bench` end to end on the tiny members: every method runs and the report has the
-documented fields (the timings themselves are the benchmark's business, not a test's)."""
+"""A small `mixserve bench` end to end on the tiny members, as a user runs it (its own local Ray and
+Serve, in a subprocess): every method runs and the report has the documented fields (the timings
+themselves are the benchmark's business, not a test's)."""
 import json
+import os
+import subprocess
+import sys
 
 import yaml
 
-from mixserve.bench import run_bench
-
 FIELDS = {"name", "runs", "tokens", "ms_per_token_median", "ms_per_token_p99", "ttft_s_median", "forwards_per_token",
           "trips_per_token", "tokens_per_s", "skipped"}
+METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-http"]
 
 
-def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, ray_local, tmp_path):
+def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_path):
     members = [{"name": m, "model": str(tiny_dir / m), "weight": 0.5, "resources": {"num_cpus": 0.25}} for m in "ab"]
     config = tmp_path / "bench.yaml"
     config.write_text(yaml.safe_dump({"members": members}))
-    run_bench(str(config), prompt_tokens=6, max_tokens=8, concurrency=(1, 2), repeats=2, out=tmp_path / "out",
-              progress=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mixserve", "bench", "--config", str(config), "--prompt-tokens", "6",
+           "--max-tokens", "8", "--concurrency", "1,2", "--repeats", "2", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-3000:]
 
-    report = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert list(report["methods"]) == ["single:a", "single:b", "ce-parallel", "ce-sequential", "me"]
+    report = json.loads((out / "bench.json").read_text())
+    assert list(report["methods"]) == METHODS
     for name, m in report["methods"].items():
         assert set(m) == FIELDS and m["name"] == name and m["skipped"] is None, name
         assert m["tokens"] > 0 and m["runs"] == 2 and set(m["tokens_per_s"]) == {"1", "2"}, name
         assert all(v > 0 for v in m["tokens_per_s"].values()), name
     assert report["methods"]["ce-parallel"]["forwards_per_token"] == 2.0
     assert report["methods"]["me"]["forwards_per_token"] == 1.0
+    assert report["methods"]["me-http"]["forwards_per_token"] == 1.0
     assert set(report["ratios"]) >= {"floor_ms", "me_over_floor", "me_speedup_over_ce_sequential",
-                                     "me_throughput_over_ce_parallel_at_2"}
-    table = (tmp_path / "out" / "bench.md").read_text()
-    assert table.startswith("| method | ms/token p50") and "| me |" in table
-    assert (tmp_path / "out" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me"}
+    table = (out / "bench.md").read_text()
+    assert table.startswith("| method | ms/token p50") and "| me |" in table and "| me-http |" in table
+    assert table in done.stdout  # the CLI prints the table it wrote
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

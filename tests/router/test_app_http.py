@@ -69,7 +69,6 @@ def test_models_list_the_ensemble_and_each_member_which_can_be_asked_alone(clien
     ({"prompt": "x", "stream": "yes"}, 400, "stream", "true or false"),
     ({"prompt": "x", "weights": {"a": -1}}, 400, "weights.a", "between"),
     ({"prompt": "x", "weights": {"zed": 1}}, 400, "weights", "unknown members ['zed']"),
-    ({"prompt": "x", "method": "ce"}, 400, "method", "different tokenizers: a, b; c"),
     ({"prompt": "x", "colour": "red"}, 400, "colour", "unknown fields ['colour']"),
     ({"prompt": "x", "model": "gpt-5"}, 404, "model", "model 'gpt-5' does not exist"),
     ({"prompt": "the " * 1500}, 400, "prompt", "member 'a', whose context is 1024 tokens"),

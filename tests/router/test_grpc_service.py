@@ -51,7 +51,7 @@ def test_errors_map_to_status_codes(channel):
     stub = pb2_grpc.EnsembleStub(channel)
     cases = [(request(prompt=""), grpc.StatusCode.INVALID_ARGUMENT, "exactly one of prompt or messages"),
              (request(prompt="x", model="nope"), grpc.StatusCode.NOT_FOUND, "does not exist"),
-             (request(prompt="x", method="ce"), grpc.StatusCode.INVALID_ARGUMENT, "different tokenizers"),
+             (request(prompt="x", temperature=-1), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
              (request(prompt="x", n=10_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "concurrent sessions")]
     for req, code, message in cases:
         with pytest.raises(grpc.RpcError) as e:

@@ -2,10 +2,10 @@
 import pytest
 
 from mixserve.actors.messages import MemberInfo
-from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, check_shared_tokenizer, validate
+from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, check_mixable, validate
 
 MEMBERS = {"a": MemberInfo("a", "t1", 10, 100, (0,)), "b": MemberInfo("b", "t1", 10, 100, (0,)),
-           "c": MemberInfo("c", "t2", 10, 100, (0,))}
+           "c": MemberInfo("c", "t2", 10, 100, (0,)), "d": MemberInfo("d", "t3", 10, 100, (0,), False)}
 
 
 def check(**fields):
@@ -39,12 +39,13 @@ def test_bad_fields_are_named(fields, param, message):
     assert e.value.param == param and e.value.status == 400
 
 
-def test_ce_is_refused_across_tokenizers_naming_the_members():
+def test_ce_across_tokenizers_needs_members_that_spell_every_byte():
     plan = check(prompt="x", method="ce", weights={"a": 1, "b": 1, "c": 1})
-    with pytest.raises(RequestError, match="different tokenizers: a, b; c") as e:
-        check_shared_tokenizer(plan.weights, MEMBERS)
+    check_mixable(plan.weights, MEMBERS)  # byte-complete: aligned by token bytes
+    check_mixable({"a": 0.5, "b": 0.5}, MEMBERS)  # one shared tokenizer: no alignment needed
+    with pytest.raises(RequestError, match=r"members \['d'\] have no token for some bytes") as e:
+        check_mixable({"a": 0.5, "c": 0.2, "d": 0.3}, MEMBERS)
     assert e.value.param == "method"
-    check_shared_tokenizer({"a": 0.5, "b": 0.5}, MEMBERS)
 
 
 def test_unknown_single_member_is_not_found():

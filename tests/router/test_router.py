@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from mixserve.router.members import LocalMember
-from mixserve.router.request import GenerateRequest
+from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.router import Router
 from tests.fakes import EOS, FakeCore
 
 
-def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0):
-    cores = {m: FakeCore(m, (tokenizers or {}).get(m, "bytes"), eos_weight) for m in weights}
+def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0, byte_complete=True):
+    cores = {m: FakeCore(m, (tokenizers or {}).get(m, "bytes"), eos_weight, byte_complete) for m in weights}
     router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
                     weights, method, runs=runs)
     return router, cores
@@ -62,6 +62,22 @@ def test_greedy_ce_takes_the_argmax_of_the_weighted_mixture():
         last = token
     assert set(out.choices[0].members) == {"mixture"}
     assert out.usage.member_forward_calls == 24
+
+
+def test_ce_across_tokenizers_mixes_tokens_with_the_same_bytes():
+    """Two tokenizers that spell every byte alike: the union vocabulary gives the shared mixture,
+    and each member is sent the mixture's tokens as text."""
+    shared, _ = build({"a": 0.3, "b": 0.7}, method="ce")
+    union, cores = build({"a": 0.3, "b": 0.7}, method="ce", tokenizers={"b": "other-bytes"})
+    expected = generate(shared, prompt="q", max_tokens=12, temperature=0).choices[0].text
+    assert generate(union, prompt="q", max_tokens=12, temperature=0).choices[0].text == expected
+    assert any(seg.text == expected[:1].encode() for _, delta in cores["b"].received for seg in delta)
+
+
+def test_ce_is_refused_for_members_that_cannot_spell_every_byte():
+    router, _ = build({"a": 0.5, "b": 0.5}, method="ce", tokenizers={"b": "words"}, byte_complete=False)
+    with pytest.raises(RequestError, match=r"members \['a', 'b'\] have no token for some bytes"):
+        generate(router, prompt="q", max_tokens=2)
 
 
 def test_same_seed_same_text_with_other_sessions_in_flight():

@@ -1,0 +1,67 @@
+"""The `me-http` row of `mixserve bench`: ME as a client of the served app sees it, OpenAI streaming
+over loopback HTTP, on the same members and prompts as the in-process rows.
+
+The app is the one `build_app` deploys (its own member actors: the in-process rows' actors are gone by
+then, so both never share the CPUs). Each streamed event carries its token ids, so gaps per token are
+measured the same way as `mixserve.bench.measure` measures them.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from contextlib import contextmanager
+
+import requests
+
+from mixserve.config import EnsembleConfig
+from mixserve.router.request import GenerateRequest
+
+TIMEOUT_S = 300  # one request; a hung server fails the run instead of stalling it
+
+
+@contextmanager
+def served(config: EnsembleConfig):
+    """The app on a free loopback port for the block; its base URL."""
+    from ray import serve
+
+    from mixserve.router.app import build_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(config, grpc_port=None), name="mixserve-bench", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def measure_http(url: str, model: str, req: GenerateRequest):
+    """One streamed /v1/completions request -> mixserve.bench.Run."""
+    from mixserve.bench import Run
+
+    body = {"model": model, "prompt": req.prompt, "max_tokens": req.max_tokens, "seed": req.seed,
+            "method": req.method, "stream": True, "stream_options": {"include_usage": True}}
+    started = last = time.perf_counter()
+    first, gaps, usage = None, [], None
+    with requests.post(f"{url}/v1/completions", json=body, stream=True, timeout=TIMEOUT_S) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"me-http: {event['error']['message']}")
+            now = time.perf_counter()
+            tokens = sum(len(c.get("token_ids") or ()) for c in event.get("choices", []))
+            if tokens:
+                if first is None:
+                    first = now - started
+                else:
+                    gaps += [1000 * (now - last) / tokens] * tokens
+                last = now
+            usage = event.get("usage") or usage
+    return Run(usage["completion_tokens"], time.perf_counter() - started, first or 0.0, gaps,
+               usage["member_forward_calls"], usage["router_round_trips"])
