@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .member import MemberCore, SessionCache
-from .messages import MemberInfo, StepRequest, StepResult
+from .messages import MemberInfo, Scores, StepRequest, StepResult
 
 RELEASED_KEPT = 4096  # recently released ids: a step that arrives after its release is dropped
 
@@ -76,6 +76,10 @@ class MemberEngine:
 
     def pieces(self) -> list[bytes]:
         return self.core.pieces()
+
+    async def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
+        """Off the batching loop (it needs every position's logits), in its own thread."""
+        return await asyncio.to_thread(self.core.score, ids, top, rows)
 
     def live_sessions(self) -> int:
         return self.core.live_sessions()

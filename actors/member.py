@@ -16,7 +16,7 @@ from . import packed
 from .codec import TokenCodec
 from .loading import ModelSource, load
 from .packed import KV
-from .messages import MemberInfo, Segment, SessionLost, StepRequest, StepResult
+from .messages import MemberInfo, Scores, Segment, SessionLost, StepRequest, StepResult
 from .sampling import pick
 
 
@@ -136,15 +136,33 @@ class MemberCore:
             positions.extend(range(pad))
             ids.extend([0] * pad)
         keep = last + [last[-1]] * max(0, self.min_rows - len(last))
+        logp = self._logp(segments, ids, positions, keep)[: len(rows)]
+        self.rows += len(rows)
+        for s in rows:
+            s.cached = len(s.ids)
+        return logp
+
+    @torch.inference_mode()
+    def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
+        """Teacher-forced log-probs of ids[1:], each given the ids before it (echo, logprobs), in one
+        forward that touches no session. `rows`: every position's whole row, for a mixture."""
+        logp = self._logp([packed.Segment(packed.KV(), 0, 0, len(ids))], ids, list(range(len(ids))),
+                          list(range(len(ids) - 1)))  # (L-1, vocab)
+        targets = torch.tensor(ids[1:], dtype=torch.long)
+        chosen = logp.gather(1, targets[:, None])[:, 0]  # (L-1,)
+        if rows:
+            return Scores(chosen.numpy(), rows=logp.numpy())
+        best = logp.topk(min(top, self.vocab_size), dim=-1)  # (L-1, top) each
+        return Scores(chosen.numpy(), best.indices.numpy(), best.values.numpy())
+
+    def _logp(self, segments: list, ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
+        """One packed model call; log-probs (len(keep), vocab) at the positions in `keep`."""
         with packed.packing(tuple(segments), per_query=self.min_rows > 1):
             out = self.model(input_ids=torch.tensor([ids], device=self.device),
                              position_ids=torch.tensor([positions], device=self.device), use_cache=False,
                              logits_to_keep=torch.tensor(keep, device=self.device))
         self.forwards += 1
-        self.rows += len(rows)
-        for s in rows:
-            s.cached = len(s.ids)
-        logits = out.logits[0, : len(rows), : self.vocab_size].float()
+        logits = out.logits[0, :, : self.vocab_size].float()
         return torch.log_softmax(logits, dim=-1).cpu()
 
     def pieces(self) -> list[bytes]:

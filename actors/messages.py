@@ -50,6 +50,16 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """A member's teacher-forced log-probs of a token sequence's ids[1:] (echo and logprobs)."""
+
+    token_logprobs: np.ndarray  # (L-1,) float32: log p(ids[t+1] | ids[:t+1])
+    top_ids: np.ndarray | None = None  # (L-1, top) the most likely ids at each position
+    top_logprobs: np.ndarray | None = None  # (L-1, top)
+    rows: np.ndarray | None = None  # (L-1, vocab) float32, when the router mixes members
+
+
+@dataclass(frozen=True)
 class MemberInfo:
     """What the router needs to know about a loaded member."""
 

@@ -5,11 +5,13 @@ Ensemble controls ride as extra body fields (the openai client's `extra_body`): 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
 from contextlib import aclosing
 
+from .logprobs import LogProbs
 from .request import RequestError
 from .result import GenerateResult
 from .service import EnsembleService
@@ -38,12 +40,17 @@ def parse(body, service: EnsembleService, chat: bool):
     for flag in ("stream", "echo"):
         if not isinstance(body.get(flag, False), bool):
             raise RequestError(f"{flag} must be true or false", flag)
-    if body.get("logprobs") not in (None, False) or body.get("echo"):
-        raise RequestError("logprobs and echo are not supported yet", "logprobs")
+    if chat and (body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None):
+        raise RequestError("logprobs are served on /v1/completions (as `logprobs: N`), not on chat", "logprobs")
+    if body.get("stream") and (body.get("logprobs") is not None or body.get("echo")):
+        raise RequestError("logprobs and echo need stream: false (they score the whole text at the end)",
+                           "logprobs" if body.get("logprobs") is not None else "echo")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError("stream_options must be an object", "stream_options")
     fields = {k: body[k] for k in SAMPLING if k in body and body[k] is not None}
+    if not chat:
+        fields.update({k: body[k] for k in ("logprobs", "echo") if body.get(k) is not None})
     if "max_completion_tokens" in body and "max_tokens" not in fields:
         fields["max_tokens"] = body["max_completion_tokens"]
     if isinstance(fields.get("stop"), list):
@@ -52,7 +59,9 @@ def parse(body, service: EnsembleService, chat: bool):
         fields["messages"] = body.get("messages")
     else:
         prompt = body.get("prompt")
-        fields["prompt"] = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 else prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]  # a batch of one (lm-eval sends [[ids]] and ["text"])
+        fields["prompt"] = prompt
     if chat and fields["messages"] is None and "session" not in fields:
         raise RequestError("messages is required", "messages")
     if not chat and fields["prompt"] is None and "session" not in fields:
@@ -82,7 +91,8 @@ class Shaper:
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": c.text}
             else:
-                choice["text"] = c.text
+                choice["text"] = (result.prompt_text or "") + c.text  # prompt_text is set for echo
+                choice["logprobs"] = logprobs(c.logprobs, echo=result.prompt_text is not None)
             choices.append(choice)
         return self._envelope("chat.completion" if self.chat else "text_completion", choices,
                               usage=usage(result), method=result.method, seed=result.seed)
@@ -103,6 +113,17 @@ class Shaper:
     def usage_chunk(self, result: GenerateResult) -> dict:
         return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [],
                               usage=usage(result), method=result.method, seed=result.seed)
+
+
+def logprobs(lp: LogProbs | None, echo: bool) -> dict | None:
+    """OpenAI's completions shape; without echo, the completion's tokens only. text_offset counts
+    characters from the start of the prompt, as OpenAI's does."""
+    if lp is None:
+        return None
+    start = 0 if echo else lp.prompt_tokens
+    offsets = list(itertools.accumulate((len(t) for t in lp.tokens[:-1]), initial=0))
+    return {"tokens": lp.tokens[start:], "token_logprobs": lp.token_logprobs[start:],
+            "top_logprobs": lp.top_logprobs[start:], "text_offset": offsets[start:]}
 
 
 def usage(result: GenerateResult) -> dict:

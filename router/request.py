@@ -12,6 +12,7 @@ from .policies import METHODS
 
 MAX_TOKENS_LIMIT = 4096
 MAX_STOP = 4
+MAX_LOGPROBS = 20  # alternatives per token
 
 
 class RequestError(ValueError):
@@ -39,7 +40,7 @@ class NotFoundError(RequestError):
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    prompt: str | None = None
+    prompt: str | list[int] | None = None  # text, or token ids of the members' one shared tokenizer
     messages: list[dict] | None = None
     method: str | None = None  # None: the config's method
     member: str | None = None  # for method single; None: the config's default member
@@ -52,6 +53,8 @@ class GenerateRequest:
     seed: int | None = None  # None: a random seed, reported back
     n: int = 1
     session: str | None = None  # continue (or start, with a prompt) the session of this id
+    logprobs: int | None = None  # log-probs of each token and this many alternatives (router/logprobs.py)
+    echo: bool = False  # the reply starts with the prompt (with its log-probs, given logprobs)
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,11 @@ class Plan:
     member: str | None
     params: SamplingParams
     n: int
-    prompt: str | None = None
+    prompt: str | list[int] | None = None
     messages: list[dict] | None = field(default=None)
     session: str | None = None
+    logprobs: int | None = None
+    echo: bool = False
 
 
 def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float],
@@ -89,7 +94,12 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
     n = _number(req.n, "n", 1, 1 << 16, integer=True)
     if req.session is not None and n != 1:
         raise RequestError("a request that names a session draws one sample (n must be 1)", "n")
-    return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session)
+    logprobs = None if req.logprobs is None else int(_number(req.logprobs, "logprobs", 0, MAX_LOGPROBS, integer=True))
+    if not isinstance(req.echo, bool):
+        raise RequestError("echo must be true or false", "echo")
+    if req.session is not None and (logprobs is not None or req.echo):
+        raise RequestError("logprobs and echo score one request's tokens; leave session out", "session")
+    return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo)
 
 
 def _check_session(req: GenerateRequest) -> None:
@@ -103,8 +113,11 @@ def _check_session(req: GenerateRequest) -> None:
 def _check_prompt(req: GenerateRequest) -> None:
     if (req.prompt is None) == (req.messages is None):
         raise RequestError("give exactly one of prompt or messages", "prompt")
-    if req.prompt is not None and (not isinstance(req.prompt, str) or not req.prompt):
-        raise RequestError("prompt must be a non-empty string", "prompt")
+    if isinstance(req.prompt, list):
+        if not req.prompt or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in req.prompt):
+            raise RequestError("prompt must be a non-empty string or a non-empty list of token ids", "prompt")
+    elif req.prompt is not None and (not isinstance(req.prompt, str) or not req.prompt):
+        raise RequestError("prompt must be a non-empty string or a non-empty list of token ids", "prompt")
     if req.messages is not None:
         if not isinstance(req.messages, list) or not req.messages:
             raise RequestError("messages must be a non-empty list", "messages")
@@ -139,6 +152,13 @@ def check_mixable(weights: dict[str, float], members: dict[str, MemberInfo]) -> 
             f"method=ce across different tokenizers aligns vocabularies by token bytes, but members "
             f"{unable} have no token for some bytes, so they cannot follow text the others write. Use "
             f"method=me, or ce on members that share a tokenizer", "method")
+
+
+def check_one_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo], why: str, param: str) -> None:
+    """Token ids in or out (a token-id prompt, log-probs of an ensemble) need one vocabulary."""
+    if len({members[name].tokenizer for name in weights}) > 1:
+        raise RequestError(f"{why} needs members that share a tokenizer, and {', '.join(weights)} do not; "
+                           f"ask one member (model=NAME) or send text", param)
 
 
 def _sampling(req: GenerateRequest) -> SamplingParams:

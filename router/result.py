@@ -5,6 +5,8 @@ from collections import Counter
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 
+from .logprobs import LogProbs
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -15,6 +17,7 @@ class Choice:
     first_token_s: float | None = None
     stretches: list[tuple[str, str]] = field(default_factory=list)  # (member, text) runs, for display
     index: int = 0  # which of the n samples
+    logprobs: LogProbs | None = None  # when the request asked for them
 
 
 @dataclass
@@ -34,13 +37,18 @@ class GenerateResult:
     prompt_token_ids: dict[str, list[int]]
     usage: Usage
     timing: dict[str, float]
+    prompt_text: str | None = None  # for echo: the prompt as text (token-id prompts decoded)
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        if out["prompt_text"] is None:
+            out.pop("prompt_text")
         for choice in out["choices"]:
             choice.pop("first_token_s")
             choice.pop("stretches")
             choice.pop("index")
+            if choice["logprobs"] is None:
+                choice.pop("logprobs")
         return out
 
 

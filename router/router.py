@@ -16,11 +16,12 @@ import torch
 from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
 
-from . import snapshot
+from . import logprobs, snapshot
 from .members import LocalMember, MemberDown
 from .policies import make_policy
+from .logprobs import LogProbs
 from .request import (GenerateRequest, NotFoundError, Plan, RequestError, UnavailableError, check_mixable,
-                      validate)
+                      check_one_tokenizer, validate)
 from .result import Choice, GenerateResult, final, summarize
 from .session import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
@@ -57,6 +58,10 @@ class Router:
         plan = validate(req, self.infos, self.weights, self.method, self.default_member)
         if plan.method == "ce":
             check_mixable(plan.weights, self.infos)
+        if isinstance(plan.prompt, list):
+            check_one_tokenizer(plan.weights, self.infos, "a prompt of token ids", "prompt")
+        if plan.logprobs is not None:
+            check_one_tokenizer(plan.weights, self.infos, "log-probabilities of an ensemble", "logprobs")
         started = time.perf_counter()
         prompt_ids, history = await self._resume(plan) if plan.session else (None, [])
         prompt_ids = prompt_ids or await self._prompt_ids(plan)
@@ -73,6 +78,8 @@ class Router:
                     params = replace(plan.params, seed=plan.params.seed + j)
                     s = Session(prompt_ids, tokenizers, self.eos_ids, params, index=j, history=history)
                     choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk()))
+                    if plan.logprobs is not None:
+                        choice = replace(choice, logprobs=await self._score(plan, prompt_ids, choice))
                     if plan.session:
                         await self.store.call("put", plan.session, snapshot.dump(prompt_ids, s.log))
                 events.put_nowait(choice)
@@ -99,7 +106,8 @@ class Router:
         total = time.perf_counter() - started
         timing = {"total_s": total, "ms_per_token": 1000 * total / max(1, usage.completion_tokens),
                   "first_token_s": min((c.first_token_s or total) for c in choices)}
-        yield GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing)
+        prompt_text = await self._prompt_text(plan) if plan.echo else None
+        yield GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing, prompt_text)
 
     async def _sample(self, plan: Plan, s: Session, stats: Counter, emit) -> Choice:
         policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed, self.runs)
@@ -241,6 +249,22 @@ class Router:
 
     async def _prompt_ids(self, plan: Plan) -> dict[str, list[int]]:
         names = list(plan.weights)
+        if isinstance(plan.prompt, list):
+            vocab = min(self.infos[m].vocab_size for m in names)
+            if max(plan.prompt) >= vocab:
+                raise RequestError(f"prompt has token id {max(plan.prompt)}; the vocabulary has {vocab} tokens",
+                                   "prompt")
+            ids = [list(plan.prompt)] * len(names)
+        else:
+            ids = await self._tokenize(plan, names)
+        for name, prompt in zip(names, ids):
+            limit = self.infos[name].context_length
+            if len(prompt) >= limit:
+                raise RequestError(f"prompt is {len(prompt)} tokens for member {name!r}, whose context "
+                                   f"is {limit} tokens; shorten it", "prompt")
+        return dict(zip(names, ids))
+
+    async def _tokenize(self, plan: Plan, names: list[str]) -> list[list[int]]:
         try:
             ids = await asyncio.gather(*(self._retrying(m, lambda m=m: self.members[m].call(
                 "prompt_ids", plan.prompt, plan.messages)) for m in names))
@@ -248,12 +272,19 @@ class Router:
             raise
         except ValueError as e:  # e.g. a member without a chat template; Ray keeps the cause
             raise RequestError(str(getattr(e, "cause", e)), "messages") from None
-        for name, prompt in zip(names, ids):
-            limit = self.infos[name].context_length
-            if len(prompt) >= limit:
-                raise RequestError(f"prompt is {len(prompt)} tokens for member {name!r}, whose context "
-                                   f"is {limit} tokens; shorten it", "prompt")
-        return dict(zip(names, ids))
+        return ids
+
+    async def _score(self, plan: Plan, prompt_ids: dict[str, list[int]], choice: Choice) -> LogProbs:
+        prompt = prompt_ids[next(iter(plan.weights))]
+        pieces = (await self._vocab(plan)).pieces
+        return await self._retrying(", ".join(plan.weights), lambda: logprobs.score(
+            self.members, plan.weights, pieces, prompt + choice.token_ids, len(prompt), plan.logprobs))
+
+    async def _prompt_text(self, plan: Plan) -> str | None:
+        if not isinstance(plan.prompt, list):
+            return plan.prompt  # None for messages: each member rendered its own
+        pieces = (await self._vocab(plan)).pieces
+        return b"".join(pieces[t] for t in plan.prompt if t < len(pieces)).decode("utf-8", errors="replace")
 
     async def _vocab(self, plan: Plan) -> SharedVocab | UnionVocab:
         """The vocabulary ce samples from: the members' shared one, or the union of theirs by token

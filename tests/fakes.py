@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import torch
 
-from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
+from mixserve.actors.messages import MemberInfo, Scores, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
 
 EOS = 256
@@ -61,6 +61,14 @@ class FakeCore:
                 break
         pieces = [b"" if t == EOS else bytes([t]) for t in tokens]
         return StepResult(tokens, pieces, "eos" if tokens[-1:] == [EOS] else "", forwards=len(tokens))
+
+    def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
+        logp = torch.stack([self.logp(t) for t in ids[:-1]]).float()  # (L-1, vocab)
+        chosen = logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+        if rows:
+            return Scores(chosen, rows=logp.numpy())
+        best = logp.topk(top, dim=-1)
+        return Scores(chosen, best.indices.numpy(), best.values.numpy())
 
     def release(self, session: str) -> bool:
         return self.sessions.pop(session, None) is not None

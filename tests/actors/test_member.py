@@ -82,3 +82,17 @@ def test_least_recently_used_sessions_are_evicted_past_max_sessions(tiny_dir):
     assert list(small.sessions) == ["y", "z"] and small.evictions == 1
     with pytest.raises(SessionLost):
         step(small, "x", (), 1, 1)
+
+
+def test_score_gives_each_tokens_log_prob_given_the_ones_before(member):
+    ids = member.prompt_ids("the cat sat on the mat")
+    live = member.live_sessions()
+    scores = member.score(ids, top=3)
+    assert scores.token_logprobs.shape == (len(ids) - 1,) and scores.top_ids.shape == (len(ids) - 1, 3)
+    for t in range(1, len(ids)):
+        ref = reference_logp(member, ids[:t])
+        assert abs(float(scores.token_logprobs[t - 1]) - float(ref[ids[t]])) < 1e-4
+        assert scores.top_ids[t - 1].tolist() == torch.topk(ref, 3).indices.tolist()
+    rows = member.score(ids, rows=True).rows
+    assert rows.shape == (len(ids) - 1, member.vocab_size)
+    assert member.live_sessions() == live  # scoring opens no session

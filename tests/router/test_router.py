@@ -152,3 +152,42 @@ def test_closing_the_stream_early_frees_every_member():
 
     assert len(asyncio.run(read_two_chunks_then_leave())) == 2
     assert all(c.live_sessions() == 0 for c in cores.values())
+
+
+@pytest.mark.parametrize("method, weights", [("single", {"a": 1.0}), ("me", {"a": 0.3, "b": 0.7}),
+                                             ("ce", {"a": 0.3, "b": 0.7})])
+def test_logprobs_are_the_member_or_the_mixture_at_every_position(method, weights):
+    router, cores = build(weights, method=method)
+    out = generate(router, prompt="hey", max_tokens=5, seed=2, logprobs=3, echo=True, temperature=0.5)
+    choice, lp = out.choices[0], out.choices[0].logprobs
+    ids = list(b"hey") + choice.token_ids
+    assert lp.prompt_tokens == 3 and lp.tokens == [text_of(t) for t in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert out.prompt_text == "hey"
+    for t in range(1, len(ids)):
+        p = sum(w * cores[m].logp(ids[t - 1]).exp() for m, w in weights.items())  # (vocab,)
+        assert lp.token_logprobs[t] == pytest.approx(float(p[ids[t]].log()), abs=1e-5)
+        best = torch.topk(p, 3)
+        assert list(lp.top_logprobs[t]) == [text_of(int(i)) for i in best.indices]
+        assert list(lp.top_logprobs[t].values()) == pytest.approx(best.values.log().tolist(), abs=1e-5)
+
+
+def text_of(token: int) -> str:
+    return chr(token) if token < 128 else f"bytes:\\x{token:02x}"  # the fakes' tokens are single bytes
+
+
+def test_a_prompt_of_token_ids_is_the_same_as_its_text():
+    router, _ = build({"a": 0.5, "b": 0.5})
+    by_text = generate(router, prompt="hi", max_tokens=8, seed=3)
+    by_ids = generate(router, prompt=list(b"hi"), max_tokens=8, seed=3)
+    assert by_ids.choices[0].token_ids == by_text.choices[0].token_ids
+    with pytest.raises(RequestError, match="token id 300; the vocabulary has 257"):
+        generate(router, prompt=[104, 300], max_tokens=2)
+
+
+@pytest.mark.parametrize("fields, message", [({"logprobs": 1}, "log-probabilities of an ensemble"),
+                                             ({"prompt": [104, 105]}, "a prompt of token ids")])
+def test_token_level_requests_need_one_tokenizer(fields, message):
+    router, _ = build({"a": 0.5, "b": 0.5}, tokenizers={"b": "other-bytes"})
+    with pytest.raises(RequestError, match=message + " needs members that share a tokenizer"):
+        generate(router, **{"prompt": "hi", "max_tokens": 2, **fields})
