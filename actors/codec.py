@@ -7,9 +7,12 @@ byte-level BPE (GPT-2, SmolLM2, Llama-3, Qwen) and SentencePiece with byte fallb
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
+
+import torch
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -56,8 +59,21 @@ class TokenCodec:
         singles = [i for i, p in enumerate(pieces) if len(p) == 1 and i not in added]
         for i in sorted(singles, key=lambda i: i in fallback):
             self.byte_ids.setdefault(pieces[i][0], i)
+        self._sorted: tuple[list[int], list[bytes]] | None = None  # for `extending`, built when first needed
         self.byte_complete = len(self.byte_ids) == 256  # can spell any text another tokenizer wrote
         self.fingerprint = hashlib.sha256(b"\0".join(pieces)).hexdigest()[:16]
+
+    def extending(self, prefix: bytes) -> torch.Tensor:
+        """Ids whose bytes start with `prefix` (token healing): one range of the pieces sorted by bytes."""
+        if self._sorted is None:
+            order = sorted(range(len(self.pieces)), key=self.pieces.__getitem__)
+            self._sorted = (order, [self.pieces[i] for i in order])
+        order, keys = self._sorted
+        start = bisect.bisect_left(keys, prefix)
+        end = start
+        while end < len(keys) and keys[end].startswith(prefix):
+            end += 1
+        return torch.tensor(order[start:end], dtype=torch.long)
 
     def piece(self, token: int) -> bytes:
         return self.pieces[token] if 0 <= token < len(self.pieces) else b""

@@ -29,6 +29,7 @@ class SessionCache:
     kv: KV = field(default_factory=KV)  # keys and values of ids[:cached]
     cached: int = 0  # ids[:cached] are valid in kv; positions past it are overwritten as it grows
     fixed: int = 0  # ids[:fixed] arrived as ids (prompt, shared tokenizer): never re-tokenized
+    heal: bytes = b""  # token healing: the next token must start with these bytes, already in the log
 
 
 class MemberCore:
@@ -101,18 +102,31 @@ class MemberCore:
         self._evict(keep=busy | {req.session})
         for seg in req.delta:
             self._append(s, seg)
+        if req.heal and not req.distribution and req.delta and req.delta[-1].text is not None \
+                and len(s.ids) > s.fixed:
+            # Token healing: text another tokenizer wrote may end mid-word, where our own tokens would
+            # not have split it ("hel" + "lo", not "hello"). Back off our last token and make the next
+            # one extend its bytes, so the word is spelt as this model would spell it.
+            s.heal = self.codec.piece(s.ids.pop())
+            s.cached = min(s.cached, len(s.ids))
         return s
 
     def full(self, s: SessionCache) -> bool:
         return len(s.ids) >= self.context_length
 
     def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int) -> tuple[int, bytes, str]:
-        """Sample step `step` from this session's row of log-probs and append it."""
+        """Sample step `step` from this session's row of log-probs and append it. A healed token's
+        piece is only its bytes past the backed-off ones: those are in the log already."""
+        heal, s.heal = s.heal, b""
+        if heal:
+            allowed = torch.full_like(logp, float("-inf"))
+            allowed[self.codec.extending(heal)] = 0.0
+            logp = logp + allowed
         token = pick(logp, sampling, step)
         s.ids.append(token)
         if token in self.eos_ids:
             return token, b"", "eos"
-        return token, self.codec.piece(token), ""
+        return token, self.codec.piece(token)[len(heal):], ""
 
     @torch.inference_mode()
     def forward(self, rows: list[SessionCache]) -> torch.Tensor:

@@ -33,6 +33,7 @@ class StepRequest:
     sampling: SamplingParams
     distribution: bool = False
     fresh: bool = False  # the delta starts at the prompt: (re)build the session from nothing
+    heal: bool = False  # token healing after text from another tokenizer (actors/member.py)
 
 
 class SessionLost(Exception):

@@ -73,7 +73,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
             name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0).remote())
     router = Router(members, infos, config.weights, config.method, config.default_member,
                     runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store,
-                    eager_sync=config.eager_sync)
+                    eager_sync=config.eager_sync, token_healing=config.token_healing)
     return Engine(config, router, actors)
 
 

@@ -19,7 +19,8 @@ from mixserve.router.policies import METHODS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
-            "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync"}
+            "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
+               "token_healing"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant"}
 
@@ -56,6 +57,7 @@ class EnsembleConfig:
     api_key_env: str | None = None  # if set and that variable is non-empty, clients must send the key
     member_retry_s: float = 120.0  # how long a session waits for a member that went down to come back
     eager_sync: bool = False  # after a run, send its tokens to the idle members at once (see README)
+    token_healing: bool = False  # a member taking over mid-word re-spells the word's start (see README)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -113,11 +115,11 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     retry = raw.get("member_retry_s", 120.0)
     if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry <= 0:
         raise ConfigError(f"member_retry_s must be a positive number of seconds (got {retry!r})")
-    eager = raw.get("eager_sync", False)
-    if not isinstance(eager, bool):
-        raise ConfigError(f"eager_sync must be true or false (got {eager!r})")
+    for flag in ("eager_sync", "token_healing"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise ConfigError(f"{flag} must be true or false (got {raw[flag]!r})")
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
-                          float(retry), eager)
+                          float(retry), raw.get("eager_sync", False), raw.get("token_healing", False))
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:

@@ -22,7 +22,8 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 # OpenAI fields we accept and ignore: they change nothing about what is sampled.
 IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "best_of", "stream_options",
            "stream", "model", "prompt", "messages", "logprobs", "echo", "top_logprobs", "max_completion_tokens"}
-SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights", "session"}
+SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights", "session",
+            "token_healing"}
 
 
 def error_body(e: RequestError) -> dict:

@@ -55,6 +55,7 @@ class GenerateRequest:
     session: str | None = None  # continue (or start, with a prompt) the session of this id
     logprobs: int | None = None  # log-probs of each token and this many alternatives (router/logprobs.py)
     echo: bool = False  # the reply starts with the prompt (with its log-probs, given logprobs)
+    token_healing: bool | None = None  # None: the config's
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Plan:
     session: str | None = None
     logprobs: int | None = None
     echo: bool = False
+    token_healing: bool | None = None
 
 
 def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float],
@@ -97,9 +99,12 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
     logprobs = None if req.logprobs is None else int(_number(req.logprobs, "logprobs", 0, MAX_LOGPROBS, integer=True))
     if not isinstance(req.echo, bool):
         raise RequestError("echo must be true or false", "echo")
+    if req.token_healing is not None and not isinstance(req.token_healing, bool):
+        raise RequestError("token_healing must be true or false", "token_healing")
     if req.session is not None and (logprobs is not None or req.echo):
         raise RequestError("logprobs and echo score one request's tokens; leave session out", "session")
-    return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo)
+    return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo,
+                req.token_healing)
 
 
 def _check_session(req: GenerateRequest) -> None:

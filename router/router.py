@@ -31,7 +31,7 @@ from .vocab import EOS, SharedVocab, UnionVocab
 class Router:
     def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
                  default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
-                 retry_s: float = 120.0, store=None, eager_sync: bool = False):
+                 retry_s: float = 120.0, store=None, eager_sync: bool = False, token_healing: bool = False):
         self.members = members  # name -> RayMember | LocalMember
         self.infos = infos
         self.weights = weights
@@ -47,6 +47,7 @@ class Router:
         self.retry_s = retry_s  # how long a session waits for a member that went down
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
         self.eager_sync = eager_sync  # idle members catch up in the background as tokens stream
+        self.token_healing = token_healing  # the default; a request may say otherwise
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
@@ -119,7 +120,8 @@ class Router:
                     emit()
                 else:
                     idle = [m for m in plan.weights if m != turn.members[0]] if self.eager_sync else []
-                    await self._run(s, turn.members[0], turn.steps, stats, emit, idle)
+                    heal = self.token_healing if plan.token_healing is None else plan.token_healing
+                    await self._run(s, turn.members[0], turn.steps, stats, emit, idle, heal)
         finally:
             await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
@@ -139,7 +141,7 @@ class Router:
             await asyncio.shield(calls)
             raise
 
-    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=()) -> None:
+    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=(), heal=False) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call whose tokens
         stream back as they are sampled. `idle` members (eager_sync) get those tokens as they come."""
         caught_up = s.step - s.cursor.get(member, 0)
@@ -147,7 +149,7 @@ class Router:
         end = s.step + steps
 
         def request(delta, fresh):
-            return StepRequest(s.id, delta, s.step, end - s.step, s.params, fresh=fresh)
+            return StepRequest(s.id, delta, s.step, end - s.step, s.params, fresh=fresh, heal=heal)
 
         async def record(part: StepResult) -> bool:
             s.record(member, part.tokens, part.pieces, part.finish)

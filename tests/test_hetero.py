@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mixserve.actors.codec import TokenCodec
+from mixserve.router.request import RequestError
 
 
 def test_me_across_tokenizers_generates_and_both_members_write(hetero):
@@ -49,3 +50,12 @@ def test_ce_across_tokenizers_samples_text_every_member_follows(hetero):
     assert result.usage.member_forward_calls == 2 * len(choice.token_ids)
     assert hetero.generate(prompt="the dog", method="ce", max_tokens=30, seed=5).choices[0].text == choice.text
     assert hetero.live_sessions() == {"a": 0, "c": 0}
+
+
+def test_token_healing_across_tokenizers_is_deterministic_and_frees_everything(hetero):
+    healed = [hetero.generate(prompt="the dog", max_tokens=40, seed=s, token_healing=True) for s in (2, 2, 3)]
+    assert healed[0].choices[0].text == healed[1].choices[0].text
+    assert all(len(r.choices[0].token_ids) > 0 for r in healed)
+    assert hetero.live_sessions() == {"a": 0, "c": 0}
+    with pytest.raises(RequestError, match="token_healing must be true or false"):
+        hetero.generate(prompt="the dog", token_healing="yes")

@@ -96,3 +96,27 @@ def test_score_gives_each_tokens_log_prob_given_the_ones_before(member):
     rows = member.score(ids, rows=True).rows
     assert rows.shape == (len(ids) - 1, member.vocab_size)
     assert member.live_sessions() == live  # scoring opens no session
+
+
+@pytest.mark.parametrize("prefix", [b" th", b"e", b"\xff", b"zzzzzz"])
+def test_extending_finds_every_token_that_starts_with_the_bytes(member, prefix):
+    expected = sorted(i for i, p in enumerate(member.codec.pieces) if p.startswith(prefix))
+    assert sorted(member.codec.extending(prefix).tolist()) == expected
+
+
+def test_token_healing_respells_the_word_another_tokenizer_left_open(member):
+    prompt = tuple(member.prompt_ids("the cat"))
+    text = b" sat on th"  # written by another member, ending mid-word
+    plain = member.step(StepRequest("plain", (Segment(ids=prompt), Segment(text=text)), 0, 3,
+                                    SamplingParams(seed=4), fresh=True))
+    healed = member.step(StepRequest("healed", (Segment(ids=prompt), Segment(text=text)), 0, 3,
+                                     SamplingParams(seed=4), fresh=True, heal=True))
+    own = member.codec.encode(text)  # how this member spells the other's text: its last token is backed off
+    first = member.sessions["healed"].ids[len(prompt) + len(own) - 1]  # the healed token, in its place
+    assert member.codec.piece(first) == member.codec.piece(own[-1]) + healed.pieces[0]
+    # Either way the session's tokens spell exactly the log: prompt, the other's text, our tokens.
+    for name, out in (("plain", plain), ("healed", healed)):
+        ids = member.sessions[name].ids
+        assert b"".join(member.codec.piece(i) for i in ids[len(prompt):]) == text + b"".join(out.pieces)
+    member.release("plain")
+    member.release("healed")

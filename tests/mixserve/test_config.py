@@ -39,6 +39,7 @@ def test_bad_member_fields_are_named(tiny_dir, override, message):
     ({"members": members(), "method": "vote"}, r"method must be one of me, ce, single \(got 'vote'\)"),
     ({"members": members(), "default_member": "z"}, "default_member 'z' is not a member"),
     ({"members": members(), "run_length_scheduling": "yes"}, "run_length_scheduling must be true or false"),
+    ({"members": members(), "token_healing": 1}, "token_healing must be true or false"),
     ([1, 2], "config must be a mapping"),
 ])
 def test_bad_top_level_fields_are_named(tiny_dir, raw, message):
