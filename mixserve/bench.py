@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mixserve.config import EnsembleConfig, load_config
-from mixserve.bench_http import measure_http, served
+from mixserve.bench_http import measure_http
+from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.result import GenerateResult
 from mixserve.router.session import Chunk

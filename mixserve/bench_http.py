@@ -8,34 +8,13 @@ measured the same way as `mixserve.bench.measure` measures them.
 from __future__ import annotations
 
 import json
-import socket
 import time
-from contextlib import contextmanager
 
 import requests
 
-from mixserve.config import EnsembleConfig
 from mixserve.router.request import GenerateRequest
 
 TIMEOUT_S = 300  # one request; a hung server fails the run instead of stalling it
-
-
-@contextmanager
-def served(config: EnsembleConfig):
-    """The app on a free loopback port for the block; its base URL."""
-    from ray import serve
-
-    from mixserve.router.app import build_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(config, grpc_port=None), name="mixserve-bench", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
 
 
 def measure_http(url: str, model: str, req: GenerateRequest):

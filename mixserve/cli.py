@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--out", default="bench-out", help="directory for bench.json, bench.md, bench.png")
     bench.add_argument("--address", help="join this Ray cluster instead of starting a local one")
 
+    evaluate = sub.add_parser("eval", help="score each member, me and ce with lm-evaluation-harness over HTTP")
+    evaluate.add_argument("--config", required=True)
+    evaluate.add_argument("--examples", type=int, default=100, help="examples written per generated task")
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
+    evaluate.add_argument("--out", default="eval-out", help="directory for eval.json, eval.md, eval.png, tasks/")
+    evaluate.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             _render(args)
         elif args.command == "bench":
             _bench(args)
+        elif args.command == "eval":
+            _eval(args)
         elif args.command == "serve":
             from mixserve.serve_cli import serve_forever
 
@@ -133,6 +142,18 @@ def _levels(text: str) -> tuple[int, ...]:
     if not levels or levels[0] < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers like 1,4,16 (got {text!r})")
     return levels
+
+
+def _eval(args) -> None:
+    from mixserve.eval import run_eval
+    from mixserve.eval_report import markdown
+
+    for name in ("examples", "limit"):
+        if (getattr(args, name) or 1) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    report = run_eval(args.config, args.out, args.limit, args.address, args.examples)
+    print(markdown(report))
+    print(f"wrote eval.json, eval.md and eval.png to {args.out}")
 
 
 def _bench(args) -> None:

@@ -42,7 +42,9 @@ class EnsembleService:
     def models(self) -> list[dict]:
         """The ensemble first, then each member: a client may ask for one member by name."""
         ensemble = {"id": self.config.model_name, "method": self.config.method, "weights": self.config.weights}
-        return [ensemble] + [{"id": m.name, "model": m.model, "weight": m.weight} for m in self.config.members]
+        # Members with the same tokenizer fingerprint share token ids (token-id prompts, the ensemble's log-probs).
+        return [ensemble] + [{"id": m.name, "model": m.model, "weight": m.weight,
+                              "tokenizer": self.router.infos[m.name].tokenizer} for m in self.config.members]
 
     def request_for_model(self, model, fields: dict) -> GenerateRequest:
         """`model` is the ensemble's name or a member's (which means method single on it)."""

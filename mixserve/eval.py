@@ -1,0 +1,90 @@
+"""`mixserve eval`: does the ensemble answer better than its members? lm-evaluation-harness drives the
+served app over loopback HTTP as any external client would (its `local-completions` model type), on
+the tasks of mixserve/eval_tasks.py.
+
+Rows: each member alone, ME, CE and, when members tokenize differently, ME with token healing. The
+generation task runs every row (plain text prompts: the server tokenizes). The scored tasks need
+log-probs, which lm-eval asks for over token ids of one tokenizer: they run for each member and for
+the ensemble when its members share a tokenizer; there ME and CE score the same numbers, since both
+sample the mixture (router/logprobs.py). Writes eval.json, eval.md and eval.png (mixserve/eval_report.py).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mixserve.config import EnsembleConfig, load_config
+from mixserve.eval_tasks import GENERATE_TASKS, SCORE_TASKS, write_tasks
+
+SEED = 1234  # lm-eval's request seed: ME's member choices follow it
+
+
+def rows(config: EnsembleConfig) -> dict[str, dict]:
+    """Row name -> the model to ask for and the extra body fields for generation."""
+    out = {m.name: {"model": m.name, "fields": {}} for m in config.members}
+    if len(config.members) > 1:
+        out["me"] = {"model": config.model_name, "fields": {"method": "me", "token_healing": False}}
+        out["ce"] = {"model": config.model_name, "fields": {"method": "ce"}}
+    return out
+
+
+def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None = None, address: str | None = None,
+             n: int = 100) -> dict:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from mixserve.actors.loading import model_dir
+    from mixserve.cluster.ray_cluster import connect
+    from mixserve.served import served
+
+    from .eval_report import write_report
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    config = load_config(config_path)
+    out = Path(out)
+    tasks = TaskManager(include_path=str(write_tasks(out / "tasks", n)), include_defaults=False)
+    tokenizers = {m.name: str(model_dir(m.source)) for m in config.members}
+    plan = rows(config)
+    connect(address)
+    results: dict[str, dict] = {}
+    with served(config) as url:
+        infos = _member_tokenizers(url)
+        if len(set(infos.values())) > 1:
+            plan["me+healing"] = {"model": config.model_name, "fields": {"method": "me", "token_healing": True}}
+        for name, row in plan.items():
+            base = {"base_url": f"{url}/v1/completions", "model": row["model"], "num_concurrent": 1,
+                    "max_retries": 1, "timeout": 600}
+            results[name] = _scores(lm_eval.simple_evaluate(
+                model="local-completions", model_args={**base, "tokenizer_backend": None, "tokenized_requests": False},
+                tasks=list(GENERATE_TASKS), task_manager=tasks, gen_kwargs=row["fields"] or None, limit=limit,
+                log_samples=False, random_seed=SEED))
+            members = [row["model"]] if row["model"] in tokenizers else list(tokenizers)
+            if len({infos[m] for m in members}) == 1:
+                results[name].update(_scores(lm_eval.simple_evaluate(
+                    model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
+                                                           "tokenizer": tokenizers[members[0]]},
+                    tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=False, random_seed=SEED)))
+    report = {"config": str(config_path), "limit": limit, "examples_per_task": n, "rows": results,
+              "weights": config.weights}
+    write_report(report, out)
+    return report
+
+
+def _member_tokenizers(url: str) -> dict[str, str]:
+    import requests
+
+    return {m["id"]: m["tokenizer"] for m in requests.get(f"{url}/v1/models", timeout=30).json()["data"]
+            if "tokenizer" in m}
+
+
+def _scores(evaluated: dict) -> dict[str, dict]:
+    """task -> {metric, value, stderr, n} from lm-eval's results."""
+    out = {}
+    for task, metrics in evaluated["results"].items():
+        for key, value in metrics.items():
+            metric, _, flt = key.partition(",")
+            if metric in ("exact_match", "acc", "bits_per_byte") and not metric.endswith("_stderr"):
+                stderr = metrics.get(f"{metric}_stderr,{flt}")
+                out[task] = {"metric": metric, "value": value, "n": evaluated["n-samples"][task]["effective"],
+                             "stderr": stderr if isinstance(stderr, (int, float)) else None}
+    return out

@@ -1,0 +1,55 @@
+"""eval.json, eval.md (the table README shows) and eval.png from one `mixserve eval` report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mixserve.eval_tasks import GENERATE_TASKS, SCORE_TASKS
+
+HEADS = {"mixserve_arith": "arithmetic (exact match)", "mixserve_mc": "multiple choice (acc)",
+         "mixserve_text": "held-out text (bits/byte, lower is better)"}
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    (out / "eval.md").write_text(markdown(report))
+    plot(report, out / "eval.png")
+
+
+def cell(score: dict | None) -> str:
+    """value ± the half-width of its 95% interval (normal approximation), and n."""
+    if score is None:
+        return "n/a"
+    ci = f" ± {1.96 * score['stderr']:.3f}" if score["stderr"] is not None else ""
+    return f"{score['value']:.3f}{ci} (n={score['n']})"
+
+
+def markdown(report: dict) -> str:
+    tasks = [*GENERATE_TASKS, *SCORE_TASKS]
+    lines = ["| row | " + " | ".join(HEADS[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, scores in report["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(cell(scores.get(t)) for t in tasks) + " |")
+    lines += ["", "n/a: the scored tasks need log-probs over one tokenizer; these members have different ones.",
+              "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [*GENERATE_TASKS, *SCORE_TASKS]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6))
+    for ax, task in zip(axes, tasks):
+        names = [n for n, s in report["rows"].items() if task in s]
+        values = [report["rows"][n][task]["value"] for n in names]
+        errors = [1.96 * (report["rows"][n][task]["stderr"] or 0) for n in names]
+        ax.bar(names, values, yerr=errors, capsize=3, color="tab:blue")
+        ax.set_title(HEADS[task], fontsize=9)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

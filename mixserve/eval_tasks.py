@@ -1,0 +1,117 @@
+"""The tasks `mixserve eval` runs through lm-evaluation-harness, written from a seed into JSONL files
+and task YAMLs: the same files every time, and nothing is downloaded.
+
+- mixserve_arith (generate_until, exact match): two- and three-step arithmetic word problems.
+- mixserve_mc (multiple_choice, log-likelihood): opposites, capitals and number words.
+- mixserve_text (loglikelihood_rolling, bits per byte): held-out sentences written for this project.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+GENERATE_TASKS = ("mixserve_arith",)
+SCORE_TASKS = ("mixserve_mc", "mixserve_text")  # need log-probs: one tokenizer
+
+NAMES = ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"]
+THINGS = ["apples", "books", "coins", "marbles", "pencils", "shells", "stamps", "cards"]
+OPPOSITES = [("hot", "cold"), ("big", "small"), ("up", "down"), ("day", "night"), ("fast", "slow"),
+             ("happy", "sad"), ("open", "closed"), ("early", "late"), ("full", "empty"), ("light", "dark"),
+             ("old", "young"), ("wet", "dry"), ("loud", "quiet"), ("hard", "soft"), ("high", "low"),
+             ("rich", "poor"), ("thick", "thin"), ("strong", "weak"), ("push", "pull"), ("win", "lose")]
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
+            ("Spain", "Madrid"), ("Egypt", "Cairo"), ("Russia", "Moscow"), ("Canada", "Ottawa"),
+            ("Greece", "Athens"), ("Norway", "Oslo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
+            ("China", "Beijing"), ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin")]
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+HELD_OUT = [
+    "The harbour was quiet before dawn, and the only sound was the slow knock of boats against the pier.",
+    "She kept a small notebook in her coat pocket and wrote down every bird she saw on the way to work.",
+    "When the rain finally stopped, the children ran outside to measure how deep the puddles had become.",
+    "A good recipe tells you not only what to do but also what the dough should feel like when it is ready.",
+    "The old bridge was closed for repairs, so the bus took a long detour through the hills behind the town.",
+    "He learned to read the river by watching where the water moved fast and where it curled back on itself.",
+    "Every autumn the library held a sale of used books, and the line outside started forming before noon.",
+    "The map was drawn by hand, with small notes in the margins about wells, shortcuts and friendly farms.",
+    "After three weeks of practice, the band could finally play the whole song without stopping once.",
+    "The lighthouse keeper kept a log of every ship that passed, with the time, the weather and the flag.",
+    "Most of the garden was given to potatoes and beans, but one corner was always kept for sunflowers.",
+    "The train was late again, so the passengers shared newspapers and guessed at the cause of the delay.",
+]
+
+
+def arithmetic(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for _ in range(n):
+        name, thing = rng.choice(NAMES), rng.choice(THINGS)
+        total = rng.randint(2, 9)
+        text = f"{name} has {total} {thing}."
+        for _ in range(rng.choice((2, 3))):
+            if rng.random() < 0.5 or total < 2:
+                k = rng.randint(1, 9)
+                text += f" Then {name} gets {k} more."
+                total += k
+            else:
+                k = rng.randint(1, total - 1)
+                text += f" Then {name} gives away {k}."
+                total -= k
+        out.append({"question": f"{text} How many {thing} does {name} have now?", "answer": str(total)})
+    return out
+
+
+def multiple_choice(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            word, right = rng.choice(OPPOSITES)
+            wrong = rng.sample([b for a, b in OPPOSITES if b != right], 3)
+            question = f"The opposite of {word} is"
+        elif kind == 1:
+            country, right = rng.choice(CAPITALS)
+            wrong = rng.sample([c for _, c in CAPITALS if c != right], 3)
+            question = f"The capital of {country} is"
+        else:
+            a, b = rng.randint(0, 6), rng.randint(0, 6)
+            right = WORDS[a + b]
+            wrong = rng.sample([w for w in WORDS if w != right], 3)
+            question = f"{WORDS[a].capitalize()} plus {WORDS[b]} equals"
+        choices = [right] + wrong
+        rng.shuffle(choices)
+        out.append({"question": question, "choices": [f" {c}" for c in choices], "label": choices.index(right)})
+    return out
+
+
+def write_tasks(out: Path, n: int = 100, seed: int = 20261125) -> Path:
+    """JSONL data and lm-eval task YAMLs under out/; the folder to pass to TaskManager(include_path)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    data = {"mixserve_arith": arithmetic(n, rng), "mixserve_mc": multiple_choice(n, rng),
+            "mixserve_text": [{"text": t} for t in HELD_OUT]}
+    for task, rows in data.items():
+        (out / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = lambda task: {"task": task, "dataset_path": "json", "test_split": "train",  # noqa: E731
+                           "dataset_kwargs": {"data_files": str((out / f"{task}.jsonl").resolve())}}
+    specs = {
+        "mixserve_arith": {
+            "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
+            "doc_to_target": "{{answer}}",
+            "generation_kwargs": {"until": ["\n", "Question:"], "max_gen_toks": 12, "do_sample": False,
+                                  "temperature": 0},
+            "filter_list": [{"name": "number", "filter": [{"function": "regex", "regex_pattern": r"(-?\d+)"},
+                                                          {"function": "take_first"}]}],
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]},
+        "mixserve_mc": {
+            "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{label}}", "target_delimiter": "",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]},
+        "mixserve_text": {
+            "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
+            "metric_list": [{"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False}]},
+    }
+    for task, spec in specs.items():
+        (out / f"{task}.yaml").write_text(yaml.safe_dump({**common(task), **spec}, sort_keys=False))
+    return out
