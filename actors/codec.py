@@ -60,7 +60,9 @@ class TokenCodec:
         for i in sorted(singles, key=lambda i: i in fallback):
             self.byte_ids.setdefault(pieces[i][0], i)
         self._sorted: tuple[list[int], list[bytes]] | None = None  # for `extending`, built when first needed
-        self.byte_complete = len(self.byte_ids) == 256  # can spell any text another tokenizer wrote
+        # Bytes with no token of their own. Real vocabularies leave out some that text never holds
+        # (SmolLM2 has none for 0xc0, 0xc1, 0xf5-0xff, nor for some control characters).
+        self.missing_bytes = tuple(b for b in range(256) if b not in self.byte_ids)
         self.fingerprint = hashlib.sha256(b"\0".join(pieces)).hexdigest()[:16]
 
     def extending(self, prefix: bytes) -> torch.Tensor:

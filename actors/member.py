@@ -61,7 +61,7 @@ class MemberCore:
 
     def info(self) -> MemberInfo:
         return MemberInfo(self.name, self.codec.fingerprint, self.vocab_size, self.context_length, self.eos_ids,
-                          self.codec.byte_complete)
+                          self.codec.missing_bytes)
 
     def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
         """The prompt in this member's tokens: a chat through its own chat template."""

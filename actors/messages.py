@@ -69,4 +69,4 @@ class MemberInfo:
     vocab_size: int
     context_length: int
     eos_ids: tuple[int, ...]
-    byte_complete: bool = True  # has a token for each of the 256 bytes: can join a union vocabulary
+    missing_bytes: tuple[int, ...] = ()  # bytes it has no token for: it cannot follow text holding them

@@ -42,7 +42,8 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
             self._authorize(context)
         except RequestError as e:
             await context.abort(STATUS[e.status], str(e))
-        cards = [pb2.ModelCard(id=m["id"], model=m.get("model", ""), weight=m.get("weight", 1.0))
+        cards = [pb2.ModelCard(id=m["id"], model=m.get("model", ""), weight=m.get("weight", 1.0),
+                               tokenizer=m.get("tokenizer", ""))
                  for m in self.service.models()]
         return pb2.ListModelsResponse(models=cards)
 
@@ -60,6 +61,8 @@ def _fields(request) -> dict:
         fields["member"] = request.member
     if request.session:
         fields["session"] = request.session
+    if request.HasField("token_healing"):
+        fields["token_healing"] = request.token_healing
     return fields
 
 

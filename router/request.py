@@ -13,6 +13,7 @@ from .policies import METHODS
 MAX_TOKENS_LIMIT = 4096
 MAX_STOP = 4
 MAX_LOGPROBS = 20  # alternatives per token
+TEXT_BYTES = set(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}  # what a member must spell to join ce's union vocabulary
 
 
 class RequestError(ValueError):
@@ -147,16 +148,16 @@ def _weights(given, members: list[str]) -> dict[str, float]:
 
 
 def check_mixable(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
-    """ce mixes distributions over one vocabulary: members share a tokenizer, or each can spell any
-    bytes, so that their vocabularies align on token bytes (router/vocab.py)."""
+    """ce mixes distributions over one vocabulary: members share a tokenizer, or each can spell plain
+    text, so that their vocabularies align on token bytes (router/vocab.py)."""
     if len({members[name].tokenizer for name in weights}) == 1:
         return
-    unable = [name for name in weights if not members[name].byte_complete]
+    unable = [name for name in weights if TEXT_BYTES & set(members[name].missing_bytes)]
     if unable:
         raise RequestError(
             f"method=ce across different tokenizers aligns vocabularies by token bytes, but members "
-            f"{unable} have no token for some bytes, so they cannot follow text the others write. Use "
-            f"method=me, or ce on members that share a tokenizer", "method")
+            f"{unable} have no token for some bytes of plain text, so they cannot follow text the others "
+            f"write. Use method=me, or ce on members that share a tokenizer", "method")
 
 
 def check_one_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo], why: str, param: str) -> None:

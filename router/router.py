@@ -298,7 +298,8 @@ class Router:
             if len(one) == 1:
                 self.vocabs[key] = SharedVocab(next(iter(one)), pieces[0])
             else:
-                union = UnionVocab(dict(zip(one, pieces)), self.eos_ids)
+                missing = {b for m in plan.weights for b in self.infos[m].missing_bytes}
+                union = UnionVocab(dict(zip(one, pieces)), self.eos_ids, missing)
                 self.eos_ids[union.fingerprint] = frozenset({EOS})
                 self.vocabs[key] = union
         return self.vocabs[key]

@@ -4,7 +4,8 @@ tokenizers"), as GaC and DeePEn align vocabularies.
 Every member's token maps to the union entry with the same bytes (byte-level BPE and byte-fallback
 pieces are exact bytes, actors/codec.py), so p(s) = sum_i lambda_i * p_i(s) for each byte string s,
 where p_i(s) sums member i's tokens spelling s (Gemma's "a" and "<0x61>" are one entry). Every
-end-of-sequence token maps to one EOS entry; special tokens with no text map nowhere (no mass).
+end-of-sequence token maps to one EOS entry; special tokens with no text map nowhere (no mass), and so
+do strings holding a byte that some member has no token for (it could not follow them).
 
 What is approximate, and the docs say so: p_i(s) counts only member i's single tokens spelling s.
 A string that member i would write as two tokens ("Hello" as "Hel" + "lo") gets no mass from i at
@@ -21,8 +22,10 @@ EOS = 0  # the union entry of every member's end-of-sequence tokens
 
 
 class UnionVocab:
-    def __init__(self, pieces: dict[str, list[bytes]], eos_ids: dict[str, frozenset[int]]):
-        """`pieces`: tokenizer fingerprint -> bytes per token id; `eos_ids`: fingerprint -> its eos ids."""
+    def __init__(self, pieces: dict[str, list[bytes]], eos_ids: dict[str, frozenset[int]], missing: set[int] = frozenset()):
+        """`pieces`: tokenizer fingerprint -> bytes per token id; `eos_ids`: fingerprint -> its eos ids;
+        `missing`: bytes some member has no token for. Entries holding them get no mass: whatever the
+        mixture samples, every member can spell."""
         index: dict[bytes, int] = {}
         self.pieces: list[bytes] = [b""]  # union id -> bytes; EOS has none
         self.maps: dict[str, torch.Tensor] = {}  # fingerprint -> (its vocab,) union ids, -1 = no text
@@ -38,6 +41,7 @@ class UnionVocab:
                     if ids[-1] == len(self.pieces):
                         self.pieces.append(piece)
             self.maps[fingerprint] = torch.tensor(ids, dtype=torch.long)
+        self.spellable = torch.tensor([not missing.intersection(p) for p in self.pieces], dtype=torch.float64)
         digest = hashlib.sha256("\0".join(sorted(pieces)).encode()).hexdigest()[:16]
         self.fingerprint = f"union:{digest}"  # no member's: each member gets a union token as text
 
@@ -52,6 +56,7 @@ class UnionVocab:
             ids = self.maps[fingerprint][: p.numel()]
             keep = ids >= 0
             mixture.index_add_(0, ids[keep], weight * p[: ids.numel()][keep].double())
+        mixture *= self.spellable
         return mixture / mixture.sum()
 
 

@@ -17,16 +17,16 @@ VOCAB = 257
 
 
 class FakeCore:
-    def __init__(self, name: str, tokenizer: str = "bytes", eos_weight: float = 0.0, byte_complete: bool = True):
+    def __init__(self, name: str, tokenizer: str = "bytes", eos_weight: float = 0.0, missing_bytes=()):
         self.name = name
-        self.byte_complete = byte_complete
+        self.missing_bytes = tuple(missing_bytes)
         self.tokenizer = tokenizer
         self.eos_weight = eos_weight
         self.sessions: dict[str, list[int]] = {}
         self.received: list[tuple[str, list]] = []  # (session, delta segments) per step call
 
     def info(self) -> MemberInfo:
-        return MemberInfo(self.name, self.tokenizer, VOCAB, 1 << 16, (EOS,), self.byte_complete)
+        return MemberInfo(self.name, self.tokenizer, VOCAB, 1 << 16, (EOS,), self.missing_bytes)
 
     def prompt_ids(self, prompt=None, messages=None) -> list[int]:
         text = prompt if messages is None else "".join(m["content"] for m in messages)

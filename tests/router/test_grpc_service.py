@@ -79,6 +79,8 @@ def test_health_reflection_and_models(channel):
     assert SERVICE in {s.name for s in answer.list_services_response.service}
     models = pb2_grpc.EnsembleStub(channel).ListModels(pb2.ListModelsRequest())
     assert [m.id for m in models.models] == ["mixserve", "a", "b", "c"]
+    tokenizer = {m.id: m.tokenizer for m in models.models}
+    assert tokenizer["a"] == tokenizer["b"] != tokenizer["c"] and tokenizer["mixserve"] == ""
 
 
 def test_api_key_is_required_as_metadata(secure_server):

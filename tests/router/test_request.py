@@ -5,7 +5,7 @@ from mixserve.actors.messages import MemberInfo
 from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, check_mixable, validate
 
 MEMBERS = {"a": MemberInfo("a", "t1", 10, 100, (0,)), "b": MemberInfo("b", "t1", 10, 100, (0,)),
-           "c": MemberInfo("c", "t2", 10, 100, (0,)), "d": MemberInfo("d", "t3", 10, 100, (0,), False)}
+           "c": MemberInfo("c", "t2", 10, 100, (0,)), "d": MemberInfo("d", "t3", 10, 100, (0,), (0x41,))}
 
 
 def check(**fields):
@@ -41,9 +41,9 @@ def test_bad_fields_are_named(fields, param, message):
 
 def test_ce_across_tokenizers_needs_members_that_spell_every_byte():
     plan = check(prompt="x", method="ce", weights={"a": 1, "b": 1, "c": 1})
-    check_mixable(plan.weights, MEMBERS)  # byte-complete: aligned by token bytes
+    check_mixable(plan.weights, MEMBERS)  # they spell plain text: aligned by token bytes
     check_mixable({"a": 0.5, "b": 0.5}, MEMBERS)  # one shared tokenizer: no alignment needed
-    with pytest.raises(RequestError, match=r"members \['d'\] have no token for some bytes") as e:
+    with pytest.raises(RequestError, match=r"members \['d'\] have no token for some bytes of plain text") as e:
         check_mixable({"a": 0.5, "c": 0.2, "d": 0.3}, MEMBERS)
     assert e.value.param == "method"
 

@@ -10,8 +10,9 @@ from mixserve.router.router import Router
 from tests.fakes import EOS, FakeCore
 
 
-def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0, byte_complete=True):
-    cores = {m: FakeCore(m, (tokenizers or {}).get(m, "bytes"), eos_weight, byte_complete) for m in weights}
+def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0, missing=None):
+    cores = {m: FakeCore(m, (tokenizers or {}).get(m, "bytes"), eos_weight, (missing or {}).get(m, ()))
+             for m in weights}
     router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
                     weights, method, runs=runs)
     return router, cores
@@ -74,9 +75,16 @@ def test_ce_across_tokenizers_mixes_tokens_with_the_same_bytes():
     assert any(seg.text == expected[:1].encode() for _, delta in cores["b"].received for seg in delta)
 
 
-def test_ce_is_refused_for_members_that_cannot_spell_every_byte():
-    router, _ = build({"a": 0.5, "b": 0.5}, method="ce", tokenizers={"b": "words"}, byte_complete=False)
-    with pytest.raises(RequestError, match=r"members \['a', 'b'\] have no token for some bytes"):
+def test_ce_across_tokenizers_never_samples_bytes_a_member_cannot_spell():
+    rare = range(0x80, 0x100)  # b has no token for any byte past ASCII
+    router, _ = build({"a": 0.5, "b": 0.5}, method="ce", tokenizers={"b": "other-bytes"}, missing={"b": rare})
+    texts = [c.text.encode() for c in generate(router, prompt="q", max_tokens=20, n=20, seed=1).choices]
+    assert all(byte < 0x80 for text in texts for byte in text) and sum(map(len, texts)) == 400
+
+
+def test_ce_is_refused_for_members_that_cannot_spell_plain_text():
+    router, _ = build({"a": 0.5, "b": 0.5}, method="ce", tokenizers={"b": "words"}, missing={"b": b" e"})
+    with pytest.raises(RequestError, match=r"members \['b'\] have no token for some bytes of plain text"):
         generate(router, prompt="q", max_tokens=2)
 
 
