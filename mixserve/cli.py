@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--config", required=True)
     evaluate.add_argument("--examples", type=int, default=100, help="examples written per generated task")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
+    evaluate.add_argument("--check-samples", type=int, default=2000, help="ME samples for the mixture check")
     evaluate.add_argument("--out", default="eval-out", help="directory for eval.json, eval.md, eval.png, tasks/")
     evaluate.add_argument("--address", help="join this Ray cluster instead of starting a local one")
 
@@ -148,10 +149,10 @@ def _eval(args) -> None:
     from mixserve.eval import run_eval
     from mixserve.eval_report import markdown
 
-    for name in ("examples", "limit"):
+    for name in ("examples", "limit", "check_samples"):
         if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name} must be at least 1")
-    report = run_eval(args.config, args.out, args.limit, args.address, args.examples)
+    report = run_eval(args.config, args.out, args.limit, args.address, args.examples, args.check_samples)
     print(markdown(report))
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")
 

@@ -6,7 +6,8 @@ Rows: each member alone, ME, CE and, when members tokenize differently, ME with 
 generation task runs every row (plain text prompts: the server tokenizes). The scored tasks need
 log-probs, which lm-eval asks for over token ids of one tokenizer: they run for each member and for
 the ensemble when its members share a tokenizer; there ME and CE score the same numbers, since both
-sample the mixture (router/logprobs.py). Writes eval.json, eval.md and eval.png (mixserve/eval_report.py).
+sample the mixture (router/logprobs.py). Then ME's sampled next token is checked against the mixture
+(mixserve/eval_check.py). Writes eval.json, eval.md and eval.png (mixserve/eval_report.py).
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import logging
 from pathlib import Path
 
 from mixserve.config import EnsembleConfig, load_config
+from mixserve.eval_check import mixture_check
 from mixserve.eval_tasks import GENERATE_TASKS, SCORE_TASKS, write_tasks
 
 SEED = 1234  # lm-eval's request seed: ME's member choices follow it
+CHECK_PROMPT = "The capital of France is"
 
 
 def rows(config: EnsembleConfig) -> dict[str, dict]:
@@ -29,7 +32,7 @@ def rows(config: EnsembleConfig) -> dict[str, dict]:
 
 
 def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None = None, address: str | None = None,
-             n: int = 100) -> dict:
+             n: int = 100, check_samples: int = 2000) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -64,8 +67,11 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
                     model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
                                                            "tokenizer": tokenizers[members[0]]},
                     tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=False, random_seed=SEED)))
+        one_tokenizer = len({infos[m] for m in config.weights}) == 1
+        check = mixture_check(url, config.model_name, config.weights, CHECK_PROMPT, one_tokenizer, check_samples) \
+            if len(config.members) > 1 else None
     report = {"config": str(config_path), "limit": limit, "examples_per_task": n, "rows": results,
-              "weights": config.weights}
+              "weights": config.weights, "mixture_check": check}
     write_report(report, out)
     return report
 

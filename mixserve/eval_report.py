@@ -32,6 +32,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cell(scores.get(t)) for t in tasks) + " |")
     lines += ["", "n/a: the scored tasks need log-probs over one tokenizer; these members have different ones.",
               "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
+    check = report.get("mixture_check")
+    if check and check["p_value"] is None:
+        lines += ["", f"ME samples the mixture: not checked, the members share no likely next token after "
+                      f"{check['prompt']!r}."]
+    elif check:
+        lines += ["", f"ME samples the mixture: {check['samples']} one-token ME samples after {check['prompt']!r} "
+                      f"against the mixture sum_i lambda_i p_i from the served log-probs, chi-square over "
+                      f"{check['categories']} categories: p = {check['p_value']:.3g} "
+                      f"({'passed' if check['passed'] else 'FAILED'} at alpha = {check['alpha']:g})."]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ TASKS = {"mixserve_arith", "mixserve_mc", "mixserve_text"}
 
 def run_eval(config, out):
     cmd = [sys.executable, "-m", "mixserve", "eval", "--config", str(config), "--examples", "4", "--limit", "2",
+           "--check-samples", "300",
            "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,6 +35,8 @@ def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path, config, rows,
         assert 0 <= tasks["mixserve_arith"]["value"] <= 1
     if {"me", "ce"} <= scored:  # both sample the mixture, so they score the same
         assert report["rows"]["me"]["mixserve_mc"] == report["rows"]["ce"]["mixserve_mc"]
+        # ... and ME's samples follow it (a correct server fails this once in a million runs)
+        assert report["mixture_check"]["passed"] is True and report["mixture_check"]["samples"] == 300
     table = (tmp_path / "eval.md").read_text()
     assert table.startswith("| row | arithmetic") and table in stdout
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
