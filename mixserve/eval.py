@@ -51,8 +51,8 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
     connect(address)
     results: dict[str, dict] = {}
     with served(config) as url:
-        infos = _member_tokenizers(url)
-        if len(set(infos.values())) > 1:
+        fingerprints = _member_tokenizers(url)
+        if len(set(fingerprints.values())) > 1:
             plan["me+healing"] = {"model": config.model_name, "fields": {"method": "me", "token_healing": True}}
         for name, row in plan.items():
             base = {"base_url": f"{url}/v1/completions", "model": row["model"], "num_concurrent": 1,
@@ -61,13 +61,13 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
                 model="local-completions", model_args={**base, "tokenizer_backend": None, "tokenized_requests": False},
                 tasks=list(GENERATE_TASKS), task_manager=tasks, gen_kwargs=row["fields"] or None, limit=limit,
                 log_samples=False, random_seed=SEED))
-            members = [row["model"]] if row["model"] in tokenizers else list(tokenizers)
-            if len({infos[m] for m in members}) == 1:
+            members = [row["model"]] if row["model"] in tokenizers else list(tokenizers)  # whose log-probs
+            if len({fingerprints[m] for m in members}) == 1:
                 results[name].update(_scores(lm_eval.simple_evaluate(
                     model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
                                                            "tokenizer": tokenizers[members[0]]},
                     tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=False, random_seed=SEED)))
-        one_tokenizer = len({infos[m] for m in config.weights}) == 1
+        one_tokenizer = len({fingerprints[m] for m in config.weights}) == 1
         check = mixture_check(url, config.model_name, config.weights, CHECK_PROMPT, one_tokenizer, check_samples) \
             if len(config.members) > 1 else None
     report = {"config": str(config_path), "limit": limit, "examples_per_task": n, "rows": results,
@@ -89,7 +89,7 @@ def _scores(evaluated: dict) -> dict[str, dict]:
     for task, metrics in evaluated["results"].items():
         for key, value in metrics.items():
             metric, _, flt = key.partition(",")
-            if metric in ("exact_match", "acc", "bits_per_byte") and not metric.endswith("_stderr"):
+            if metric in ("exact_match", "acc", "bits_per_byte"):
                 stderr = metrics.get(f"{metric}_stderr,{flt}")
                 out[task] = {"metric": metric, "value": value, "n": evaluated["n-samples"][task]["effective"],
                              "stderr": stderr if isinstance(stderr, (int, float)) else None}
