@@ -27,6 +27,7 @@ class Job:
     req: StepRequest
     cache: SessionCache
     next_step: int
+    forwards: int = 0  # run since the last part was pushed
     parts: deque = field(default_factory=deque)  # StepResult parts, then None (the end) or an error
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -144,11 +145,15 @@ class MemberEngine:
             return self._finish(job, StepResult(probs=row.exp().numpy(), forwards=1))
         if req.steps == 0:  # eager sync: the forward filled the cache, nothing to sample
             return self._finish(job, StepResult())
-        token, piece, finish = self.core.advance(job.cache, row, req.sampling, job.next_step)
+        job.forwards += 1
+        if (out := self.core.advance(job.cache, row, req.sampling, job.next_step)) is None:
+            return  # token healing kept the word's end: the next forward samples this step again
+        token, piece, finish = out
         job.next_step += 1
         if not finish and not job.done and self.core.full(job.cache):
             finish = "length"
-        part = StepResult([token], [piece], finish, forwards=1)
+        part = StepResult([token], [piece], finish, forwards=job.forwards)
+        job.forwards = 0
         if finish or job.done:
             return self._finish(job, part)
         job.push(part)

@@ -81,16 +81,20 @@ class MemberCore:
         tokens: list[int] = []
         pieces: list[bytes] = []
         finish = ""
-        for t in range(req.first_step, req.first_step + req.steps):
+        forwards = 0
+        while len(tokens) < req.steps:
             if self.full(s):
                 finish = "length"
                 break
-            token, piece, finish = self.advance(s, self.forward([s])[0], req.sampling, t)
+            forwards += 1
+            if (out := self.advance(s, self.forward([s])[0], req.sampling, req.first_step + len(tokens))) is None:
+                continue  # token healing kept the word's end: this step samples again
+            token, piece, finish = out
             tokens.append(token)
             pieces.append(piece)
             if finish:
                 break
-        return StepResult(tokens, pieces, finish, forwards=len(tokens))
+        return StepResult(tokens, pieces, finish, forwards=forwards)
 
     def begin(self, req: StepRequest, busy: frozenset[str] = frozenset()) -> SessionCache:
         """The session's cache with the request's delta appended; `busy` sessions are never evicted."""
@@ -114,9 +118,11 @@ class MemberCore:
     def full(self, s: SessionCache) -> bool:
         return len(s.ids) >= self.context_length
 
-    def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int) -> tuple[int, bytes, str]:
+    def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int) -> tuple[int, bytes, str] | None:
         """Sample step `step` from this session's row of log-probs and append it. A healed token's
-        piece is only its bytes past the backed-off ones: those are in the log already."""
+        piece is only its bytes past the backed-off ones: those are in the log already. None when
+        healing picked the backed-off token itself (the word ends where the other member ended it):
+        no text yet, and the caller samples the same step again after feeding it."""
         heal, s.heal = s.heal, b""
         if heal:
             allowed = torch.full_like(logp, float("-inf"))
@@ -126,7 +132,8 @@ class MemberCore:
         s.ids.append(token)
         if token in self.eos_ids:
             return token, b"", "eos"
-        return token, self.codec.piece(token)[len(heal):], ""
+        piece = self.codec.piece(token)[len(heal):]
+        return None if heal and not piece else (token, piece, "")
 
     @torch.inference_mode()
     def forward(self, rows: list[SessionCache]) -> torch.Tensor:

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--n", type=int, default=1, help="independent samples; sample j uses seed + j")
+    gen.add_argument("--token-healing", action=argparse.BooleanOptionalAction,
+                     help="me across tokenizers: re-spell a word another member left open (default: the config's)")
     gen.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -181,7 +183,7 @@ def _generate(args) -> None:
         messages=[{"role": "user", "content": args.prompt}] if args.chat else None,
         method=args.method, member=args.member, weights=args.weights, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, stop=tuple(args.stop),
-        seed=args.seed, n=args.n)
+        seed=args.seed, n=args.n, token_healing=args.token_healing)
     config = load_config(args.config)
     validate(request, config.weights, config.weights, config.method, config.default_member)  # fail before Ray
     if not args.json:

@@ -119,13 +119,19 @@ class Router:
                     await self._mix(s, turn.members, turn.weights, stats)
                     emit()
                 else:
-                    idle = [m for m in plan.weights if m != turn.members[0]] if self.eager_sync else []
-                    heal = self.token_healing if plan.token_healing is None else plan.token_healing
-                    await self._run(s, turn.members[0], turn.steps, stats, emit, idle, heal)
+                    member = turn.members[0]
+                    idle = [m for m in plan.weights if m != member] if self.eager_sync else []
+                    await self._run(s, member, turn.steps, stats, emit, idle, self._heals(plan, member))
         finally:
             await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
                       s.finish_reason, s.first_token_s, s.stretches(), s.index)
+
+    def _heals(self, plan: Plan, member: str) -> bool:
+        """Token healing for this member's runs. A healed token's id spans text another member wrote,
+        so only a member whose tokenizer no other member shares heals (they would be sent that id)."""
+        heal = self.token_healing if plan.token_healing is None else plan.token_healing
+        return heal and all(self.infos[m].tokenizer != self.infos[member].tokenizer for m in plan.weights if m != member)
 
     async def _release(self, s: Session) -> None:
         """Free the session on every member that saw it (DESIGN.md invariant 7), even when the request

@@ -120,3 +120,18 @@ def test_token_healing_respells_the_word_another_tokenizer_left_open(member):
         assert b"".join(member.codec.piece(i) for i in ids[len(prompt):]) == text + b"".join(out.pieces)
     member.release("plain")
     member.release("healed")
+
+
+def test_a_healed_step_always_writes_new_text(member):
+    """When healing picks the backed-off token itself (the word ends where the other member ended it),
+    the step samples again instead of returning no text."""
+    prompt = tuple(member.prompt_ids("the cat"))
+    resampled = 0
+    for seed in range(12):
+        out = member.step(StepRequest(f"h{seed}", (Segment(ids=prompt), Segment(text=b" the")), 0, 2,
+                                      SamplingParams(seed=seed), fresh=True, heal=True))
+        assert len(out.tokens) == 2 and out.forwards >= 2
+        assert out.pieces[0] or out.tokens[0] in member.eos_ids, seed
+        resampled += out.forwards > 2
+        member.release(f"h{seed}")
+    assert resampled > 0  # the case under test happened
