@@ -24,6 +24,7 @@ class FakeCore:
         self.eos_weight = eos_weight
         self.sessions: dict[str, list[int]] = {}
         self.received: list[tuple[str, list]] = []  # (session, delta segments) per step call
+        self.heal: list[bool] = []  # the token-healing flag of each step call
 
     def info(self) -> MemberInfo:
         return MemberInfo(self.name, self.tokenizer, VOCAB, 1 << 16, (EOS,), self.missing_bytes)
@@ -48,6 +49,7 @@ class FakeCore:
             raise SessionLost(req.session)
         ids = self.sessions[req.session]
         self.received.append((req.session, list(req.delta)))
+        self.heal.append(req.heal)
         for seg in req.delta:
             ids.extend(seg.ids if seg.text is None else seg.text)
         if req.distribution:

@@ -199,3 +199,11 @@ def test_token_level_requests_need_one_tokenizer(fields, message):
     router, _ = build({"a": 0.5, "b": 0.5}, tokenizers={"b": "other-bytes"})
     with pytest.raises(RequestError, match=message + " needs members that share a tokenizer"):
         generate(router, **{"prompt": "hi", "max_tokens": 2, **fields})
+
+
+def test_only_members_with_a_tokenizer_of_their_own_heal():
+    router, cores = build({"a": 0.4, "b": 0.3, "c": 0.3}, tokenizers={"c": "other-bytes"})
+    generate(router, prompt="hi", max_tokens=60, seed=2, token_healing=True)
+    assert set(cores["c"].heal) == {True} and set(cores["a"].heal) | set(cores["b"].heal) == {False}
+    generate(router, prompt="hi", max_tokens=60, seed=2)  # the config's default: off
+    assert cores["c"].heal[-1] is False
