@@ -54,23 +54,37 @@ class MethodResult:
     skipped: str | None = None
 
 
+class Clock:
+    """One request's timings as a client sees them: time to the first token, then per token the time
+    since the previous chunk divided among the chunk's tokens."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.first: float | None = None
+        self.gaps: list[float] = []
+
+    def arrived(self, tokens: int) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now - self.started
+        else:
+            self.gaps += [1000 * (now - self.last) / tokens] * tokens
+        self.last = now
+
+    def run(self, tokens: int, forwards: int, trips: int) -> Run:
+        return Run(tokens, time.perf_counter() - self.started, self.first or 0.0, self.gaps, forwards, trips)
+
+
 async def measure(router, req: GenerateRequest) -> Run:
-    started = last = time.perf_counter()
-    first, gaps, result = None, [], None
+    clock, result = Clock(), None
     async with aclosing(router.stream(req)) as items:
         async for item in items:
-            now = time.perf_counter()
             if isinstance(item, Chunk) and item.token_ids:
-                if first is None:
-                    first = now - started
-                else:
-                    gaps += [1000 * (now - last) / len(item.token_ids)] * len(item.token_ids)
-                last = now
+                clock.arrived(len(item.token_ids))
             elif isinstance(item, GenerateResult):
                 result = item
     u = result.usage
-    return Run(u.completion_tokens, time.perf_counter() - started, first or 0.0, gaps, u.member_forward_calls,
-               u.router_round_trips)
+    return clock.run(u.completion_tokens, u.member_forward_calls, u.router_round_trips)
 
 
 async def wave(measure_one, requests: list[GenerateRequest], concurrency: int, tick) -> tuple[list[Run], float]:

@@ -2,13 +2,12 @@
 over loopback HTTP, on the same members and prompts as the in-process rows.
 
 The app is the one `build_app` deploys (its own member actors: the in-process rows' actors are gone by
-then, so both never share the CPUs). Each streamed event carries its token ids, so gaps per token are
-measured the same way as `mixserve.bench.measure` measures them.
+then, so both never share the CPUs). Each streamed event carries its token ids, so the same
+`mixserve.bench.Clock` times it as times the in-process rows.
 """
 from __future__ import annotations
 
 import json
-import time
 
 import requests
 
@@ -19,12 +18,11 @@ TIMEOUT_S = 300  # one request; a hung server fails the run instead of stalling 
 
 def measure_http(url: str, model: str, req: GenerateRequest):
     """One streamed /v1/completions request -> mixserve.bench.Run."""
-    from mixserve.bench import Run
+    from mixserve.bench import Clock
 
     body = {"model": model, "prompt": req.prompt, "max_tokens": req.max_tokens, "seed": req.seed,
             "method": req.method, "stream": True, "stream_options": {"include_usage": True}}
-    started = last = time.perf_counter()
-    first, gaps, usage = None, [], None
+    clock, usage = Clock(), None
     with requests.post(f"{url}/v1/completions", json=body, stream=True, timeout=TIMEOUT_S) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
@@ -33,14 +31,7 @@ def measure_http(url: str, model: str, req: GenerateRequest):
             event = json.loads(line[6:])
             if "error" in event:
                 raise RuntimeError(f"me-http: {event['error']['message']}")
-            now = time.perf_counter()
-            tokens = sum(len(c.get("token_ids") or ()) for c in event.get("choices", []))
-            if tokens:
-                if first is None:
-                    first = now - started
-                else:
-                    gaps += [1000 * (now - last) / tokens] * tokens
-                last = now
+            if tokens := sum(len(c.get("token_ids") or ()) for c in event.get("choices", [])):
+                clock.arrived(tokens)
             usage = event.get("usage") or usage
-    return Run(usage["completion_tokens"], time.perf_counter() - started, first or 0.0, gaps,
-               usage["member_forward_calls"], usage["router_round_trips"])
+    return clock.run(usage["completion_tokens"], usage["member_forward_calls"], usage["router_round_trips"])

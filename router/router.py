@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
@@ -174,7 +175,8 @@ class Router:
         results = await asyncio.gather(*(self._step(s, m, lambda delta, fresh: StepRequest(
             s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh), stats) for m in members))
         vocab = self.vocabs[frozenset(s.tokenizers[m] for m in members)]
-        mixture = vocab.mix([(s.tokenizers[m], w, torch.from_numpy(r.probs.copy()))
+        # One copy per distribution: float64 (the mixture's precision), writable as torch wants.
+        mixture = vocab.mix([(s.tokenizers[m], w, torch.from_numpy(r.probs.astype(np.float64)))
                              for m, w, r in zip(members, weights, results)])  # (vocab,)
         token = pick(torch.log(mixture), s.params, s.step)
         s.record(MIXTURE, [token], [vocab.pieces[token]])

@@ -45,17 +45,14 @@ class UnionVocab:
         digest = hashlib.sha256("\0".join(sorted(pieces)).encode()).hexdigest()[:16]
         self.fingerprint = f"union:{digest}"  # no member's: each member gets a union token as text
 
-    def __len__(self) -> int:
-        return len(self.pieces)
-
     def mix(self, probs: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
-        """(fingerprint, weight, (vocab,) probabilities) per member -> (union,) float64 mixture, renormalised
+        """(fingerprint, weight, (vocab,) float64 probabilities) per member -> (union,) mixture, renormalised
         over the entries that have text or end the sequence."""
         mixture = torch.zeros(len(self.pieces), dtype=torch.float64)
         for fingerprint, weight, p in probs:
             ids = self.maps[fingerprint][: p.numel()]
             keep = ids >= 0
-            mixture.index_add_(0, ids[keep], weight * p[: ids.numel()][keep].double())
+            mixture.index_add_(0, ids[keep], weight * p[: ids.numel()][keep])
         mixture *= self.spellable
         return mixture / mixture.sum()
 
@@ -69,4 +66,4 @@ class SharedVocab:
 
     def mix(self, probs: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
         vocab = min(p.numel() for _, _, p in probs)
-        return sum(w * p[:vocab].double() for _, w, p in probs)  # (vocab,)
+        return sum(w * p[:vocab] for _, w, p in probs)  # (vocab,)
