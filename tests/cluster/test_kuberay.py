@@ -13,7 +13,7 @@ from mixserve.cluster.kuberay import member_resource, render, to_yaml
 from mixserve.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT.parent / "shared" / "k8s-crds" / "ray.io_rayservices.yaml"
+CRD = ROOT / "k8s" / "crds" / "ray.io_rayservices.yaml"  # vendored: k8s/crds/README.md
 IMAGE = "ghcr.io/example/mixserve:0.1.0"  # the image the committed manifest names (see k8s/README.md)
 
 
