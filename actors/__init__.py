@@ -1,1 +1,1 @@
-"""Members: one model each, holding weights and per-session KV caches (DESIGN.md, "member")."""
+"""Members: one model each, holding weights and per-session KV caches (docs/architecture.md, "member")."""

@@ -1,6 +1,6 @@
 """Token ids <-> bytes for one member's tokenizer.
 
-The router's log keeps generated text as bytes (DESIGN.md, "Members with different tokenizers"), so
+The router's log keeps generated text as bytes (docs/architecture.md, "Members with different tokenizers"), so
 every token must map to its exact bytes, including the partial UTF-8 of byte-level and byte-fallback
 tokens that `tokenizer.decode` would turn into U+FFFD. Two families cover the models we load:
 byte-level BPE (GPT-2, SmolLM2, Llama-3, Qwen) and SentencePiece with byte fallback (Llama-2, Gemma).

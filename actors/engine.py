@@ -1,4 +1,4 @@
-"""The member as a Ray actor: continuous batching over MemberCore (DESIGN.md, "member").
+"""The member as a Ray actor: continuous batching over MemberCore (docs/architecture.md, "member").
 
 Every step request becomes a job. One loop runs a single packed forward for all jobs ready at that
 moment (prefills, catch-ups and decodes together), samples each job's next token and streams it back;

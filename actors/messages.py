@@ -38,7 +38,7 @@ class StepRequest:
 
 class SessionLost(Exception):
     """The member holds no cache for this session (evicted, or the member restarted). The cache is
-    soft state: the router replays the log with a fresh request (DESIGN.md invariant 1)."""
+    soft state: the router replays the log with a fresh request (docs/architecture.md invariant 1)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Counter-based sampling (DESIGN.md invariant 3).
+"""Counter-based sampling (docs/architecture.md invariant 3).
 
 Every random draw is a pure function of (seed, step, stream): no generator state travels between
 calls, so a token comes out the same whichever process samples it, whatever ran before, and after

@@ -1,1 +1,1 @@
-"""Config -> Ray: starting or joining a cluster, and where each member runs (DESIGN.md, "cluster")."""
+"""Config -> Ray: starting or joining a cluster, and where each member runs (docs/architecture.md, "cluster")."""

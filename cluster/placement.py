@@ -2,7 +2,7 @@
 
 `resources` takes num_cpus, num_gpus and any custom node resource ({member_a: 1} lands the member on
 the node that declares member_a). On CPU a member defaults to one CPU and one torch thread: the
-simulated "one accelerator per member" of DESIGN.md.
+simulated "one accelerator per member" of docs/architecture.md ("Environment facts").
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`mixserve eval`'s statistical check, on the real members and through the server: ME's empirical
-next-token distribution against the mixture sum_i lambda_i p_i that CE samples (DESIGN.md, "The idea").
+next-token distribution against the mixture sum_i lambda_i p_i that CE samples (docs/architecture.md, "The idea").
 
 The observed side is many one-token ME samples. The expected side: members that share a tokenizer
 give it directly, as the ensemble's own log-probs (`logprobs: 20`, the mixture's 20 likeliest

@@ -1,7 +1,7 @@
-"""Python stubs for mixserve.proto, generated on first use with the installed grpcio-tools.
+"""Python stubs for mixserve.proto, generated on first use (import) with the installed grpcio-tools.
 
 Generating them here, keyed by the proto's hash and the installed versions, means the stubs always
-match the grpcio and protobuf that will load them (DESIGN.md, "Environment facts").
+match the grpcio and protobuf that will load them (docs/architecture.md, "Environment facts").
 """
 from __future__ import annotations
 

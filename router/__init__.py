@@ -1,1 +1,1 @@
-"""The router: sessions, policies and the step loop (DESIGN.md, "router")."""
+"""The router: sessions, policies and the step loop (docs/architecture.md, "router")."""

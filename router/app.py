@@ -1,5 +1,5 @@
 """The Ray Serve application: one ingress deployment serving OpenAI-compatible HTTP and gRPC over
-the router; the members are Ray actors it starts from the config (DESIGN.md, "Shape").
+the router; the members are Ray actors it starts from the config (docs/architecture.md, "Shape").
 
 `build_app(config)` is the one entry point: `mixserve serve` deploys it, and so does
 `serve run cluster/serve.yaml` through `app_builder`. (No `from __future__ import annotations` here:

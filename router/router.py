@@ -1,4 +1,4 @@
-"""The router: runs each session's turns against the members (DESIGN.md, "router").
+"""The router: runs each session's turns against the members (docs/architecture.md, "router").
 
 Per turn: the policy names who computes; each named member gets only its unseen delta; new tokens
 go into the log. One file, one loop: `_sample` is the whole state machine driver.
@@ -38,7 +38,7 @@ class Router:
         self.weights = weights
         self.method = method
         self.default_member = default_member
-        self.runs = runs  # run-length scheduling for me (DESIGN.md invariant 5)
+        self.runs = runs  # run-length scheduling for me (docs/architecture.md invariant 5)
         self.max_parallel = max_parallel  # sessions of one request in flight at once
         self.eos_ids: dict[str, frozenset[int]] = {}
         for info in infos.values():
@@ -135,7 +135,7 @@ class Router:
         return heal and all(self.infos[m].tokenizer != self.infos[member].tokenizer for m in plan.weights if m != member)
 
     async def _release(self, s: Session) -> None:
-        """Free the session on every member that saw it (DESIGN.md invariant 7), even when the request
+        """Free the session on every member that saw it (docs/architecture.md invariant 7), even when the request
         is being cancelled. The calls are sent before the first await, so no cancellation can drop
         them; the wait for their answers runs under a shield."""
         for member in s.cursor:
@@ -183,7 +183,7 @@ class Router:
 
     async def _step(self, s: Session, member: str, request, stats: Counter, on_part=None) -> StepResult:
         """One step call that survives the member losing the session (eviction, restart): the log is
-        replayed from the prompt (DESIGN.md invariant 1). `on_part(part)` sees each streamed part and
+        replayed from the prompt (docs/architecture.md invariant 1). `on_part(part)` sees each streamed part and
         returns True when no more are wanted; a retry asks only for the steps still missing."""
         last = StepResult()
 
@@ -225,7 +225,7 @@ class Router:
 
     async def _retrying(self, member: str, attempt, lost=lambda: None):
         """Run `attempt()`; a member that is down is retried with backoff for up to retry_s, then the
-        request fails with 503 / UNAVAILABLE (DESIGN.md invariant 6). `lost` runs before each retry."""
+        request fails with 503 / UNAVAILABLE (docs/architecture.md invariant 6). `lost` runs before each retry."""
         deadline = time.monotonic() + self.retry_s
         delay = 0.05
         while True:

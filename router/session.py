@@ -1,4 +1,4 @@
-"""One request's state machine: the authoritative log and each member's cursor (DESIGN.md).
+"""One request's state machine: the authoritative log and each member's cursor (docs/architecture.md invariant 1).
 
 Plain Python, no Ray and no tensors. The log holds every generated token with its bytes; a member's
 cursor says how much of the log its KV cache has seen, so what it is sent is exactly the rest.

@@ -1,6 +1,6 @@
 """Session snapshots: a session's log in msgpack, kept outside the router process, so that a request
-naming the session continues it even on a restarted or different router replica (DESIGN.md: the log
-is the truth; members' caches are rebuilt from it)."""
+naming the session continues it even on a restarted or different router replica (docs/architecture.md
+invariant 1: the log is the truth; members' caches are rebuilt from it)."""
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -1,4 +1,4 @@
-"""CE across tokenizers: one union vocabulary keyed by token bytes (DESIGN.md, "Members with different
+"""CE across tokenizers: one union vocabulary keyed by token bytes (docs/architecture.md, "Members with different
 tokenizers"), as GaC and DeePEn align vocabularies.
 
 Every member's token maps to the union entry with the same bytes (byte-level BPE and byte-fallback

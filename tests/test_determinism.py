@@ -1,4 +1,4 @@
-"""Same seed, same text (DESIGN.md invariant 3): across runs, run-length scheduling on and off,
+"""Same seed, same text (docs/architecture.md invariant 3): across runs, run-length scheduling on and off,
 other sessions in flight, and ME's lazy sync on real (tiny) members through Ray."""
 import asyncio
 

@@ -1,4 +1,4 @@
-"""ME samples the conventional ensemble's distribution exactly (DESIGN.md, "The idea").
+"""ME samples the conventional ensemble's distribution exactly (docs/architecture.md, "The idea").
 
 Thousands of two-token continuations drawn by ME through Ray are tested against the exact per-step
 mixture computed from the models directly. The same test must reject a sampler that picks one member

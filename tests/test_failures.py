@@ -1,5 +1,5 @@
 """Members crash for real (their processes killed through Ray) and bounded memory evicts caches; the
-text never changes (DESIGN.md invariants 1, 6, 7)."""
+text never changes (docs/architecture.md invariants 1, 6, 7)."""
 import asyncio
 import time
 

@@ -17,7 +17,7 @@ class MixtureEnsemble:
         self.runs = runs
 
     def choose(self, step: int) -> str:
-        """The member for `step`: a function of (seed, step) only (DESIGN.md invariant 3)."""
+        """The member for `step`: a function of (seed, step) only (docs/architecture.md invariant 3)."""
         u = uniform(self.seed, step, CHOICE) * self.bounds[-1]
         return self.names[min(bisect.bisect_right(self.bounds, u), len(self.names) - 1)]
 
@@ -25,7 +25,7 @@ class MixtureEnsemble:
         member = self.choose(step)
         steps = 1
         # Fixed weights do not depend on the text, so the whole run of steps this member owns is
-        # known now: ask for it in one call (DESIGN.md invariant 5).
+        # known now: ask for it in one call (docs/architecture.md invariant 5).
         while self.runs and steps < remaining and self.choose(step + steps) == member:
             steps += 1
         return Turn((member,), steps)

@@ -1,4 +1,4 @@
-"""The router recovers from members that lose sessions or go down (DESIGN.md invariants 1 and 6)."""
+"""The router recovers from members that lose sessions or go down (docs/architecture.md invariants 1 and 6)."""
 import asyncio
 import time
 
