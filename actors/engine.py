@@ -119,6 +119,14 @@ class MemberEngine:
             if self.jobs.get(req.session) is job:
                 del self.jobs[req.session]
 
+    async def distribution(self, req: StepRequest) -> StepResult:
+        """A ce step: its one part (the whole next-token distribution) as a plain call's result, which
+        costs the router less than a stream's item (router/members.py)."""
+        result = StepResult()
+        async for part in self.step(req):
+            result = part
+        return result
+
     async def _run(self) -> None:
         try:
             while self.jobs:

@@ -112,6 +112,19 @@ def load(source: ModelSource, dtype: str, device: str):
     return model.to(device).eval(), tokenizer
 
 
+def load_tokenizer(source: ModelSource):
+    """The tokenizer alone: from the converted cache when there is one, else straight from the GGUF
+    (seconds, where converting the whole model takes up to minutes)."""
+    from transformers import AutoTokenizer
+
+    if source.kind == "dir":
+        return AutoTokenizer.from_pretrained(source.path)
+    gguf = Path(source.path) if source.kind == "gguf" else _package_gguf(source.path)
+    if (_converted_dir(gguf) / "config.json").exists():
+        return AutoTokenizer.from_pretrained(_converted_dir(gguf))
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def model_dir(source: ModelSource) -> Path:
     """The model's transformers folder (model and tokenizer files); a GGUF is converted once."""
     if source.kind == "dir":

@@ -43,8 +43,21 @@ def pick(logp: torch.Tensor, params: SamplingParams, step: int) -> int:
     probs = torch.softmax(scaled, dim=-1)  # (vocab,) float64
     if params.top_p < 1.0:
         probs = _top_p(probs, params.top_p)
+    return _inverse_cdf(probs, params.seed, step)
+
+
+def pick_mixture(mixture: torch.Tensor, params: SamplingParams, step: int) -> int:
+    """`pick` for CE's mixture, given as probabilities (vocab,) float64. With the default sampling
+    (temperature 1, no top-k or top-p) the inverse CDF runs on them directly: a log and a softmax over
+    the whole vocabulary per step less, on the router's critical path."""
+    if params.temperature == 1 and params.top_k == 0 and params.top_p >= 1.0:
+        return _inverse_cdf(mixture, params.seed, step)
+    return pick(torch.log(mixture), params, step)
+
+
+def _inverse_cdf(probs: torch.Tensor, seed: int, step: int) -> int:
     cdf = torch.cumsum(probs, dim=-1)
-    u = uniform(params.seed, step, TOKEN) * float(cdf[-1])
+    u = uniform(seed, step, TOKEN) * float(cdf[-1])
     idx = int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype), right=True))
     return min(idx, probs.numel() - 1)
 

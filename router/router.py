@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
-from mixserve.actors.sampling import pick
+from mixserve.actors.sampling import pick_mixture
 
 from . import logprobs, snapshot
 from .members import LocalMember, MemberDown
@@ -178,7 +178,7 @@ class Router:
         # One copy per distribution: float64 (the mixture's precision), writable as torch wants.
         mixture = vocab.mix([(s.tokenizers[m], w, torch.from_numpy(r.probs.astype(np.float64)))
                              for m, w, r in zip(members, weights, results)])  # (vocab,)
-        token = pick(torch.log(mixture), s.params, s.step)
+        token = pick_mixture(mixture, s.params, s.step)
         s.record(MIXTURE, [token], [vocab.pieces[token]])
 
     async def _step(self, s: Session, member: str, request, stats: Counter, on_part=None) -> StepResult:

@@ -66,4 +66,8 @@ class SharedVocab:
 
     def mix(self, probs: list[tuple[str, float, torch.Tensor]]) -> torch.Tensor:
         vocab = min(p.numel() for _, _, p in probs)
-        return sum(w * p[:vocab] for _, w, p in probs)  # (vocab,)
+        (_, w, first), *rest = probs
+        mixture = first[:vocab] * w  # (vocab,)
+        for _, w, p in rest:
+            mixture.add_(p[:vocab], alpha=w)  # in place: one pass per member, no temporaries
+        return mixture

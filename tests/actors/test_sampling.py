@@ -4,7 +4,7 @@ import math
 import torch
 
 from mixserve.actors.messages import SamplingParams
-from mixserve.actors.sampling import pick, uniform
+from mixserve.actors.sampling import pick, pick_mixture, uniform
 
 
 def test_uniform_is_a_pure_function_of_seed_step_stream():
@@ -37,3 +37,15 @@ def test_low_temperature_sharpens():
     logp = torch.tensor([math.log(0.6), math.log(0.4)])
     cold = sum(pick(logp, SamplingParams(temperature=0.05, seed=2), t) for t in range(2000))
     assert cold < 5  # 0.4/0.6 to the power 20 is 3e-4 per draw
+
+
+def test_pick_mixture_samples_the_same_tokens_as_pick_on_its_log():
+    """CE's fast path skips the log and softmax at temperature 1: the draw is the same (up to a
+    rounding at a CDF boundary, which the seeded uniforms here do not hit), and any other sampling
+    setting goes through `pick` itself."""
+    mixture = torch.softmax(torch.randn(50_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    for params in (SamplingParams(seed=4), SamplingParams(seed=4, temperature=0.7), SamplingParams(seed=4, top_k=40),
+                   SamplingParams(seed=4, top_p=0.9), SamplingParams(temperature=0)):
+        fast = [pick_mixture(mixture, params, t) for t in range(200)]
+        assert fast == [pick(mixture.log(), params, t) for t in range(200)], params
+        assert len(set(fast)) > (1 if params.temperature else 0)
