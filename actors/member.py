@@ -7,20 +7,18 @@ sampling here on the member's own device.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
-from . import packed
+from . import invariant, packed
 from .codec import TokenCodec
 from .loading import ModelSource, load
 from .packed import KV
 from .messages import MemberInfo, Scores, Segment, SessionLost, StepRequest, StepResult
 from .sampling import pick
-
-
-MIN_GEMM_ROWS = 5  # BLAS takes its matrix-vector path below this many rows, and rounds differently
 
 
 @dataclass
@@ -55,7 +53,7 @@ class MemberCore:
         self.sessions: OrderedDict[str, SessionCache] = OrderedDict()  # least recently used first
         self.max_sessions = max_sessions
         self.max_cached_tokens = max_cached_tokens
-        self.min_rows = MIN_GEMM_ROWS if batch_invariant else 1
+        self.batch_invariant = batch_invariant
         self.forwards = 0  # model calls
         self.rows = 0  # sessions advanced, summed over model calls
         self.evictions = 0
@@ -140,8 +138,8 @@ class MemberCore:
     def forward(self, rows: list[SessionCache]) -> torch.Tensor:
         """Feed every row's uncached tail in one packed model call; next-token log-probs (rows, vocab).
 
-        Each session attends only to itself (actors/packed.py). With batch_invariant every call has at
-        least MIN_GEMM_ROWS rows in each matrix product and each query attends alone, so a session's
+        Each session attends only to itself (actors/packed.py). With batch_invariant every matrix
+        product has the same shape (actors/invariant.py) and each query attends alone, so a session's
         numbers are the same alone, in any batch, or replayed in one prefill."""
         segments, ids, positions, last = [], [], [], []
         for s in rows:
@@ -152,13 +150,7 @@ class MemberCore:
             positions.extend(range(s.cached, len(s.ids)))
             ids.extend(tail)
             last.append(len(ids) - 1)
-        if len(ids) < self.min_rows:  # a throwaway session pads the batch up to the matrix path
-            pad = self.min_rows - len(ids)
-            segments.append(packed.Segment(packed.KV(), 0, len(ids), pad))
-            positions.extend(range(pad))
-            ids.extend([0] * pad)
-        keep = last + [last[-1]] * max(0, self.min_rows - len(last))
-        logp = self._logp(segments, ids, positions, keep)[: len(rows)]
+        logp = self._logp(segments, ids, positions, last)
         self.rows += len(rows)
         for s in rows:
             s.cached = len(s.ids)
@@ -179,7 +171,8 @@ class MemberCore:
 
     def _logp(self, segments: list, ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
         """One packed model call; log-probs (len(keep), vocab) at the positions in `keep`."""
-        with packed.packing(tuple(segments), per_query=self.min_rows > 1):
+        with packed.packing(tuple(segments), per_query=self.batch_invariant), \
+                invariant.tiles() if self.batch_invariant else contextlib.nullcontext():
             out = self.model(input_ids=torch.tensor([ids], device=self.device),
                              position_ids=torch.tensor([positions], device=self.device), use_cache=False,
                              logits_to_keep=torch.tensor(keep, device=self.device))

@@ -40,8 +40,8 @@ class MemberConfig:
     max_sessions: int | None = None  # KV caches kept; past it the least recently used are evicted
     max_cached_tokens: int | None = None  # the same bound, in cached tokens summed over sessions
     max_batch: int = 16  # sessions in one forward (continuous batching); 1 turns batching off
-    # Bit-identical tokens whatever the batch (docs/architecture.md invariant 3) at the price of small-batch speed:
-    # every forward computes at least MIN_GEMM_ROWS rows, because BLAS rounds a 1-row product differently.
+    # Bit-identical tokens whatever the batch (docs/architecture.md invariant 3) at the price of speed:
+    # matrix products in fixed tiles of rows (actors/invariant.py), attention one query at a time.
     batch_invariant: bool = False
 
 
