@@ -13,6 +13,7 @@ def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, a
                   metrics_port: int) -> None:
     config = load_config(config_path)  # config mistakes fail here, before Ray starts
     connect(address, metrics_port=metrics_port)
+    import ray
     from ray import serve
 
     from mixserve.router.app import build_app
@@ -35,4 +36,9 @@ def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, a
     while not stop.wait(timeout=1.0):
         pass
     print("shutting down...", flush=True)
-    serve.shutdown()
+    # Drain and delete our app only: serve.shutdown() would stop Serve for a joined cluster's other
+    # apps, and its controller's self-kill is reported as a failed task. The embedded Ray (and the
+    # Serve instance in it) ends with this driver.
+    serve.delete("mixserve")
+    ray.shutdown()
+    print("stopped.", flush=True)
