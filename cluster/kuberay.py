@@ -12,11 +12,14 @@ import re
 
 import yaml
 
+from mixserve.cluster.ray_cluster import INLINE_BYTES
 from mixserve.config import parse_config
 
 RAY_VERSION = "2.60.0"
 HTTP_PORT, GRPC_PORT = 8000, 9000
 INGRESS_RESOURCE = "mixserve_ingress"
+# Every Ray process in the pods reads it: ce's distributions come back inline (cluster/ray_cluster.py).
+ENV = [{"name": "RAY_max_direct_call_object_size", "value": str(INLINE_BYTES)}]
 
 
 def member_resource(name: str) -> str:
@@ -47,7 +50,7 @@ def render(raw: dict, image: str) -> dict:
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0",
                            "resources": _resources_param({INGRESS_RESOURCE: 1})},
         "template": {"spec": {"containers": [{
-            "name": "ray-head", "image": image,
+            "name": "ray-head", "image": image, "env": ENV,
             "ports": [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
                       {"containerPort": 10001, "name": "client"}, {"containerPort": HTTP_PORT, "name": "serve"},
                       {"containerPort": GRPC_PORT, "name": "grpc"}, {"containerPort": 8080, "name": "metrics"}],
@@ -79,7 +82,7 @@ def _worker_group(member, image: str) -> dict:
         "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
         "rayStartParams": params,
         "template": {"spec": {"containers": [{
-            "name": "ray-worker", "image": image,
+            "name": "ray-worker", "image": image, "env": ENV,
             "resources": {"requests": {"cpu": str(cpus), "memory": "4Gi"}, "limits": limits},
         }]}},
     }
@@ -93,7 +96,8 @@ def _resources_param(resources: dict) -> str:
 def to_yaml(manifest: dict) -> str:
     """YAML with multi-line strings (serveConfigV2) as readable literal blocks."""
     class Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data) -> bool:
+            return True  # shared values (the env list) written out in full: kubectl users read this file
 
     def text(dumper, value: str):
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)

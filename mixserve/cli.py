@@ -10,9 +10,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mixserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~25M-parameter "
-                                           "random members for `mixserve bench`; prepare: load (and convert GGUF "
-                                           "once) every member of a config, e.g. in an image build")
+    models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~30M-parameter "
+                                           "random members with SmolLM2's tokenizer for `mixserve bench`; prepare: "
+                                           "load (and convert GGUF once) every member of a config, e.g. in an image "
+                                           "build")
     models.add_argument("action", choices=["tiny", "bench", "prepare"])
     models.add_argument("--out", help="tiny, bench: directory to write the members and configs into")
     models.add_argument("--config", help="prepare: the ensemble config")

@@ -56,7 +56,12 @@ def test_each_member_gets_its_own_worker_group_and_gpu(crd_validator, tiny_dir):
     assert groups[0]["rayStartParams"]["num-gpus"] == "1"
     assert groups[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert member_resource("a") in groups[0]["rayStartParams"]["resources"]
-    assert manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    # Every pod's Ray returns ce's whole distributions inline, as the embedded local Ray does.
+    for group in [head, *groups]:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert int(env["RAY_max_direct_call_object_size"]) >= 4 * 262_144  # Gemma-3's vocabulary in float32
     # The embedded config pins each member to its group, and is a valid config itself.
     served = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]["ensemble"]
     config = parse_config(served, tiny_dir)
