@@ -5,9 +5,9 @@ moment (prefills, catch-ups and decodes together), samples each job's next token
 jobs join and leave between forwards. The forward runs in a worker thread, so the actor keeps
 answering (health, release, new jobs) while the model computes.
 
-The interface the router needs is this class's public methods; a second backend (vLLM with prefix
-caching on a GPU) would implement the same six: info, prompt_ids, pieces, step, release,
-live_sessions.
+The interface the router needs is this class's public methods: info, prompt_ids, pieces, step (and
+whole, the same step as one reply), release, live_sessions, score; a second backend (vLLM with prefix
+caching on a GPU) implements the same.
 """
 from __future__ import annotations
 
@@ -53,9 +53,7 @@ class Job:
                     if item is None:
                         return
                     raise item
-                merged = item if merged is None else StepResult(
-                    merged.tokens + item.tokens, merged.pieces + item.pieces, item.finish, item.probs,
-                    merged.forwards + item.forwards)
+                merged = _join(merged, item)
             if merged is not None:
                 yield merged
 
@@ -119,12 +117,12 @@ class MemberEngine:
             if self.jobs.get(req.session) is job:
                 del self.jobs[req.session]
 
-    async def distribution(self, req: StepRequest) -> StepResult:
-        """A ce step: its one part (the whole next-token distribution) as a plain call's result, which
-        costs the router less than a stream's item (router/members.py)."""
+    async def whole(self, req: StepRequest) -> StepResult:
+        """The step as one result, for steps with one part (a ce distribution, a one-token run): a
+        plain call's reply costs less than a stream's item (router/members.py)."""
         result = StepResult()
         async for part in self.step(req):
-            result = part
+            result = _join(result, part)
         return result
 
     async def _run(self) -> None:
@@ -171,3 +169,10 @@ class MemberEngine:
         job.push(part)
         if not isinstance(part, Exception):
             job.push(None)
+
+
+def _join(first: StepResult | None, then: StepResult) -> StepResult:
+    if first is None:
+        return then
+    return StepResult(first.tokens + then.tokens, first.pieces + then.pieces, then.finish, then.probs,
+                      first.forwards + then.forwards)

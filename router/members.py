@@ -24,8 +24,8 @@ class RayMember:
         return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
-        if req.distribution:  # one part, and a big one: a plain call returns it faster than a stream
-            yield await self.call("distribution", req)
+        if req.distribution or req.steps == 1:  # one part: a plain call returns it faster than a stream
+            yield await self.call("whole", req)
             return
         parts = self.actor.step.options(num_returns="streaming").remote(req)
         async for ref in _down_on_actor_error_iter(parts):
