@@ -24,12 +24,12 @@ def test_serve_joins_a_cluster_of_real_ray_processes(tiny_dir, tmp_path):
     """`ray start` a head and a worker (as on two machines), then `mixserve serve --address` and HTTP."""
     import signal
     import tempfile
-    import time
 
     import requests
     import yaml
 
     from tests.conftest import free_port
+    from tests.processes import read_until
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -50,10 +50,7 @@ def test_serve_joins_a_cluster_of_real_ray_processes(tiny_dir, tmp_path):
                                   "--address", f"127.0.0.1:{gcs}", "--http-port", str(http), "--grpc-port", "0"],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         procs.append(serve)
-        deadline, line = time.monotonic() + 180, ""
-        while "Ctrl-C" not in line:
-            assert time.monotonic() < deadline and serve.poll() is None, "serve did not come up"
-            line = serve.stdout.readline()
+        read_until(serve, "Ctrl-C to stop.", timeout_s=180)
         reply = requests.post(f"http://127.0.0.1:{http}/v1/completions", timeout=60,
                               json={"prompt": "the cat", "max_tokens": 6, "seed": 2})
         assert reply.status_code == 200 and set(reply.json()["usage"]["member_tokens"]) <= {"a", "b"}

@@ -4,11 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import requests
 
 from tests.conftest import free_port
+from tests.processes import read_until
 
 
 def test_serve_prints_a_working_curl_line_and_stops_on_ctrl_c(tiny_dir):
@@ -19,11 +19,7 @@ def test_serve_prints_a_working_curl_line_and_stops_on_ctrl_c(tiny_dir):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         start_new_session=True)  # its own process group, as in a terminal
     try:
-        deadline = time.monotonic() + 180
-        lines = []
-        while not lines or "Ctrl-C" not in lines[-1]:
-            assert time.monotonic() < deadline and proc.poll() is None, lines
-            lines.append(proc.stdout.readline())
+        lines = read_until(proc, "Ctrl-C to stop.", timeout_s=180).splitlines()
         curl = next(line for line in lines if line.startswith("try: curl"))
         assert f"http://127.0.0.1:{http}/v1/completions" in curl
         reply = requests.post(f"http://127.0.0.1:{http}/v1/completions", timeout=60,
