@@ -120,8 +120,8 @@ def load_tokenizer(source: ModelSource):
     if source.kind == "dir":
         return AutoTokenizer.from_pretrained(source.path)
     gguf = Path(source.path) if source.kind == "gguf" else _package_gguf(source.path)
-    if (_converted_dir(gguf) / "config.json").exists():
-        return AutoTokenizer.from_pretrained(_converted_dir(gguf))
+    if (converted := _converted_dir(gguf)).joinpath("config.json").exists():
+        return AutoTokenizer.from_pretrained(converted)
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
