@@ -103,13 +103,19 @@ def load(source: ModelSource, dtype: str, device: str):
     folder = model_dir(source)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-    if source.kind == "package" and source.path in PACKAGE_CHAT and not tokenizer.chat_template:
-        template, end_tokens = PACKAGE_CHAT[source.path]
-        tokenizer.chat_template = template
-        ends = tokenizer.convert_tokens_to_ids(list(end_tokens))
+    if ends := chat_fixup(source, tokenizer):
         eos = model.generation_config.eos_token_id
         model.generation_config.eos_token_id = sorted({*([eos] if isinstance(eos, int) else eos or []), *ends})
     return model.to(device).eval(), tokenizer
+
+
+def chat_fixup(source: ModelSource, tokenizer) -> list[int]:
+    """Give a packaged model that ships without a chat template its own; the ids that end its turns."""
+    if source.kind == "package" and source.path in PACKAGE_CHAT and not tokenizer.chat_template:
+        template, end_tokens = PACKAGE_CHAT[source.path]
+        tokenizer.chat_template = template
+        return tokenizer.convert_tokens_to_ids(list(end_tokens))
+    return []
 
 
 def load_tokenizer(source: ModelSource):

@@ -12,6 +12,10 @@ from mixserve.config import MemberConfig
 def actor_options(member: MemberConfig) -> dict:
     res = dict(member.resources)
     num_gpus = res.pop("num_gpus", 0)
+    if member.engine == "vllm" and member.devices > 1:
+        # vLLM's Ray executor places the member's tensor/pipeline-parallel workers itself, one GPU
+        # each; the member actor that drives them holds none.
+        num_gpus = 0
     num_cpus = res.pop("num_cpus", 0 if num_gpus else 1)
     return {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": res}
 
@@ -21,10 +25,16 @@ def torch_threads(member: MemberConfig) -> int:
 
 
 def member_args(member: MemberConfig) -> dict:
-    """MemberCore's constructor arguments, for an actor or an in-process core alike."""
-    return dict(name=member.name, source=member.source, dtype=member.dtype, threads=torch_threads(member),
-                max_sessions=member.max_sessions, max_cached_tokens=member.max_cached_tokens,
-                batch_invariant=member.batch_invariant)
+    """The engine's constructor arguments: MemberCore's (an actor or an in-process core alike) or
+    VllmEngine's."""
+    args = dict(name=member.name, source=member.source, dtype=member.dtype, threads=torch_threads(member),
+                max_sessions=member.max_sessions)
+    if member.engine == "vllm":
+        options = dict(member.engine_options)
+        if member.devices > 1:
+            options.setdefault("distributed_executor_backend", "ray")
+        return dict(args, max_batch=member.max_batch, options=options)
+    return dict(args, max_cached_tokens=member.max_cached_tokens, batch_invariant=member.batch_invariant)
 
 
 def check_fits(members, capacity: dict[str, float]) -> None:

@@ -57,6 +57,9 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         config = load_config(config)
     actors: dict = {}
     if in_process:
+        if on_vllm := [m.name for m in config.members if m.engine == "vllm"]:
+            raise ValueError(f"in-process members run engine: transformers; {', '.join(on_vllm)} run vllm "
+                             f"(start them as Ray actors)")
         cores = {m.name: MemberCore(**member_args(m)) for m in config.members}
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
@@ -87,9 +90,17 @@ def _start_actors(config: EnsembleConfig) -> dict:
     import ray
 
     # A crashed member restarts (reloading its weights); the router replays its sessions' logs.
-    remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberEngine)
-    return {m.name: remote.options(**actor_options(m)).remote(max_batch=m.max_batch, **member_args(m))
-            for m in config.members}
+    actors = {}
+    for m in config.members:
+        if m.engine == "vllm":
+            from mixserve.actors.vllm_engine import VllmEngine  # vllm itself is imported in the actor only
+
+            remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(VllmEngine)
+            actors[m.name] = remote.options(**actor_options(m)).remote(**member_args(m))
+        else:
+            remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberEngine)
+            actors[m.name] = remote.options(**actor_options(m)).remote(max_batch=m.max_batch, **member_args(m))
+    return actors
 
 
 def _wait_ready(config: EnsembleConfig, actors: dict) -> dict:

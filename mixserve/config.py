@@ -22,7 +22,16 @@ TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "loa
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
                "token_healing"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
-               "batch_invariant"}
+               "batch_invariant", "engine", "engine_options"}
+ENGINES = ("transformers", "vllm")
+# Passed through to vLLM's EngineArgs (kv_cache_space_gib: the CPU KV cache, VLLM_CPU_KVCACHE_SPACE).
+VLLM_OPTIONS = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
+                "gpu_memory_utilization": float, "enforce_eager": bool, "block_size": int,
+                "kv_cache_space_gib": float, "max_num_batched_tokens": int, "quantization": str,
+                "distributed_executor_backend": str}
+TRANSFORMERS_ONLY = {"batch_invariant": "vLLM's kernels are not batch-invariant; use engine: transformers",
+                     "max_cached_tokens": "vLLM bounds its KV cache itself: engine_options.kv_cache_space_gib "
+                                          "(CPU) or gpu_memory_utilization (GPU)"}
 
 
 class ConfigError(ValueError):
@@ -43,6 +52,14 @@ class MemberConfig:
     # Bit-identical tokens whatever the batch (docs/architecture.md invariant 3) at the price of speed:
     # matrix products in fixed tiles of rows (actors/invariant.py), attention one query at a time.
     batch_invariant: bool = False
+    engine: str = "transformers"  # the member's forward: our transformers engine, or vLLM (README "Engines")
+    engine_options: dict = field(default_factory=dict)  # vLLM's, passed through (VLLM_OPTIONS)
+
+    @property
+    def devices(self) -> int:
+        """GPUs one vLLM member spans: its tensor x pipeline parallel size."""
+        opts = self.engine_options
+        return int(opts.get("tensor_parallel_size", 1)) * int(opts.get("pipeline_parallel_size", 1))
 
 
 @dataclass(frozen=True)
@@ -162,8 +179,35 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     invariant = raw.get("batch_invariant", False)
     if not isinstance(invariant, bool):
         raise ConfigError(f"{where}.batch_invariant must be true or false (got {invariant!r})")
+    engine = raw.get("engine", "transformers")
+    if engine not in ENGINES:
+        raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    options = _engine_options(raw, engine, where)
     return MemberConfig(name, model, source, float(weight), dtype, dict(resources), **bounds, max_batch=max_batch,
-                        batch_invariant=invariant)
+                        batch_invariant=invariant, engine=engine, engine_options=options)
+
+
+def _engine_options(raw: dict, engine: str, where: str) -> dict:
+    options = raw.get("engine_options", {}) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}.engine_options must be a mapping such as {{max_model_len: 4096}}")
+    if engine == "transformers":
+        if options:
+            raise ConfigError(f"{where}.engine_options are vLLM's; this member runs engine: transformers")
+        return {}
+    for key, why in TRANSFORMERS_ONLY.items():
+        if raw.get(key) not in (None, False):
+            raise ConfigError(f"{where}.{key} is not available on engine: vllm ({why})")
+    for key, value in options.items():
+        kind = VLLM_OPTIONS.get(key)
+        if kind is None:
+            raise ConfigError(f"{where}.engine_options: unknown key {key!r}; known: {', '.join(sorted(VLLM_OPTIONS))}")
+        ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
+            not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int) and value > 0
+        if not ok:
+            raise ConfigError(f"{where}.engine_options.{key} must be a {'positive ' if kind in (int, float) else ''}"
+                              f"{kind.__name__} (got {value!r})")
+    return dict(options)
 
 
 def _no_unknown(raw: dict, known: set[str], where: str) -> None:

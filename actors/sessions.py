@@ -1,0 +1,126 @@
+"""A member's sessions as token logs, whatever computes them (docs/architecture.md, "member").
+
+Both engines keep the same book: the router's deltas turned into this member's token ids (text from
+another tokenizer re-tokenized at the seam, token healing's backed-off token), least recently used
+sessions evicted past the configured bounds. The transformers engine (actors/member.py) adds its own
+KV buffers; the vLLM engine (actors/vllm_engine.py) hands the log to vLLM, whose prefix cache is the KV.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .codec import TokenCodec
+from .messages import MemberInfo, Segment, SessionLost, StepRequest
+from .packed import KV
+
+
+@dataclass
+class SessionCache:
+    ids: list[int] = field(default_factory=list)  # the sequence as this member tokenizes it
+    kv: KV = field(default_factory=KV)  # keys and values of ids[:cached] (transformers engine)
+    cached: int = 0  # ids[:cached] are valid in kv; positions past it are overwritten as it grows
+    fixed: int = 0  # ids[:fixed] arrived as ids (prompt, shared tokenizer): never re-tokenized
+    heal: bytes = b""  # token healing: the next token must start with these bytes, already in the log
+
+
+class SessionBook:
+    """One member's tokenizer and its sessions' logs."""
+
+    def __init__(self, name: str, tokenizer, eos_ids: tuple[int, ...], context_length: int,
+                 max_sessions: int | None = None, max_cached_tokens: int | None = None):
+        self.name = name
+        self.tokenizer = tokenizer
+        self.codec = TokenCodec(tokenizer)
+        self.vocab_size = len(self.codec.pieces)  # the model's padded rows past this are never sampled
+        self.eos_ids = eos_ids
+        self.context_length = context_length
+        self.sessions: OrderedDict[str, SessionCache] = OrderedDict()  # least recently used first
+        self.max_sessions = max_sessions
+        self.max_cached_tokens = max_cached_tokens
+        self.evictions = 0
+
+    def info(self) -> MemberInfo:
+        return MemberInfo(self.name, self.codec.fingerprint, self.vocab_size, self.context_length, self.eos_ids,
+                          self.codec.missing_bytes)
+
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        """The prompt in this member's tokens: a chat through its own chat template."""
+        if messages is not None:
+            if not self.tokenizer.chat_template:
+                raise ValueError(f"member {self.name!r} has no chat template; send a prompt instead")
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def pieces(self) -> list[bytes]:
+        """Bytes per token id: the router samples ce tokens itself and needs their text."""
+        return self.codec.pieces
+
+    def begin(self, req: StepRequest, busy: frozenset[str] = frozenset()) -> SessionCache:
+        """The session's cache with the request's delta appended; `busy` sessions are never evicted."""
+        if req.fresh:
+            s = self.sessions[req.session] = SessionCache()
+        elif (s := self.sessions.get(req.session)) is None:
+            raise SessionLost(req.session)
+        self.sessions.move_to_end(req.session)
+        self._evict(keep=busy | {req.session})
+        for seg in req.delta:
+            self._append(s, seg)
+        if req.heal and not req.distribution and req.delta and req.delta[-1].text is not None \
+                and len(s.ids) > s.fixed:
+            # Token healing: text another tokenizer wrote may end mid-word, where our own tokens would
+            # not have split it ("hel" + "lo", not "hello"). Back off our last token and make the next
+            # one extend its bytes, so the word is spelt as this model would spell it.
+            s.heal = self.codec.piece(s.ids.pop())
+            s.cached = min(s.cached, len(s.ids))
+        return s
+
+    def full(self, s: SessionCache) -> bool:
+        return len(s.ids) >= self.context_length
+
+    def release(self, session: str) -> bool:
+        return self.sessions.pop(session, None) is not None
+
+    def live_sessions(self) -> int:
+        return len(self.sessions)
+
+    def _evict(self, keep: set[str] | frozenset[str]) -> None:
+        """Drop least recently used logs past max_sessions / max_cached_tokens; their sessions
+        replay from the router's log when they come back."""
+        def over() -> bool:
+            if self.max_sessions is not None and len(self.sessions) > self.max_sessions:
+                return True
+            return self.max_cached_tokens is not None and \
+                sum(c.cached for c in self.sessions.values()) > self.max_cached_tokens
+        while over():
+            victim = next((sid for sid in self.sessions if sid not in keep), None)
+            if victim is None:
+                return
+            del self.sessions[victim]
+            self.evictions += 1
+
+    def _append(self, s: SessionCache, seg: Segment) -> None:
+        if seg.text is None:
+            s.ids.extend(seg.ids)
+            s.fixed = len(s.ids)
+            return
+        # Another tokenizer wrote this text. Our last token may merge with its start (our "hel" +
+        # their "lo" is our "hello"), so re-tokenize from there and keep the longest matching prefix.
+        back = s.ids[-1] if len(s.ids) > s.fixed else None
+        new = self.codec.encode((self.codec.piece(back) if back is not None else b"") + seg.text)
+        if back is not None:
+            if new[:1] == [back]:
+                new = new[1:]
+            else:
+                s.ids.pop()
+                s.cached = min(s.cached, len(s.ids))
+        s.ids.extend(new)
+
+
+def eos_ids(generation_eos, tokenizer) -> tuple[int, ...]:
+    """A model's end tokens: its generation config's and its tokenizer's."""
+    ids = [] if generation_eos is None else [generation_eos] if isinstance(generation_eos, int) else list(generation_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return tuple(sorted(set(ids)))

@@ -1,0 +1,340 @@
+"""The member on vLLM: the field's engine computes, the router's log stays ours (docs/architecture.md, "Engines").
+
+Same interface as actors/engine.py's MemberEngine (info, prompt_ids, pieces, step, whole, release,
+live_sessions, score, stats): the router cannot tell the engines apart. The session's log is kept
+here as token ids (actors/sessions.py); vLLM's prefix cache is its KV. Each run is one vLLM request
+whose prompt is the log and whose max_tokens is the run's length, streamed back as tokens are
+sampled; the catch-up after another member's run is the prefix cache's miss (the partial last block
+and the new tokens); release aborts the running request; eviction is vLLM's own, and a session it
+dropped is recomputed from the log, never lost.
+
+vLLM's engine core runs in this process (LLMEngine, no engine-core child process), stepped by one
+loop in a worker thread the way MemberEngine steps its forwards: a run costs no inter-process hop,
+and CE's whole-row capture (actors/vllm_capture.py) is a dict lookup. A member spanning GPUs or nodes
+uses vLLM's Ray executor for its workers (`distributed_executor_backend: ray`).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import RELEASED_KEPT, _join
+from .loading import ModelSource, chat_fixup, model_dir
+from .messages import MemberInfo, Scores, StepRequest, StepResult
+from .sessions import SessionBook, SessionCache, eos_ids
+
+# On CPU: no graph compilation (40-90 s per start on 2 cores), the smallest block the CPU attention
+# takes (prefix caching reuses whole blocks: ME's catch-up recomputes the partial last one).
+CPU_DEFAULTS = {"enforce_eager": True, "block_size": 32}
+CPU_MAX_MODEL_LEN = 4096  # unless max_model_len says otherwise; one prefill chunk holds it
+KV_SPACE_GIB = 1  # CPU KV cache per member unless kv_cache_space_gib says otherwise
+
+
+@dataclass
+class Run:
+    """One vLLM request and where its tokens go."""
+    req: StepRequest
+    cache: SessionCache
+    rid: str
+    kind: str  # "run" | "row" (ce distribution) | "sync" (eager sync) | "heal" (first token, constrained)
+    parts: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of token ids, then None or an error
+
+
+class VllmEngine:
+    def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
+                 max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
+                 options: dict | None = None):
+        options = dict(options or {})
+        self.device = _environment(options.pop("kv_cache_space_gib", KV_SPACE_GIB))
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        from . import vllm_capture
+
+        folder = model_dir(source)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        ends = chat_fixup(source, tokenizer)
+        try:
+            generation_eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        except OSError:  # no generation_config.json
+            generation_eos = None
+        generation_eos = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+        if self.device == "cpu":
+            longest = getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", None) or CPU_MAX_MODEL_LEN
+            options = {**CPU_DEFAULTS, "max_model_len": min(longest, CPU_MAX_MODEL_LEN), **options}
+        # One prefill chunk holds a whole context: vLLM's CPU generators cannot rewind a partial
+        # prefill's discarded sample (seeded requests fail with "CPU Generator does not use offset").
+        options.setdefault("max_num_batched_tokens", max(options.get("max_model_len") or 0, 8192))
+        args = EngineArgs(model=str(folder), dtype=_dtype(dtype, self.device), skip_tokenizer_init=True,
+                          enable_prefix_caching=True, max_num_seqs=max_batch, max_logprobs=-1,
+                          logits_processors=[vllm_capture.CaptureRows], disable_log_stats=True, **options)
+        # Every vLLM call runs in this one thread: OpenMP's thread count is per calling thread, and
+        # vLLM's CPU attention checks that its plan and its run saw the same count.
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"vllm-{name}", initializer=_threads,
+                                         initargs=(threads,))
+        self.vllm = self.thread.submit(LLMEngine.from_engine_args, args, enable_multiprocessing=False).result()
+        self.capture = vllm_capture
+        self.book = SessionBook(name, tokenizer, eos_ids(generation_eos + ends, tokenizer),
+                                self.vllm.model_config.max_model_len, max_sessions, max_cached_tokens)
+        self.runs: dict[str, Run] = {}  # by vLLM request id
+        self.by_session: dict[str, Run] = {}
+        self.released: dict[str, None] = {}
+        self.to_add: list[tuple[str, list[int], object]] = []
+        self.to_abort: list[str] = []
+        self.loop: asyncio.Task | None = None
+        self.ids = itertools.count()
+        self.steps = 0  # engine steps run by the loop
+        self.requests = 0  # vLLM requests added
+
+    # -- the member interface ------------------------------------------------------------------
+
+    def info(self) -> MemberInfo:
+        return self.book.info()
+
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        return self.book.prompt_ids(prompt, messages)
+
+    def pieces(self) -> list[bytes]:
+        return self.book.pieces()
+
+    def live_sessions(self) -> int:
+        return self.book.live_sessions()
+
+    def stats(self) -> dict:
+        return {"steps": self.steps, "requests": self.requests, "evictions": self.book.evictions,
+                "running": self.vllm.get_num_unfinished_requests()}
+
+    def release(self, session: str) -> bool:
+        """Free the session and abort its request, if one is running (the client went away)."""
+        self.released[session] = None
+        while len(self.released) > RELEASED_KEPT:
+            del self.released[next(iter(self.released))]
+        if (run := self.by_session.pop(session, None)) is not None:
+            self._drop(run, None)
+        return self.book.release(session)
+
+    async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        """The step's tokens, streamed as vLLM samples them."""
+        if req.session in self.released:
+            return
+        s = self.book.begin(req, busy=frozenset(self.by_session))
+        if req.distribution:
+            yield StepResult(probs=await self._row(req, s), forwards=1)
+            return
+        if req.steps == 0:
+            if len(s.ids) > s.cached:  # eager sync: fill the prefix cache now, off the critical path
+                await self._collect(self._submit(req, s, "sync", s.ids, self._params(max_tokens=1, temperature=0)))
+                s.cached = len(s.ids)
+            return
+        step = req.first_step
+        while step < req.first_step + req.steps:
+            room = self.book.context_length - len(s.ids)
+            if room <= 0:
+                yield StepResult(finish="length")
+                return
+            heal = s.heal
+            if heal:
+                s.heal = b""
+                params = self._params(req, step, 1, allowed_token_ids=self.book.codec.extending(heal))
+            else:
+                params = self._params(req, step, min(room, req.first_step + req.steps - step))
+            run = self._submit(req, s, "heal" if heal else "run", list(s.ids), params)
+            async for tokens in self._parts(run):
+                result = StepResult(forwards=len(tokens))
+                for token in tokens:
+                    s.ids.append(token)
+                    piece = b"" if token in self.book.eos_ids else self.book.codec.piece(token)[len(heal):]
+                    if heal and not piece and token not in self.book.eos_ids:
+                        break  # healing kept the word's end: the same step samples again, unconstrained
+                    step += 1
+                    finish = "eos" if token in self.book.eos_ids else ""
+                    if not finish and step < req.first_step + req.steps and len(s.ids) >= self.book.context_length:
+                        finish = "length"
+                    result = _join(result, StepResult([token], [piece], finish))
+                    if finish:
+                        self._drop(run, None)
+                        yield result
+                        return
+                heal = b""
+                if result.tokens:
+                    yield result
+            s.cached = len(s.ids)
+
+    async def whole(self, req: StepRequest) -> StepResult:
+        result = StepResult()
+        async for part in self.step(req):
+            result = _join(result, part)
+        return result
+
+    async def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
+        """Teacher-forced log-probs of ids[1:] through vLLM's prompt_logprobs, in one request that
+        touches no session. `rows` (whole rows for a mixture) costs one Python object per vocabulary
+        entry and position in vLLM: correct, and slow on large vocabularies."""
+        want = -1 if rows else max(top, 1)
+        run = self._submit(None, None, "score", ids, self._params(max_tokens=1, temperature=0, prompt_logprobs=want))
+        output = await self._collect(run)
+        positions = list(output.prompt_logprobs)[1:]  # the first token has nothing before it
+        chosen = np.array([p[t].logprob for p, t in zip(positions, ids[1:])], dtype=np.float32)
+        if rows:
+            table = np.full((len(positions), self.book.vocab_size), -np.inf, dtype=np.float32)
+            for r, p in enumerate(positions):
+                for t, lp in p.items():
+                    if t < self.book.vocab_size:
+                        table[r, t] = lp.logprob
+            return Scores(chosen, rows=table)
+        best = [sorted(((lp.logprob, t) for t, lp in p.items()), reverse=True)[:top] for p in positions]
+        return Scores(chosen, np.array([[t for _, t in b] for b in best], dtype=np.int64).reshape(len(best), top),
+                      np.array([[lp for lp, _ in b] for b in best], dtype=np.float32).reshape(len(best), top))
+
+    # -- requests through the engine loop ------------------------------------------------------
+
+    def _params(self, req: StepRequest | None = None, step: int = 0, max_tokens: int = 1, **extra):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        fields = dict(max_tokens=max_tokens, detokenize=False, output_kind=RequestOutputKind.DELTA,
+                      stop_token_ids=list(self.book.eos_ids))
+        if req is not None:
+            sampling = req.sampling
+            # A run's draws are seeded by (request seed, first step): the same run repeats exactly.
+            fields.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                          seed=run_seed(sampling.seed, step))
+        fields.update(extra)
+        return SamplingParams(**fields)
+
+    def _submit(self, req: StepRequest | None, s: SessionCache | None, kind: str, ids: list[int], params) -> Run:
+        rid = f"{kind}-{next(self.ids)}"
+        run = Run(req, s, rid, kind)
+        self.runs[rid] = run
+        if req is not None:
+            self.by_session[req.session] = run
+        self.to_add.append((rid, ids, params))
+        self.requests += 1
+        if self.loop is None:
+            self.loop = asyncio.create_task(self._loop())
+        return run
+
+    async def _parts(self, run: Run) -> AsyncIterator[list[int]]:
+        try:
+            while (item := await run.parts.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item.outputs[0].token_ids
+        finally:
+            self._drop(run, None)
+
+    async def _collect(self, run: Run):
+        """The request's last output (rows, syncs and scores finish in one engine step)."""
+        last = None
+        try:
+            while (item := await run.parts.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                last = item
+        finally:
+            self._drop(run, None)
+        return last
+
+    async def _row(self, req: StepRequest, s: SessionCache) -> np.ndarray:
+        import torch
+
+        params = self._params(max_tokens=1, temperature=0, extra_args={self.capture.KEY: None})
+        run = self._submit(req, s, "row", list(s.ids), params)
+        params.extra_args[self.capture.KEY] = run.rid
+        try:
+            await self._collect(run)
+            logits = self.capture.ROWS.pop(run.rid)
+        finally:
+            self.capture.ROWS.pop(run.rid, None)
+        s.cached = len(s.ids)
+        return torch.softmax(logits[: self.book.vocab_size].double(), dim=-1).float().numpy()
+
+    def _drop(self, run: Run, item) -> None:
+        """Forget a request: aborted in vLLM if it still runs, its reader told it ended."""
+        if self.runs.pop(run.rid, None) is None:
+            return
+        if self.by_session.get(run.req.session if run.req else None) is run:
+            del self.by_session[run.req.session]
+        self.to_abort.append(run.rid)
+        run.parts.put_nowait(item)
+
+    async def _loop(self) -> None:
+        try:
+            while self.runs or self.to_abort:
+                try:
+                    outputs = await asyncio.get_running_loop().run_in_executor(self.thread, self._tick)
+                except Exception as e:  # noqa: BLE001 - fail the running requests, keep serving
+                    for run in list(self.runs.values()):
+                        self._drop(run, e)
+                    continue
+                for output in outputs:
+                    if (run := self.runs.get(output.request_id)) is None:
+                        continue  # released meanwhile
+                    run.parts.put_nowait(output)
+                    if output.finished:
+                        self.runs.pop(run.rid, None)
+                        if self.by_session.get(run.req.session if run.req else None) is run:
+                            del self.by_session[run.req.session]
+                        run.parts.put_nowait(None)
+        finally:
+            self.loop = None
+
+    def _tick(self) -> list:
+        """One engine step, in the worker thread: the only place that touches vLLM after loading."""
+        from vllm import TokensPrompt
+
+        aborts, self.to_abort = self.to_abort, []
+        adds, self.to_add = self.to_add, []
+        live = {rid for rid, _, _ in adds}
+        if aborts := [rid for rid in aborts if rid not in live]:
+            self.vllm.abort_request(aborts)
+        for rid, ids, params in adds:
+            if rid in self.runs:  # not dropped before it started
+                self.vllm.add_request(rid, TokensPrompt(prompt_token_ids=ids), params)
+        if not self.vllm.has_unfinished_requests():
+            return []
+        self.steps += 1
+        return self.vllm.step()
+
+
+def run_seed(seed: int, first_step: int) -> int:
+    from .sampling import _splitmix64
+
+    return _splitmix64(_splitmix64(seed & ((1 << 64) - 1)) ^ first_step) & ((1 << 63) - 1)
+
+
+def _dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        # float32 on CPU (faster there and exact across runs), bfloat16 on a GPU: as the transformers engine.
+        return "bfloat16" if device == "cuda" else "float32"
+    return dtype
+
+
+def _environment(kv_space_gib: float) -> str:
+    """vLLM's process-wide settings, before it is imported: quiet logs, the engine core in this
+    process, this member's threads and a bounded CPU KV cache."""
+    import torch
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if torch.cuda.is_available():
+        return "cuda"
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_space_gib)
+    # Ray already gave this member its CPUs; vLLM's own binding would pin every member to the same cores.
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    return "cpu"
+
+
+def _threads(threads: int) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(threads)
