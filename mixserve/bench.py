@@ -3,7 +3,9 @@
 Methods: `single:<member>` for each member (its step time t_i), `ce-parallel` (every member every
 step, in parallel, explicit mixture), `ce-sequential` (every member one after another in this
 process: the baseline the paper quotes its speedup against), `me`, and `me-http` (ME through the
-served app, OpenAI streaming over loopback: mixserve/bench_http.py). Per method: ms per token
+served app, OpenAI streaming over loopback: mixserve/bench_http.py). With vLLM installed the same
+members run again on `engine: vllm` (rows `vllm single:<member>`, `vllm ce-parallel`, `vllm me`), in
+the same sitting, so both engines' rows compare. Per method: ms per token
 (median and p99 of the gaps between streamed tokens at batch 1), time to first token, tokens/s at
 each concurrency, member forwards and router round trips per token; then the floor sum(lambda_i t_i)
 and ME's ratios. Writes bench.json, bench.md and bench.png (mixserve/bench_report.py).
@@ -17,7 +19,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mixserve.config import EnsembleConfig, load_config
@@ -109,19 +111,43 @@ def prompt_text(tokens: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(tokens))  # about one token per word
 
 
-def methods(config: EnsembleConfig) -> dict[str, dict]:
-    """Method name -> request fields, plus which engine runs it ('ray' or 'local')."""
-    out = {f"single:{m.name}": {"method": "single", "member": m.name, "engine": "ray"} for m in config.members}
-    out["ce-parallel"] = {"method": "ce", "engine": "ray"}
-    out["ce-sequential"] = {"method": "ce", "engine": "local"}
-    out["me"] = {"method": "me", "engine": "ray"}
-    out["me-http"] = {"method": "me", "engine": "http"}
+ENGINES = ("transformers", "vllm")
+VLLM_ROW = "vllm "  # the prefix of the rows whose members run on vLLM
+
+
+def default_engines() -> tuple[str, ...]:
+    import importlib.util
+
+    return ENGINES if importlib.util.find_spec("vllm") else ("transformers",)
+
+
+def methods(config: EnsembleConfig, engines=("transformers",)) -> dict[str, dict]:
+    """Row name -> request fields, plus which runner serves it ('ray', 'local' or 'http') and on which
+    member engine."""
+    out = {}
+    for engine in engines:
+        tag = "" if engine == "transformers" else VLLM_ROW
+        for m in config.members:
+            out[f"{tag}single:{m.name}"] = {"method": "single", "member": m.name, "runner": "ray", "engine": engine}
+        out[f"{tag}ce-parallel"] = {"method": "ce", "runner": "ray", "engine": engine}
+        if engine == "transformers":  # in this process: the transformers engine only
+            out["ce-sequential"] = {"method": "ce", "runner": "local", "engine": engine}
+        out[f"{tag}me"] = {"method": "me", "runner": "ray", "engine": engine}
+        if engine == "transformers":
+            out["me-http"] = {"method": "me", "runner": "http", "engine": engine}
     return out
+
+
+def on_engine(config: EnsembleConfig, engine: str) -> EnsembleConfig:
+    """The same members on another engine (options of the other engine dropped)."""
+    members = tuple(m if m.engine == engine else replace(m, engine=engine, batch_invariant=False, engine_options={},
+                                                         max_cached_tokens=None) for m in config.members)
+    return replace(config, members=members)
 
 
 def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, concurrency=(1, 4, 16),
               repeats: int = 5, rounds: int = 1, out: str | Path = "bench-out", address: str | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, engines: tuple[str, ...] | None = None) -> dict:
     from tqdm import tqdm
 
     from mixserve.api import build_engine
@@ -129,34 +155,40 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
     from .bench_report import write_report
 
     config = load_config(config_path)
-    plan = methods(config)
+    engines = engines or default_engines()
+    plan = methods(config, engines)
     waves = {c: repeats if c == 1 else c * rounds for c in concurrency}
     bar = tqdm(total=len(plan) * sum(waves.values()), unit="req", disable=not progress, desc="bench")
     results: dict[str, MethodResult] = {}
 
     def run(name: str, measure_one) -> None:
-        fields = {k: v for k, v in plan[name].items() if k != "engine"}
+        fields = {k: v for k, v in plan[name].items() if k not in ("runner", "engine")}
         bar.set_postfix_str(name)
         results[name] = asyncio.run(_one_method(measure_one, name, fields, prompt_tokens, max_tokens, waves,
                                                 lambda: bar.update(1)))
 
     try:
-        engines = {"ray": build_engine(config, address=address), "local": build_engine(config, in_process=True)}
-        try:
-            for name in plan:
-                if (engine := plan[name]["engine"]) != "http":
-                    run(name, lambda req, router=engines[engine].router: measure(router, req))
-        finally:
-            for engine in engines.values():
-                engine.close()  # frees the members' CPUs for the served app's own members
-        with served(config) as url, ThreadPoolExecutor(max(concurrency)) as pool:
+        for engine in engines:  # one engine's members at a time: they share the CPUs
+            on = on_engine(config, engine)
+            runners = {"ray": build_engine(on, address=address)}
+            try:
+                if engine == "transformers":
+                    runners["local"] = build_engine(on, in_process=True)
+                for name in plan:
+                    if plan[name]["engine"] == engine and (runner := plan[name]["runner"]) != "http":
+                        run(name, lambda req, router=runners[runner].router: measure(router, req))
+            finally:
+                for runner in runners.values():
+                    runner.close()  # frees the members' CPUs for the next engine's and the served app's
+        with served(on_engine(config, "transformers")) as url, ThreadPoolExecutor(max(concurrency)) as pool:
             def over_http(req):
                 return asyncio.get_running_loop().run_in_executor(pool, measure_http, url, config.model_name, req)
             run("me-http", over_http)
     finally:
         bar.close()
     report = summarize(config, results, dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                                             concurrency=list(concurrency), repeats=repeats, rounds=rounds))
+                                             concurrency=list(concurrency), repeats=repeats, rounds=rounds,
+                                             engines=list(engines)))
     write_report(report, Path(out))
     return report
 
@@ -206,6 +238,17 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
         "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
         "me_http_over_me": ratio(http.ms_per_token_median, me.ms_per_token_median),
     }
+    if (vme := results.get(VLLM_ROW + "me")) is not None:
+        tv = {m: results[f"{VLLM_ROW}single:{m}"].ms_per_token_median for m in weights}
+        vfloor = sum(weights[m] * tv[m] for m in weights) if all(tv.values()) else None
+        ratios.update({
+            "vllm_floor_ms": vfloor,
+            "vllm_me_over_floor": ratio(vme.ms_per_token_median, vfloor),
+            "vllm_single_over_transformers": {m: ratio(tv[m], t[m]) for m in weights},
+            f"vllm_me_throughput_over_transformers_me_at_{top}": ratio(vme.tokens_per_s.get(top), me.tokens_per_s.get(top)),
+            "vllm_me_speedup_over_vllm_ce_parallel": ratio(results[VLLM_ROW + "ce-parallel"].ms_per_token_median,
+                                                           vme.ms_per_token_median),
+        })
     return {"settings": settings, "hardware": hardware(), "weights": weights,
             "methods": {k: asdict(v) for k, v in results.items()}, "ratios": ratios}
 

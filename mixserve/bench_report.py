@@ -41,6 +41,17 @@ def markdown(report: dict) -> str:
         f"- ME router round trips per token: {_num(report['methods'].get('me', {}).get('trips_per_token'), '{:.2f}')} "
         f"(theory 1 - sum(lambda_i^2) = {r['me_trips_per_token_theory']:.2f})",
         f"- ME over HTTP streaming / ME in process, ms per token at batch 1: **{_num(r.get('me_http_over_me'), '{:.2f}')}**",
+    ]
+    if "vllm_me_over_floor" in r:
+        singles = ", ".join(f"{m} {_num(v, '{:.2f}')}" for m, v in r["vllm_single_over_transformers"].items())
+        lines += [
+            f"- vLLM engine: single-member ms/token over the transformers engine's: **{singles}**",
+            f"- vLLM engine: floor {_num(r['vllm_floor_ms'])} ms/token; ME / floor: **{_num(r['vllm_me_over_floor'], '{:.2f}')}**; "
+            f"ME speedup over ce-parallel: {_num(r['vllm_me_speedup_over_vllm_ce_parallel'], '{:.2f}')}x",
+            f"- throughput at concurrency {top}, ME on vLLM / ME on transformers: "
+            f"**{_num(r.get(f'vllm_me_throughput_over_transformers_me_at_{top}'), '{:.2f}')}x**",
+        ]
+    lines += [
         "",
         f"{s['prompt_tokens']} prompt words, {s['max_tokens']} max tokens, {s['repeats']} requests at batch 1; "
         f"{hw['cpu']} ({hw['cpus']} cores), GPU: {hw['gpu'] or 'none'}, torch {hw['torch']}."

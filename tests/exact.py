@@ -31,3 +31,17 @@ def outcome_probs(tables, weights, eos: int, per_step: bool = True) -> dict[tupl
     nz = torch.nonzero(joint > 1e-12)
     probs.update({(int(i), int(j)): float(joint[i, j]) for i, j in nz})
     return probs
+
+
+def p_value(samples, probs) -> float:
+    """Chi-square p-value of sampled outcomes against exact probabilities (rare outcomes pooled)."""
+    from scipy.stats import chisquare
+
+    counts = {}
+    for s in samples:
+        counts[s] = counts.get(s, 0) + 1
+    keys = [k for k, p in probs.items() if p * len(samples) >= 5]  # chi-square needs expected >= 5
+    observed = [counts.get(k, 0) for k in keys] + [len(samples) - sum(counts.get(k, 0) for k in keys)]
+    expected = [probs[k] * len(samples) for k in keys]
+    expected.append(len(samples) - sum(expected))
+    return chisquare(observed, expected).pvalue

@@ -5,12 +5,11 @@ mixture computed from the models directly. The same test must reject a sampler t
 per sequence, proving it has the power to see the difference it claims to check.
 """
 import pytest
-from scipy.stats import chisquare
 
 from mixserve.router import router as router_module
 from mixserve.router.policies.base import Turn
 from mixserve.router.policies.me import MixtureEnsemble
-from tests.exact import outcome_probs, two_token_tables
+from tests.exact import outcome_probs, p_value, two_token_tables
 
 N = 2000
 PROMPT = "the cat"
@@ -30,17 +29,6 @@ class PerSequence(MixtureEnsemble):
 def exact(tiny_dir):
     tables = [two_token_tables(tiny_dir / m, PROMPT) for m in "ab"]
     return outcome_probs(tables, [0.5, 0.5], eos=0)
-
-
-def p_value(samples, probs):
-    counts = {}
-    for s in samples:
-        counts[s] = counts.get(s, 0) + 1
-    keys = [k for k, p in probs.items() if p * len(samples) >= 5]  # chi-square needs expected >= 5
-    observed = [counts.get(k, 0) for k in keys] + [len(samples) - sum(counts.get(k, 0) for k in keys)]
-    expected = [probs[k] * len(samples) for k in keys]
-    expected.append(len(samples) - sum(expected))
-    return chisquare(observed, expected).pvalue
 
 
 def draw(engine):

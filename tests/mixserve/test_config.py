@@ -28,10 +28,26 @@ def test_weights_normalise_and_paths_resolve_against_the_config_folder(tiny_dir)
     ({"dtype": "int3"}, r"dtype must be one of"),
     ({"resources": {"num_gpus": -1}}, r"resources\.num_gpus must be a non-negative number"),
     ({"colour": "red"}, r"unknown keys \['colour'\]"),
+    ({"engine": "llamacpp"}, r"engine must be one of transformers, vllm \(got 'llamacpp'\)"),
+    ({"engine": "vllm", "batch_invariant": True}, r"batch_invariant is not available on engine: vllm"),
+    ({"engine": "vllm", "max_cached_tokens": 100}, r"max_cached_tokens is not available on engine: vllm "
+                                                   r"\(vLLM bounds its KV cache itself"),
+    ({"engine": "vllm", "engine_options": {"swap": 4}}, r"engine_options: unknown key 'swap'; known: block_size"),
+    ({"engine": "vllm", "engine_options": {"max_model_len": -5}}, r"max_model_len must be a positive int"),
+    ({"engine": "vllm", "engine_options": {"enforce_eager": "no"}}, r"enforce_eager must be a bool"),
+    ({"engine_options": {"block_size": 32}}, r"engine_options are vLLM's; this member runs engine: transformers"),
 ])
 def test_bad_member_fields_are_named(tiny_dir, override, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"members": members(**override)}, tiny_dir)
+
+
+def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir):
+    config = parse_config({"members": members(engine="vllm", engine_options={"tensor_parallel_size": 2,
+                                                                           "kv_cache_space_gib": 0.5})}, tiny_dir)
+    a, b = config.members
+    assert (a.engine, a.devices, a.engine_options["kv_cache_space_gib"]) == ("vllm", 2, 0.5)
+    assert (b.engine, b.engine_options) == ("transformers", {})
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -1,0 +1,136 @@
+"""Members on vLLM (engine: vllm, docs/architecture.md "Engines"): the same router, log and exactness
+over the field's engine, through Ray actors on CPU. One ensemble serves every test here: a, b and c
+on vLLM (a and b share a tokenizer, c has its own), and bt (b's weights on the transformers engine)."""
+import asyncio
+
+import pytest
+import ray
+import requests
+
+from mixserve.api import build_engine
+from mixserve.config import parse_config
+from mixserve.router.request import GenerateRequest
+from mixserve.router.session import Chunk
+from mixserve.tiny import WORDS
+from tests.conftest import _deploy
+from tests.exact import outcome_probs, p_value, two_token_tables
+
+N = 2000
+PROMPT = "the cat"
+ALPHA = 1e-9  # a correct sampler fails with this probability for a random seed; the seed is fixed
+VLLM = {"engine": "vllm", "resources": {"num_cpus": 0.5}, "engine_options": {"kv_cache_space_gib": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def ens(tiny_dir, ray_local):
+    members = [{"name": m, "model": m, **VLLM} for m in "abc"]
+    members.append({"name": "bt", "model": "b", "resources": {"num_cpus": 0.5}})
+    config = parse_config({"members": members, "default_member": "a", "member_retry_s": 120}, tiny_dir)
+    with build_engine(config) as engine:
+        yield engine
+
+
+def texts(result):
+    return [c.text for c in result.choices]
+
+
+def test_single_on_vllm_decodes_what_the_transformers_engine_decodes(ens):
+    greedy = dict(prompt="the moon", max_tokens=24, temperature=0, seed=0, method="single")
+    on_vllm, on_transformers = ens.generate(member="b", **greedy), ens.generate(member="bt", **greedy)
+    assert on_vllm.choices[0].token_ids == on_transformers.choices[0].token_ids
+    assert on_vllm.choices[0].members == ["b"] * 24
+
+
+@pytest.mark.parametrize("method", ["me", "ce"])
+def test_me_and_ce_on_vllm_sample_the_exact_mixture(ens, tiny_dir, method):
+    exact = outcome_probs([two_token_tables(tiny_dir / m, PROMPT) for m in "ab"], [0.5, 0.5], eos=0)
+    result = ens.generate(prompt=PROMPT, max_tokens=2, n=N, seed=20261125, method=method, weights={"a": 1, "b": 1})
+    assert p_value([tuple(c.token_ids) for c in result.choices], exact) > ALPHA
+
+
+def test_a_request_repeats_exactly_with_its_seed(ens):
+    req = dict(prompt="the river", max_tokens=40, seed=5, n=3, weights={"a": 1, "b": 1})
+    first = ens.generate(**req)
+    assert texts(first) == texts(ens.generate(**req))
+    assert {m for c in first.choices for m in c.members} == {"a", "b"}
+
+
+def test_streamed_chunks_join_to_the_text_and_stop_cuts_it(ens):
+    req = GenerateRequest(prompt="a dog", max_tokens=40, seed=8, n=2, weights={"a": 1, "b": 1})
+
+    async def collect():
+        chunks, final = [], None
+        async for item in ens.router.stream(req):
+            (chunks.append(item) if isinstance(item, Chunk) else None)
+            final = item
+        return chunks, final
+
+    chunks, final = asyncio.run(collect())
+    for choice in final.choices:
+        mine = [c for c in chunks if c.index == choice.index]
+        assert len(mine) > 1 and "".join(c.text for c in mine) == choice.text
+    text = final.choices[0].text
+    # An ASCII word the text holds after its start (random members write much partial UTF-8).
+    stop = min((w for w in WORDS if text.find(w) > 0), key=text.find)
+    cut = ens.generate(prompt="a dog", max_tokens=40, seed=8, n=1, weights={"a": 1, "b": 1}, stop=(stop,))
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_release_leaves_no_request_running_in_vllm(ens):
+    async def abandon():
+        stream = ens.router.stream(GenerateRequest(prompt="the sun", max_tokens=400, seed=2, n=4,
+                                                   weights={"a": 1, "b": 1}))
+        await anext(stream)  # the first chunk: runs are going on both members
+        await stream.aclose()  # the client went away
+
+    asyncio.run(abandon())
+    assert ens.live_sessions()["a"] == 0 and ens.live_sessions()["b"] == 0
+    for m in "ab":
+        assert ray.get(ens.actors[m].stats.remote(), timeout=30)["running"] == 0
+
+
+def test_mixing_engines_and_tokenizers_in_one_ensemble(ens):
+    mixed = ens.generate(prompt="the tree", max_tokens=30, seed=4, weights={"a": 1, "bt": 1})
+    assert set(mixed.choices[0].members) == {"a", "bt"} and len(mixed.choices[0].token_ids) == 30
+    across = ens.generate(prompt="the tree", max_tokens=30, seed=4, weights={"a": 1, "c": 1})
+    choice = across.choices[0]
+    assert {m for m, _ in choice.stretches} == {"a", "c"}
+    assert "".join(t for _, t in choice.stretches) == choice.text
+
+
+def test_killed_vllm_member_restarts_and_the_sent_text_stands(ens):
+    """On vLLM a run's draws are seeded from its first step, so a run cut by a crash and replayed
+    continues differently from the uncut run: what was sent stays, and the request completes."""
+    req = GenerateRequest(prompt="the stone", max_tokens=60, seed=12, n=2, weights={"a": 1, "b": 1})
+
+    async def kill_after_first_chunk():
+        sent, final = {}, None
+        async for item in ens.router.stream(req):
+            if isinstance(item, Chunk):
+                if not sent:
+                    ray.kill(ens.actors["a"], no_restart=False)  # the process dies; Ray restarts it
+                sent[item.index] = sent.get(item.index, "") + item.text
+            final = item
+        return sent, final
+
+    sent, final = asyncio.run(kill_after_first_chunk())
+    for choice in final.choices:
+        assert choice.text == sent[choice.index] and len(choice.token_ids) == 60
+    assert ens.live_sessions()["a"] == 0
+
+
+def test_http_and_grpc_serve_vllm_members_unchanged(tiny_dir, serve_instance):
+    from mixserve.proto import pb2, pb2_grpc
+    import grpc
+
+    members = [{"name": "a", "model": "a", **VLLM}, {"name": "bt", "model": "b", "resources": {"num_cpus": 0.5}}]
+    server = _deploy(tiny_dir, serve_instance, "vllm", "/vllm", {"members": members, "model_name": "vllm-pair"})
+    body = {"model": "vllm-pair", "prompt": "the cat", "max_tokens": 12, "seed": 3}
+    reply = requests.post(server.http + "/v1/completions", json=body, timeout=120).json()
+    assert reply["usage"]["completion_tokens"] == 12 and set(reply["usage"]["member_tokens"]) <= {"a", "bt"}
+    with grpc.insecure_channel(server.grpc) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        sampling = pb2.SamplingParams(max_tokens=12, seed=3)
+        chunks = list(pb2_grpc.EnsembleStub(channel).Generate(pb2.GenerateRequest(prompt="the cat", sampling=sampling),
+                                                             timeout=120))
+    assert "".join(c.text for c in chunks[:-1]) == reply["choices"][0]["text"]
