@@ -123,6 +123,7 @@ class VllmEngine:
             del self.released[next(iter(self.released))]
         if (run := self.by_session.pop(session, None)) is not None:
             self._drop(run, None)
+        if self.to_abort:  # this run's, or one its reader dropped when the router cancelled it
             await asyncio.get_running_loop().run_in_executor(self.thread, self._abort)
         return self.book.release(session)
 

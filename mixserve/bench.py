@@ -22,7 +22,7 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from mixserve.config import EnsembleConfig, load_config
+from mixserve.config import ENGINES, EnsembleConfig, load_config
 from mixserve.bench_http import measure_http
 from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
@@ -111,7 +111,6 @@ def prompt_text(tokens: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(tokens))  # about one token per word
 
 
-ENGINES = ("transformers", "vllm")
 VLLM_ROW = "vllm "  # the prefix of the rows whose members run on vLLM
 
 
@@ -186,6 +185,7 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
             run("me-http", over_http)
     finally:
         bar.close()
+    results = {name: results[name] for name in plan if name in results}  # the plan's order, not the run's
     report = summarize(config, results, dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                                              concurrency=list(concurrency), repeats=repeats, rounds=rounds,
                                              engines=list(engines)))

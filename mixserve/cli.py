@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--repeats", type=int, default=5, help="requests per method at batch 1")
     bench.add_argument("--out", default="bench-out", help="directory for bench.json, bench.md, bench.png")
     bench.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    bench.add_argument("--engines", type=_engines, default=None,
+                       help="member engines to measure, comma-separated (default: transformers,vllm where vLLM "
+                            "is installed, else transformers)")
 
     evaluate = sub.add_parser("eval", help="score each member, me and ce with lm-evaluation-harness over HTTP")
     evaluate.add_argument("--config", required=True)
@@ -138,6 +141,15 @@ def _weights(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"expected name=weight pairs like a=0.7,b=0.3 (got {text!r})") from None
 
 
+def _engines(text: str) -> tuple[str, ...]:
+    from mixserve.config import ENGINES
+
+    engines = tuple(e.strip() for e in text.split(",") if e.strip())
+    if not engines or any(e not in ENGINES for e in engines):
+        raise argparse.ArgumentTypeError(f"engines must be a comma-separated list of {', '.join(ENGINES)}")
+    return engines
+
+
 def _levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(sorted({int(c) for c in text.split(",")}))
@@ -167,7 +179,7 @@ def _bench(args) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     report = run_bench(args.config, args.prompt_tokens, args.max_tokens, args.concurrency, args.repeats,
-                       out=args.out, address=args.address)
+                       out=args.out, address=args.address, engines=args.engines)
     from mixserve.bench_report import markdown
 
     print(markdown(report))

@@ -57,11 +57,13 @@ def test_serve_joins_a_cluster_of_real_ray_processes(tiny_dir, tmp_path):
         serve.send_signal(signal.SIGINT)
         assert serve.wait(timeout=60) == 0
     finally:
-        for p in reversed(procs):  # serve, then the worker, then the head: each drains cleanly
+        for p in reversed(procs):  # serve, then the worker, then the head
             if p.poll() is None:
                 p.terminate()
             try:
-                p.wait(timeout=60)
+                # A `ray start --block` node can take a minute to drain after SIGTERM (measured: 60 s
+                # of this test's 106); what is left of the cluster is killed below anyway.
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run(["pkill", "-9", "-f", temp], check=False)  # anything of this cluster left behind

@@ -10,7 +10,8 @@ import yaml
 
 FIELDS = {"name", "runs", "tokens", "ms_per_token_median", "ms_per_token_p99", "ttft_s_median", "forwards_per_token",
           "trips_per_token", "tokens_per_s", "skipped"}
-METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-http"]
+METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-http",
+           "vllm single:a", "vllm single:b", "vllm ce-parallel", "vllm me"]
 
 
 def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_path):
@@ -19,7 +20,8 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     config.write_text(yaml.safe_dump({"members": members}))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mixserve", "bench", "--config", str(config), "--prompt-tokens", "6",
-           "--max-tokens", "8", "--concurrency", "1,2", "--repeats", "2", "--out", str(out)]
+           "--max-tokens", "8", "--concurrency", "1,2", "--repeats", "2", "--engines", "transformers,vllm",
+           "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(raylet)" not in done.stdout + done.stderr  # nothing alarming when it tears down
@@ -33,9 +35,12 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     assert report["methods"]["ce-parallel"]["forwards_per_token"] == 2.0
     assert report["methods"]["me"]["forwards_per_token"] == 1.0
     assert report["methods"]["me-http"]["forwards_per_token"] == 1.0
+    assert report["methods"]["vllm me"]["forwards_per_token"] == 1.0
     assert set(report["ratios"]) >= {"floor_ms", "me_over_floor", "me_speedup_over_ce_sequential",
-                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me"}
+                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me", "vllm_me_over_floor",
+                                     "vllm_single_over_transformers", "vllm_me_throughput_over_transformers_me_at_2"}
     table = (out / "bench.md").read_text()
     assert table.startswith("| method | ms/token p50") and "| me |" in table and "| me-http |" in table
+    assert "| vllm me |" in table and "ME on vLLM / ME on transformers" in table
     assert table in done.stdout  # the CLI prints the table it wrote
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
