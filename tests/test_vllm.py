@@ -1,12 +1,12 @@
 """Members on vLLM (engine: vllm, docs/architecture.md "Engines"): the same router, log and exactness
 over the field's engine, through Ray actors on CPU. One ensemble serves most tests here: a and b on
-vLLM (one shared tokenizer), c on the transformers engine with a tokenizer of its own."""
+vLLM (one shared tokenizer), c on the transformers engine with a tokenizer of its own. The served
+paths (HTTP and gRPC) run a vLLM member in tests/router (the `secure_server` fixture)."""
 import asyncio
 import time
 
 import pytest
 import ray
-import requests
 
 from mixserve.actors.loading import resolve
 from mixserve.actors.member import MemberCore
@@ -16,7 +16,6 @@ from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest
 from mixserve.router.session import Chunk
 from mixserve.tiny import WORDS
-from tests.conftest import _deploy
 from tests.exact import outcome_probs, p_value, two_token_tables
 
 N = 2000
@@ -49,7 +48,9 @@ def test_single_on_vllm_decodes_what_the_transformers_engine_decodes(ens, tiny_d
 @pytest.mark.parametrize("method", ["me", "ce"])
 def test_me_and_ce_on_vllm_sample_the_exact_mixture(ens, tiny_dir, method):
     exact = outcome_probs([two_token_tables(tiny_dir / m, PROMPT) for m in "ab"], [0.5, 0.5], eos=0)
-    result = ens.generate(prompt=PROMPT, max_tokens=2, n=N, seed=20261125, method=method, weights={"a": 1, "b": 1})
+    # ce asks each member for a whole row per step: half the samples keep this file's time in bounds.
+    n = N if method == "me" else N // 2
+    result = ens.generate(prompt=PROMPT, max_tokens=2, n=n, seed=20261125, method=method, weights={"a": 1, "b": 1})
     assert p_value([tuple(c.token_ids) for c in result.choices], exact) > ALPHA
 
 
@@ -126,21 +127,3 @@ def test_killed_vllm_member_restarts_and_the_sent_text_stands(ens):
     for choice in final.choices:
         assert choice.text == sent[choice.index] and len(choice.token_ids) == 60
     assert ens.live_sessions()["a"] == 0
-
-
-def test_http_and_grpc_serve_vllm_members_unchanged(tiny_dir, serve_instance):
-    from mixserve.proto import pb2, pb2_grpc
-    import grpc
-
-    members = [{"name": "a", "model": "a", **VLLM}, {"name": "bt", "model": "b", "resources": {"num_cpus": 0.5}}]
-    # a on vLLM and b's weights on the transformers engine: one tokenizer, two engines, one log
-    server = _deploy(tiny_dir, serve_instance, "vllm", "/vllm", {"members": members, "model_name": "vllm-pair"})
-    body = {"model": "vllm-pair", "prompt": "the cat", "max_tokens": 12, "seed": 3}
-    reply = requests.post(server.http + "/v1/completions", json=body, timeout=120).json()
-    assert reply["usage"]["completion_tokens"] == 12 and set(reply["usage"]["member_tokens"]) <= {"a", "bt"}
-    with grpc.insecure_channel(server.grpc) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
-        sampling = pb2.SamplingParams(max_tokens=12, seed=3)
-        chunks = list(pb2_grpc.EnsembleStub(channel).Generate(pb2.GenerateRequest(prompt="the cat", sampling=sampling),
-                                                             timeout=120))
-    assert "".join(c.text for c in chunks[:-1]) == reply["choices"][0]["text"]

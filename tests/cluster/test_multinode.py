@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,10 +61,12 @@ def test_serve_joins_a_cluster_of_real_ray_processes(tiny_dir, tmp_path):
         for p in reversed(procs):  # serve, then the worker, then the head
             if p.poll() is None:
                 p.terminate()
+        # A `ray start --block` node can take a minute to drain after SIGTERM (measured: 60 s of this
+        # test's 106); what is left of the cluster is killed below anyway.
+        deadline = time.monotonic() + 10
+        for p in procs:
             try:
-                # A `ray start --block` node can take a minute to drain after SIGTERM (measured: 60 s
-                # of this test's 106); what is left of the cluster is killed below anyway.
-                p.wait(timeout=10)
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run(["pkill", "-9", "-f", temp], check=False)  # anything of this cluster left behind

@@ -10,8 +10,7 @@ import yaml
 
 FIELDS = {"name", "runs", "tokens", "ms_per_token_median", "ms_per_token_p99", "ttft_s_median", "forwards_per_token",
           "trips_per_token", "tokens_per_s", "skipped"}
-METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-http",
-           "vllm single:a", "vllm single:b", "vllm ce-parallel", "vllm me"]
+METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-http"]
 
 
 def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_path):
@@ -20,7 +19,7 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     config.write_text(yaml.safe_dump({"members": members}))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mixserve", "bench", "--config", str(config), "--prompt-tokens", "6",
-           "--max-tokens", "8", "--concurrency", "1,2", "--repeats", "2", "--engines", "transformers,vllm",
+           "--max-tokens", "8", "--concurrency", "1,2", "--repeats", "2", "--engines", "transformers",
            "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -35,12 +34,31 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     assert report["methods"]["ce-parallel"]["forwards_per_token"] == 2.0
     assert report["methods"]["me"]["forwards_per_token"] == 1.0
     assert report["methods"]["me-http"]["forwards_per_token"] == 1.0
-    assert report["methods"]["vllm me"]["forwards_per_token"] == 1.0
     assert set(report["ratios"]) >= {"floor_ms", "me_over_floor", "me_speedup_over_ce_sequential",
-                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me", "vllm_me_over_floor",
-                                     "vllm_single_over_transformers", "vllm_me_throughput_over_transformers_me_at_2"}
+                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me"}
     table = (out / "bench.md").read_text()
     assert table.startswith("| method | ms/token p50") and "| me |" in table and "| me-http |" in table
-    assert "| vllm me |" in table and "ME on vLLM / ME on transformers" in table
     assert table in done.stdout  # the CLI prints the table it wrote
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vllm_rows_follow_their_own_transformers_rows_and_get_their_ratios(tiny_dir):
+    """The rows and ratios of a bench over both engines (the vLLM members themselves run in
+    tests/test_vllm.py; a second bench run would only repeat them)."""
+    from mixserve.bench import MethodResult, methods, summarize
+    from mixserve.bench_report import markdown
+    from mixserve.config import load_config
+
+    config = load_config(tiny_dir / "ensemble.yaml")
+    plan = methods(config, ("transformers", "vllm"))
+    assert list(plan) == METHODS[:5] + ["me-http", "vllm single:a", "vllm single:b", "vllm ce-parallel", "vllm me"]
+    assert {plan[n]["engine"] for n in plan if n.startswith("vllm ")} == {"vllm"}
+    ms = {"single:a": 10, "single:b": 20, "vllm single:a": 5, "vllm single:b": 10, "me": 18, "vllm me": 9,
+          "ce-parallel": 30, "ce-sequential": 35, "me-http": 20, "vllm ce-parallel": 15}
+    results = {n: MethodResult(n, 2, 16, ms[n], ms[n], 0.1, 1.0, 0.5, {1: 1000 / ms[n], 4: 4000 / ms[n]}) for n in plan}
+    report = summarize(config, results, dict(prompt_tokens=8, max_tokens=8, concurrency=[1, 4], repeats=2, rounds=1))
+    r = report["ratios"]
+    assert r["vllm_single_over_transformers"] == {"a": 0.5, "b": 0.5}
+    assert r["vllm_floor_ms"] == 7.5 and r["vllm_me_over_floor"] == 1.2
+    assert r["vllm_me_throughput_over_transformers_me_at_4"] == 2.0
+    assert "ME on vLLM / ME on transformers: **2.00x**" in markdown(report)
