@@ -28,8 +28,8 @@ def ray_local():
     from mixserve.cluster.ray_cluster import connect
 
     # Logical CPUs, not cores: members ask for one CPU each and tests keep a few ensembles alive (a
-    # member that cannot be placed would wait out its test's timeout).
-    connect(num_cpus=12)
+    # member that cannot be placed would wait out its test's timeout: keep the sum under this).
+    connect(num_cpus=8)
     yield
     ray.shutdown()
 
@@ -98,8 +98,5 @@ def server(tiny_dir, serve_instance):
 
 @pytest.fixture(scope="session")
 def secure_server(tiny_dir, serve_instance):
-    # On vLLM: the HTTP and gRPC paths (auth included) serve a vLLM member as they serve the others.
-    member = {"name": "a", "model": "a", "engine": "vllm", "resources": {"num_cpus": 0.5},
-              "engine_options": {"kv_cache_space_gib": 0.25}}
-    raw = {"members": [member], "model_name": "secure", "api_key_env": "MIXSERVE_TEST_KEY"}
+    raw = {"members": [{"name": "a", "model": "a"}], "model_name": "secure", "api_key_env": "MIXSERVE_TEST_KEY"}
     return _deploy(tiny_dir, serve_instance, "secure", "/secure", raw)

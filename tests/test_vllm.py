@@ -1,12 +1,12 @@
 """Members on vLLM (engine: vllm, docs/architecture.md "Engines"): the same router, log and exactness
 over the field's engine, through Ray actors on CPU. One ensemble serves most tests here: a and b on
-vLLM (one shared tokenizer), c on the transformers engine with a tokenizer of its own. The served
-paths (HTTP and gRPC) run a vLLM member in tests/router (the `secure_server` fixture)."""
+vLLM (one shared tokenizer), c on the transformers engine with a tokenizer of its own."""
 import asyncio
 import time
 
 import pytest
 import ray
+import requests
 
 from mixserve.actors.loading import resolve
 from mixserve.actors.member import MemberCore
@@ -16,18 +16,20 @@ from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest
 from mixserve.router.session import Chunk
 from mixserve.tiny import WORDS
+from tests.conftest import _deploy
 from tests.exact import outcome_probs, p_value, two_token_tables
 
 N = 2000
 PROMPT = "the cat"
 ALPHA = 1e-9  # a correct sampler fails with this probability for a random seed; the seed is fixed
-VLLM = {"engine": "vllm", "resources": {"num_cpus": 0.5}, "engine_options": {"kv_cache_space_gib": 0.25}}
+# A quarter CPU each: the session's other ensembles hold most of the test Ray's 8 logical CPUs.
+VLLM = {"engine": "vllm", "resources": {"num_cpus": 0.25}, "engine_options": {"kv_cache_space_gib": 0.25}}
 
 
 @pytest.fixture(scope="module")
 def ens(tiny_dir, ray_local):
     members = [{"name": m, "model": m, **VLLM} for m in "ab"]
-    members.append({"name": "c", "model": "c", "resources": {"num_cpus": 0.5}})
+    members.append({"name": "c", "model": "c", "resources": {"num_cpus": 0.25}})
     config = parse_config({"members": members, "default_member": "a", "member_retry_s": 120}, tiny_dir)
     with build_engine(config) as engine:
         yield engine
@@ -127,3 +129,30 @@ def test_killed_vllm_member_restarts_and_the_sent_text_stands(ens):
     for choice in final.choices:
         assert choice.text == sent[choice.index] and len(choice.token_ids) == 60
     assert ens.live_sessions()["a"] == 0
+
+
+def test_http_and_grpc_serve_vllm_members_unchanged(tiny_dir, serve_instance):
+    from ray import serve
+
+    members = [{"name": "a", "model": "a", **VLLM}, {"name": "bt", "model": "b", "resources": {"num_cpus": 0.25}}]
+    server = _deploy(tiny_dir, serve_instance, "vllm", "/vllm", {"members": members, "model_name": "vllm-pair"})
+    try:
+        _http_and_grpc(server)
+    finally:
+        serve.delete("vllm")  # its members' CPUs back to the session's other ensembles
+
+
+def _http_and_grpc(server):
+    import grpc
+
+    from mixserve.proto import pb2, pb2_grpc
+
+    body = {"model": "vllm-pair", "prompt": "the cat", "max_tokens": 12, "seed": 3}
+    reply = requests.post(server.http + "/v1/completions", json=body, timeout=120).json()
+    assert reply["usage"]["completion_tokens"] == 12 and set(reply["usage"]["member_tokens"]) <= {"a", "bt"}
+    with grpc.insecure_channel(server.grpc) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        sampling = pb2.SamplingParams(max_tokens=12, seed=3)
+        chunks = list(pb2_grpc.EnsembleStub(channel).Generate(pb2.GenerateRequest(prompt="the cat", sampling=sampling),
+                                                             timeout=120))
+    assert "".join(c.text for c in chunks[:-1]) == reply["choices"][0]["text"]

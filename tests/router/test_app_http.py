@@ -98,8 +98,7 @@ def test_api_key_is_required_when_configured(secure_server):
     wrong = requests.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
     right = requests.post(url, json={**body, "seed": 1}, headers={"Authorization": "Bearer sesame"}, timeout=30)
-    assert right.status_code == 200 and right.json()["model"] == "secure"  # served by a vLLM member
-    assert right.json()["usage"]["member_tokens"] == {"a": 2}
+    assert right.status_code == 200 and right.json()["model"] == "secure"
 
 
 def test_32_concurrent_streams_each_equal_their_sequential_run(server):
