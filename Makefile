@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # Byte-compiled at install on purpose: with --no-compile a fresh clone's suite ran 1180 s instead of
-# about 700 (processes that do not write bytecode compile vLLM, transformers and torch at every start).
+# about 700 here (why was not found; the install itself was a minute shorter).
 INSTALL := $(PIP) install
 CONFIG ?= cluster/default.yaml
 PROMPT ?= The three most useful things to know about the ocean are
