@@ -31,7 +31,7 @@ def mixture_check(url: str, ensemble: str, weights: dict[str, float], prompt: st
     observed: Counter = Counter()
     for start in range(0, samples, BATCH):
         body = {"model": ensemble, "prompt": prompt, "max_tokens": 1, "n": min(BATCH, samples - start),
-                "seed": seed + start, "method": "me", "temperature": 1}
+                "seed": seed + start, "method": "me", "temperature": 1, "weights": weights}
         reply = requests.post(f"{url}/v1/completions", json=body, timeout=600)
         reply.raise_for_status()
         observed.update(c["text"] if c["text"] in expected else None for c in reply.json()["choices"])

@@ -1,43 +1,41 @@
 """A small `mixserve eval` end to end on the tiny members, as a user runs it (its own local Ray and
 Serve, lm-evaluation-harness as the HTTP client, in a subprocess): every row and task goes through the
-pipeline and lands in the report (the scores of random members are not the test's business)."""
+pipeline and lands in the report (the scores of random members are not the test's business).
+
+One run covers both cases the rows depend on: a and b share a tokenizer and c has its own, so every
+member is scored alone, the ensemble rows generate only (their members do not share one tokenizer),
+and ME runs with and without token healing. That the ensemble scores with its mixture's log-probs
+when its members share a tokenizer is router/logprobs.py's, tested in tests/router/test_logprobs.py."""
 import json
 import os
 import subprocess
 import sys
 
-import pytest
+import yaml
 
 TASKS = {"mixserve_arith", "mixserve_mc", "mixserve_text"}
 
 
-def run_eval(config, out):
+def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path):
+    config = tmp_path / "three.yaml"
+    # Half a CPU each: three members on the two CPUs a local Ray gets on a 2-core machine.
+    members = [{"name": m, "model": str(tiny_dir / m), "resources": {"num_cpus": 0.5}} for m in "abc"]
+    config.write_text(yaml.safe_dump({"members": members}))
     cmd = [sys.executable, "-m", "mixserve", "eval", "--config", str(config), "--examples", "4", "--limit", "2",
-           "--check-samples", "300",
-           "--out", str(out)]
+           "--check-samples", "300", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "eval.json").read_text()), done.stdout
+    report = json.loads((tmp_path / "eval.json").read_text())
 
-
-@pytest.mark.parametrize("config, rows, scored", [
-    # a and b share a tokenizer: the ensemble rows are scored too (with the mixture's log-probs)
-    ("ensemble.yaml", ["a", "b", "me", "ce"], {"a", "b", "me", "ce"}),
-    # a and c do not: the ensemble rows generate only, and ME runs with and without token healing
-    ("hetero.yaml", ["a", "c", "me", "ce", "me+healing"], {"a", "c"}),
-])
-def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path, config, rows, scored):
-    report, stdout = run_eval(tiny_dir / config, tmp_path)
-    assert list(report["rows"]) == rows
+    assert list(report["rows"]) == ["a", "b", "c", "me", "ce", "me+healing"]
     for name, tasks in report["rows"].items():
-        assert set(tasks) == (TASKS if name in scored else {"mixserve_arith"}), name
+        assert set(tasks) == (TASKS if name in "abc" else {"mixserve_arith"}), name
         assert all(t["n"] == 2 for t in tasks.values()), name
         assert 0 <= tasks["mixserve_arith"]["value"] <= 1
-    if {"me", "ce"} <= scored:  # both sample the mixture, so they score the same
-        assert report["rows"]["me"]["mixserve_mc"] == report["rows"]["ce"]["mixserve_mc"]
-        # ... and ME's samples follow it (a correct server fails this once in a million runs)
-        assert report["mixture_check"]["passed"] is True and report["mixture_check"]["samples"] == 300
+    # ME's samples against the mixture: across three tokenizers the members' top texts may share too
+    # few to test (passed is then None); tests/mixserve/test_eval_check.py passes it on a shared one.
+    assert report["mixture_check"]["samples"] == 300 and report["mixture_check"]["passed"] is not False
     table = (tmp_path / "eval.md").read_text()
-    assert table.startswith("| row | arithmetic") and table in stdout
+    assert table.startswith("| row | arithmetic") and table in done.stdout
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "tasks" / "mixserve_arith.jsonl").read_text().count("\n") == 4

@@ -40,11 +40,22 @@ def test_same_seed_same_text_over_http_grpc_and_the_cli(channel, server):
     grpc_text = "".join(c.text for c in stub.Generate(request(prompt="a river", max_tokens=16, seed=21), timeout=60))
     http = requests.post(server.http + "/v1/completions", timeout=60,
                          json={"prompt": "a river", "max_tokens": 16, "seed": 21}).json()
+    # Two samples: the first has the request's seed (the text above), the second seed + 1.
     cli = subprocess.run([sys.executable, "-m", "mixserve", "generate", "--config", server.config_path, "--prompt",
-                          "a river", "--max-tokens", "16", "--seed", "21", "--json"],
+                          "a river", "--max-tokens", "16", "--seed", "21", "--n", "2", "--json"],
                          capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert cli.returncode == 0, cli.stderr
-    assert grpc_text == http["choices"][0]["text"] == json.loads(cli.stdout)["choices"][0]["text"]
+    result = json.loads(cli.stdout)
+    assert grpc_text == http["choices"][0]["text"] == result["choices"][0]["text"]
+    # ... and the CLI's JSON has the documented shape
+    assert result["method"] == "me" and result["seed"] == 21 and set(result["prompt_token_ids"]) == {"a", "b", "c"}
+    assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "member_forward_calls"}
+    assert "total_s" in result["timing"]
+    for choice in result["choices"]:
+        assert set(choice) == {"text", "token_ids", "members", "finish_reason"}
+        assert 0 < len(choice["token_ids"]) == len(choice["members"]) <= 16
+        assert choice["finish_reason"] in ("stop", "length")
+    assert result["choices"][0]["token_ids"] != result["choices"][1]["token_ids"]
 
 
 def test_errors_map_to_status_codes(channel):
