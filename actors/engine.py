@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from .member import MemberCore, SessionCache
 from .messages import MemberInfo, Scores, StepRequest, StepResult
-
-RELEASED_KEPT = 4096  # recently released ids: a step that arrives after its release is dropped
+from .sessions import ReleasedIds
 
 
 @dataclass
@@ -63,7 +62,7 @@ class MemberEngine:
         self.core = MemberCore(**core_args)
         self.max_batch = max_batch
         self.jobs: OrderedDict[str, Job] = OrderedDict()  # by session, in turn order
-        self.released: OrderedDict[str, None] = OrderedDict()
+        self.released = ReleasedIds()
         self.loop: asyncio.Task | None = None
         self.batches = 0  # forwards run by the loop, for metrics and tests
 
@@ -88,10 +87,7 @@ class MemberEngine:
 
     def release(self, session: str) -> bool:
         """Free the session and end its run, if one is going (the client went away)."""
-        # An async actor may run calls out of order: remember the id so a late step is dropped.
-        self.released[session] = None
-        while len(self.released) > RELEASED_KEPT:
-            self.released.popitem(last=False)
+        self.released.add(session)
         job = self.jobs.pop(session, None)
         if job is not None:
             job.push(None)

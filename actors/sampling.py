@@ -28,6 +28,12 @@ def uniform(seed: int, step: int, stream: int) -> float:
     return (z >> 11) * 2.0**-53
 
 
+def run_seed(seed: int, first_step: int) -> int:
+    """A seed for an engine with its own generator (vLLM), from (seed, the run's first step) alone:
+    a run repeats exactly; a run cut and replayed from its log starts another seed."""
+    return _splitmix64(_splitmix64(seed & _MASK) ^ first_step) & ((1 << 63) - 1)
+
+
 def pick(logp: torch.Tensor, params: SamplingParams, step: int) -> int:
     """Sample a token id from log-probabilities `logp` (vocab,) with temperature, top-k and top-p.
 

@@ -24,6 +24,23 @@ class SessionCache:
     heal: bytes = b""  # token healing: the next token must start with these bytes, already in the log
 
 
+class ReleasedIds:
+    """Recently released session ids. An async actor may run calls out of order: a step that arrives
+    after its session's release is dropped. Bounded: the oldest ids are forgotten."""
+
+    def __init__(self, kept: int = 4096):
+        self.ids: OrderedDict[str, None] = OrderedDict()
+        self.kept = kept
+
+    def add(self, session: str) -> None:
+        self.ids[session] = None
+        while len(self.ids) > self.kept:
+            self.ids.popitem(last=False)
+
+    def __contains__(self, session: str) -> bool:
+        return session in self.ids
+
+
 class SessionBook:
     """One member's tokenizer and its sessions' logs."""
 

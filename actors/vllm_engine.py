@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import RELEASED_KEPT, _join
+from .engine import _join
 from .loading import ModelSource, chat_fixup, model_dir
 from .messages import MemberInfo, Scores, StepRequest, StepResult
-from .sessions import SessionBook, SessionCache, eos_ids
+from .sampling import run_seed
+from .sessions import ReleasedIds, SessionBook, SessionCache, eos_ids
 
 # On CPU: no graph compilation (40-90 s per start on 2 cores), the smallest block the CPU attention
 # takes (prefix caching reuses whole blocks: ME's catch-up recomputes the partial last one).
@@ -88,7 +89,7 @@ class VllmEngine:
                                 self.vllm.model_config.max_model_len, max_sessions, max_cached_tokens)
         self.runs: dict[str, Run] = {}  # by vLLM request id
         self.by_session: dict[str, Run] = {}
-        self.released: dict[str, None] = {}
+        self.released = ReleasedIds()
         self.to_add: list[tuple[str, list[int], object]] = []
         self.to_abort: list[str] = []
         self.in_vllm: set[str] = set()  # request ids added to vLLM and not finished there (vLLM thread only)
@@ -118,9 +119,7 @@ class VllmEngine:
     async def release(self, session: str) -> bool:
         """Free the session and abort its request, if one is running (the client went away); when this
         returns, vLLM holds nothing for it."""
-        self.released[session] = None
-        while len(self.released) > RELEASED_KEPT:
-            del self.released[next(iter(self.released))]
+        self.released.add(session)
         if (run := self.by_session.pop(session, None)) is not None:
             self._drop(run, None)
         if self.to_abort:  # this run's, or one its reader dropped when the router cancelled it
@@ -228,25 +227,25 @@ class VllmEngine:
             self.loop = asyncio.create_task(self._loop())
         return run
 
-    async def _parts(self, run: Run) -> AsyncIterator[list[int]]:
+    async def _outputs(self, run: Run) -> AsyncIterator:
+        """The request's outputs as vLLM produces them; dropped from vLLM when the reader stops."""
         try:
             while (item := await run.parts.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
-                yield item.outputs[0].token_ids
+                yield item
         finally:
             self._drop(run, None)
+
+    async def _parts(self, run: Run) -> AsyncIterator[list[int]]:
+        async for output in self._outputs(run):
+            yield output.outputs[0].token_ids
 
     async def _collect(self, run: Run):
         """The request's last output (rows, syncs and scores finish in one engine step)."""
         last = None
-        try:
-            while (item := await run.parts.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                last = item
-        finally:
-            self._drop(run, None)
+        async for last in self._outputs(run):
+            pass
         return last
 
     async def _row(self, req: StepRequest, s: SessionCache) -> np.ndarray:
@@ -320,12 +319,6 @@ class VllmEngine:
         if aborts := [rid for rid in aborts if rid in self.in_vllm]:
             self.vllm.abort_request(aborts)
             self.in_vllm.difference_update(aborts)
-
-
-def run_seed(seed: int, first_step: int) -> int:
-    from .sampling import _splitmix64
-
-    return _splitmix64(_splitmix64(seed & ((1 << 64) - 1)) ^ first_step) & ((1 << 63) - 1)
 
 
 def _dtype(dtype: str, device: str) -> str:
