@@ -12,6 +12,7 @@ caching on a GPU) implements the same.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class MemberEngine:
         self.released = ReleasedIds()
         self.loop: asyncio.Task | None = None
         self.batches = 0  # forwards run by the loop, for metrics and tests
+        self.compute_s = 0.0  # seconds in forwards (stats)
 
     def info(self) -> MemberInfo:
         return self.core.info()
@@ -83,7 +85,10 @@ class MemberEngine:
         return self.core.live_sessions()
 
     def stats(self) -> dict:
-        return {"forwards": self.core.forwards, "rows": self.core.rows, "evictions": self.core.evictions}
+        """Counters; compute_s is the time the engine thread spent in forwards (the rest of a token's
+        time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
+        return {"forwards": self.core.forwards, "rows": self.core.rows, "evictions": self.core.evictions,
+                "compute_s": self.compute_s}
 
     def release(self, session: str) -> bool:
         """Free the session and end its run, if one is going (the client went away)."""
@@ -128,7 +133,7 @@ class MemberEngine:
                 for job in batch:  # round robin when more are waiting than fit
                     self.jobs.move_to_end(job.req.session)
                 try:
-                    logp = await asyncio.to_thread(self.core.forward, [job.cache for job in batch])
+                    logp = await asyncio.to_thread(self._forward, [job.cache for job in batch])
                 except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving the rest
                     for job in batch:
                         if self.jobs.get(job.req.session) is job:
@@ -140,6 +145,13 @@ class MemberEngine:
                         self._advance(job, row)
         finally:
             self.loop = None
+
+    def _forward(self, caches):
+        started = time.perf_counter()
+        try:
+            return self.core.forward(caches)
+        finally:
+            self.compute_s += time.perf_counter() - started
 
     def _advance(self, job: Job, row) -> None:
         req = job.req

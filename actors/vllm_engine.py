@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class VllmEngine:
         self.ids = itertools.count()
         self.steps = 0  # engine steps run by the loop
         self.requests = 0  # vLLM requests added
+        self.compute_s = 0.0
 
     # -- the member interface ------------------------------------------------------------------
 
@@ -113,8 +115,10 @@ class VllmEngine:
         return self.book.live_sessions()
 
     def stats(self) -> dict:
+        """Counters; compute_s is the time the vLLM thread spent in engine steps (scheduling, the
+        forward, sampling: vLLM's whole step)."""
         return {"steps": self.steps, "requests": self.requests, "evictions": self.book.evictions,
-                "running": self.vllm.get_num_unfinished_requests()}
+                "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s}
 
     async def release(self, session: str) -> bool:
         """Free the session and abort its request, if one is running (the client went away); when this
@@ -309,7 +313,9 @@ class VllmEngine:
         if not self.vllm.has_unfinished_requests():
             return []
         self.steps += 1
+        started = time.perf_counter()
         outputs = self.vllm.step()
+        self.compute_s += time.perf_counter() - started
         self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
         return outputs
 

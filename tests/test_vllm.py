@@ -40,11 +40,13 @@ def texts(result):
 
 
 def test_single_on_vllm_decodes_what_the_transformers_engine_decodes(ens, tiny_dir):
+    computed = ray.get(ens.actors["b"].stats.remote(), timeout=30)["compute_s"]
     greedy = ens.generate(prompt="the moon", max_tokens=24, temperature=0, seed=0, method="single", member="b")
     core = MemberCore("b", resolve(str(tiny_dir / "b")))
     ids = core.prompt_ids("the moon")
     reference = core.step(StepRequest("r", (Segment(tuple(ids)),), 0, 24, SamplingParams(temperature=0), fresh=True))
     assert greedy.choices[0].token_ids == reference.tokens and greedy.choices[0].members == ["b"] * 24
+    assert ray.get(ens.actors["b"].stats.remote(), timeout=30)["compute_s"] > computed  # vLLM's steps, timed
 
 
 @pytest.mark.parametrize("method", ["me", "ce"])

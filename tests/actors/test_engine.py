@@ -34,7 +34,7 @@ def test_concurrent_sessions_share_forwards_and_match_their_runs_alone(engine):
         return await asyncio.gather(*(collect(engine, opening(engine, f"crowd{i}", p, 12, seed=i))
                                       for i, p in enumerate(prompts)))
 
-    before = engine.batches
+    before, computed = engine.batches, engine.stats()["compute_s"]
     streams = asyncio.run(crowd())
     for whole, parts in zip(alone, streams):
         assert [t for part in parts for t in part.tokens] == whole.tokens
@@ -42,6 +42,7 @@ def test_concurrent_sessions_share_forwards_and_match_their_runs_alone(engine):
     produced = sum(len(w.tokens) for w in alone)
     # Eight sessions of up to 12 tokens: shared forwards, not one per token.
     assert engine.batches - before <= 13 < produced
+    assert engine.stats()["compute_s"] > computed  # the time in forwards, for bench breakdowns
     for i in range(len(prompts)):
         engine.release(f"crowd{i}")
     assert engine.live_sessions() == 0
