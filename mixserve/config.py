@@ -22,7 +22,7 @@ TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "loa
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
                "token_healing"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
-               "batch_invariant", "engine", "engine_options"}
+               "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = ("transformers", "vllm")
 # Passed through to vLLM's EngineArgs (kv_cache_space_gib: the CPU KV cache, VLLM_CPU_KVCACHE_SPACE).
 VLLM_OPTIONS = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
@@ -81,7 +81,8 @@ class EnsembleConfig:
         return {m.name: m.weight for m in self.members}
 
 
-def load_config(path: str | Path) -> EnsembleConfig:
+def load_config(path: str | Path, weights: dict[str, float] | None = None) -> EnsembleConfig:
+    """The config file, parsed; `weights` (member -> weight) replaces the file's weights."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
@@ -89,6 +90,12 @@ def load_config(path: str | Path) -> EnsembleConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if weights:
+        members = raw.get("members") if isinstance(raw, dict) else None
+        names = {m.get("name") for m in members if isinstance(m, dict)} if isinstance(members, list) else set()
+        if unknown := sorted(set(weights) - names):
+            raise ConfigError(f"weights name unknown members {unknown}; the config has {sorted(names)}")
+        raw = {**raw, "members": [{**m, "weight": weights.get(m.get("name"), m.get("weight", 1.0))} for m in members]}
     return parse_config(raw, base_dir=path.parent)
 
 
@@ -151,10 +158,18 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a model directory, a .gguf file or package:NAME")
+    adapter = raw.get("adapter")
+    if adapter is not None and (not isinstance(adapter, str) or not adapter):
+        raise ConfigError(f"{where}.adapter must be the path of a LoRA adapter folder (got {adapter!r})")
     try:
-        source = resolve(model, base_dir) if resolve_models else ModelSource("unresolved", model)
+        source = resolve(model, base_dir) if resolve_models else ModelSource("unresolved", model, adapter)
     except ModelReferenceError as e:
         raise ConfigError(f"{where}.model: {e}") from None
+    if adapter is not None and resolve_models:
+        try:
+            source = resolve(model, base_dir, adapter)
+        except ModelReferenceError as e:
+            raise ConfigError(f"{where}.adapter: {e}") from None
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
         raise ConfigError(f"{where}.weight must be a positive number (got {weight!r})")

@@ -32,7 +32,7 @@ def rows(config: EnsembleConfig) -> dict[str, dict]:
 
 
 def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None = None, address: str | None = None,
-             n: int = 100, check_samples: int = 2000) -> dict:
+             n: int = 100, check_samples: int = 2000, weights: dict[str, float] | None = None) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -43,7 +43,7 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
     from .eval_report import write_report
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    config = load_config(config_path)
+    config = load_config(config_path, weights)
     out = Path(out)
     tasks = TaskManager(include_path=str(write_tasks(out / "tasks", n)), include_defaults=False)
     tokenizers = {m.name: str(model_dir(m.source)) for m in config.members}

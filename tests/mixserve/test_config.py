@@ -18,6 +18,12 @@ def test_weights_normalise_and_paths_resolve_against_the_config_folder(tiny_dir)
     assert parse_config({"members": members()}, tiny_dir).weights == {"a": 0.25, "b": 0.75}
 
 
+def test_weights_given_beside_the_file_replace_its_own(tiny_dir):
+    assert load_config(tiny_dir / "ensemble.yaml", {"b": 3}).weights == {"a": 0.125, "b": 0.875}  # a keeps 0.5
+    with pytest.raises(ConfigError, match=r"weights name unknown members \['z'\]"):
+        load_config(tiny_dir / "ensemble.yaml", {"z": 1})
+
+
 @pytest.mark.parametrize("override, message", [
     ({"weight": -1}, r"members\[0\] \(a\)\.weight must be a positive number \(got -1\)"),
     ({"weight": 0}, r"weight must be a positive number"),

@@ -1,0 +1,69 @@
+"""The specialist's training path on a tiny member (the real run is `mixserve models train-specialist`,
+minutes on SmolLM2): the adapter is written with its settings and loss curve, a config's `adapter:`
+merges it into the member, and a missing or misfitting adapter is a clear error."""
+import json
+import random
+
+import pytest
+import torch
+
+from mixserve.actors.loading import ModelReferenceError, model_dir
+from mixserve.config import ConfigError, parse_config
+from mixserve.eval_tasks import arithmetic
+from mixserve.specialist import Settings, problems, train
+
+
+def test_training_problems_share_only_the_arithmetic_with_the_eval_task():
+    train_qs = problems(2000, Settings().seed)
+    eval_qs = arithmetic(2000, random.Random(20261125))
+    assert not {p["question"] for p in train_qs} & {p["question"] for p in eval_qs}
+    # none of the eval task's sentences ("X has N things. Then X gets k more. ... have now?")
+    assert not any(w in p["question"] for p in train_qs for w in (" has ", "Then ", " gets ", "gives away", "have now"))
+    assert all(int(p["answer"]) >= 0 for p in train_qs)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter")
+    settings = Settings(base=str(tiny_dir / "a"), steps=3, batch=2, learning_rate=1e-2, warmup=1,
+                        targets=("q_proj", "v_proj"))
+    return out, train(out, settings, progress=False)
+
+
+def test_training_writes_the_adapter_its_settings_and_loss_curve(adapter):
+    out, summary = adapter
+    assert {"adapter_config.json", "adapter_model.safetensors", "training.json", "loss.png"} <= {p.name for p in out.iterdir()}
+    saved = json.loads((out / "training.json").read_text())
+    assert saved["settings"]["steps"] == 3 and len(saved["losses"]) == 3 and saved == json.loads(json.dumps(summary))
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_member_with_the_adapter_loads_the_merged_weights(adapter, tiny_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("MIXSERVE_CACHE", str(tmp_path / "cache"))
+    out, _ = adapter
+    config = parse_config({"members": [{"name": "plain", "model": "a"},
+                                       {"name": "tuned", "model": "a", "adapter": str(out)}]}, tiny_dir)
+    plain, tuned = (model_dir(m.source) for m in config.members)
+    assert plain == tiny_dir / "a" and tuned.parent == tmp_path / "cache" / "merged"
+    before, after = load_file(plain / "model.safetensors"), load_file(tuned / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[name], after[name])  # the trained LoRA product is in the weights
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert model_dir(config.members[1].source) == tuned  # merged once, then found in the cache
+
+
+def test_a_missing_or_misfitting_adapter_is_a_clear_error(adapter, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXSERVE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"members\[0\] \(t\)\.adapter: adapter 'nope' not found"):
+        parse_config({"members": [{"name": "t", "model": "a", "adapter": "nope"}]}, tiny_dir)
+    out, _ = adapter
+    wrong = tmp_path / "wrong"  # the same weights told to be rank 4: what another model's adapter looks like
+    wrong.mkdir()
+    (wrong / "adapter_model.safetensors").write_bytes((out / "adapter_model.safetensors").read_bytes())
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
+    config = parse_config({"members": [{"name": "t", "model": "a", "adapter": str(wrong)}]}, tiny_dir)
+    with pytest.raises(ModelReferenceError, match="does not fit the model"):
+        model_dir(config.members[0].source)
