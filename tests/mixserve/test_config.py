@@ -19,7 +19,7 @@ def test_weights_normalise_and_paths_resolve_against_the_config_folder(tiny_dir)
 
 
 def test_weights_given_beside_the_file_replace_its_own(tiny_dir):
-    assert load_config(tiny_dir / "ensemble.yaml", {"b": 3}).weights == {"a": 0.125, "b": 0.875}  # a keeps 0.5
+    assert load_config(tiny_dir / "ensemble.yaml", {"b": 3}).weights == {"a": 0.5 / 3.5, "b": 3 / 3.5}  # a keeps 0.5
     with pytest.raises(ConfigError, match=r"weights name unknown members \['z'\]"):
         load_config(tiny_dir / "ensemble.yaml", {"z": 1})
 
