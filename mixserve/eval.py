@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mixserve.config import EnsembleConfig, load_config
 from mixserve.eval_check import mixture_check
+from mixserve.eval_report import mixed, write_report
 from mixserve.eval_tasks import GENERATE_TASKS, SCORE_TASKS, write_tasks
 
 SEED = 1234  # lm-eval's request seed: ME's member choices follow it
@@ -39,8 +40,6 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
     from mixserve.actors.loading import model_dir
     from mixserve.cluster.ray_cluster import connect
     from mixserve.served import served
-
-    from .eval_report import write_report
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     config = load_config(config_path, weights)
@@ -67,6 +66,8 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
                     model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
                                                            "tokenizer": tokenizers[members[0]]},
                     tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=False, random_seed=SEED)))
+            if (suite := mixed(results[name])) is not None:
+                results[name]["mixed"] = suite
         one_tokenizer = len({fingerprints[m] for m in config.weights}) == 1
         check = mixture_check(url, config.model_name, config.weights, CHECK_PROMPT, one_tokenizer, check_samples) \
             if len(config.members) > 1 else None

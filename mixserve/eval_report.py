@@ -4,10 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixserve.eval_tasks import GENERATE_TASKS, SCORE_TASKS
+from mixserve.eval_tasks import GENERATE_TASKS, MIXED, SCORE_TASKS
 
-HEADS = {"mixserve_arith": "arithmetic (exact match)", "mixserve_mc": "multiple choice (acc)",
-         "mixserve_text": "held-out text (bits/byte, lower is better)"}
+HEADS = {"mixserve_arith": "arithmetic (exact match)", "mixserve_facts": "facts + arithmetic (exact match)",
+         "mixserve_mc": "multiple choice (acc)", "mixserve_text": "held-out text (bits/byte, lower is better)",
+         "mixed": "mixed suite (mean of the three accuracies)"}
+TASKS = (*GENERATE_TASKS, *SCORE_TASKS, "mixed")
+
+
+def mixed(scores: dict) -> dict | None:
+    """The mixed suite's score: the mean of its tasks' accuracies, its standard error from theirs
+    (independent examples); None where a row lacks one of them."""
+    if not all(t in scores for t in MIXED):
+        return None
+    parts = [scores[t] for t in MIXED]
+    stderr = None if any(p["stderr"] is None for p in parts) else sum(p["stderr"] ** 2 for p in parts) ** 0.5 / len(parts)
+    return {"metric": "mean accuracy", "value": sum(p["value"] for p in parts) / len(parts), "stderr": stderr,
+            "n": sum(p["n"] for p in parts)}
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -26,10 +39,9 @@ def cell(score: dict | None) -> str:
 
 
 def markdown(report: dict) -> str:
-    tasks = [*GENERATE_TASKS, *SCORE_TASKS]
-    lines = ["| row | " + " | ".join(HEADS[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines = ["| row | " + " | ".join(HEADS[t] for t in TASKS) + " |", "|---|" + "---|" * len(TASKS)]
     for name, scores in report["rows"].items():
-        lines.append(f"| {name} | " + " | ".join(cell(scores.get(t)) for t in tasks) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(scores.get(t)) for t in TASKS) + " |")
     lines += ["", "n/a: the scored tasks need log-probs over one tokenizer; these members have different ones.",
               "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
     check = report.get("mixture_check")
@@ -50,9 +62,8 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [*GENERATE_TASKS, *SCORE_TASKS]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6))
-    for ax, task in zip(axes, tasks):
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4 * len(TASKS), 3.6))
+    for ax, task in zip(axes, TASKS):
         names = [n for n, s in report["rows"].items() if task in s]
         values = [report["rows"][n][task]["value"] for n in names]
         errors = [1.96 * (report["rows"][n][task]["stderr"] or 0) for n in names]

@@ -2,6 +2,8 @@
 and task YAMLs: the same files every time, and nothing is downloaded.
 
 - mixserve_arith (generate_until, exact match): two- and three-step arithmetic word problems.
+- mixserve_facts (generate_until, exact match): word problems whose numbers are common knowledge
+  ("as many as there are days in a week"): a fact and arithmetic in one answer.
 - mixserve_mc (multiple_choice, log-likelihood): opposites, capitals and number words.
 - mixserve_text (loglikelihood_rolling, bits per byte): held-out sentences written for this project.
 """
@@ -13,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-GENERATE_TASKS = ("mixserve_arith",)
+GENERATE_TASKS = ("mixserve_arith", "mixserve_facts")
 SCORE_TASKS = ("mixserve_mc", "mixserve_text")  # need log-probs: one tokenizer
+MIXED = ("mixserve_arith", "mixserve_facts", "mixserve_mc")  # the mixed suite: its mean accuracy
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"]
 THINGS = ["apples", "books", "coins", "marbles", "pencils", "shells", "stamps", "cards"]
@@ -26,6 +29,9 @@ CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("German
             ("Spain", "Madrid"), ("Egypt", "Cairo"), ("Russia", "Moscow"), ("Canada", "Ottawa"),
             ("Greece", "Athens"), ("Norway", "Oslo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
             ("China", "Beijing"), ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin")]
+FACTS = [("days in a week", 7), ("legs on a spider", 8), ("sides on a triangle", 3), ("sides on a square", 4),
+         ("wheels on a bicycle", 2), ("months in a year", 12), ("legs on an insect", 6), ("eggs in a dozen", 12),
+         ("fingers on one hand", 5), ("hours in a day", 24)]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 HELD_OUT = [
     "The harbour was quiet before dawn, and the only sound was the slow knock of boats against the pier.",
@@ -62,6 +68,27 @@ def arithmetic(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
+def facts(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for _ in range(n):
+        name, thing = rng.choice(NAMES), rng.choice(THINGS)
+        fact, value = rng.choice(FACTS)
+        if rng.random() < 0.5:
+            total = rng.randint(2, 9)
+            text = f"{name} has {total} {thing}. Then {name} gets as many more as there are {fact}."
+            total += value
+        else:
+            total = rng.randint(value + 1, value + 9)
+            text = f"{name} has {total} {thing}. Then {name} gives away as many as there are {fact}."
+            total -= value
+        if rng.random() < 0.5:
+            k = rng.randint(1, 9)
+            text += f" Then {name} gets {k} more."
+            total += k
+        out.append({"question": f"{text} How many {thing} does {name} have now?", "answer": str(total)})
+    return out
+
+
 def multiple_choice(n: int, rng: random.Random) -> list[dict]:
     out = []
     for i in range(n):
@@ -91,19 +118,22 @@ def write_tasks(out: Path, n: int = 100, seed: int = 20261125) -> Path:
     rng = random.Random(seed)
     data = {"mixserve_arith": arithmetic(n, rng), "mixserve_mc": multiple_choice(n, rng),
             "mixserve_text": [{"text": t} for t in HELD_OUT]}
+    data["mixserve_facts"] = facts(n, rng)  # drawn last: the other tasks' rows stay as they were
     for task, rows in data.items():
         (out / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = lambda task: {"task": task, "dataset_path": "json", "test_split": "train",  # noqa: E731
                            "dataset_kwargs": {"data_files": str((out / f"{task}.jsonl").resolve())}}
+    word_problem = {
+        "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{answer}}",
+        "generation_kwargs": {"until": ["\n", "Question:"], "max_gen_toks": 12, "do_sample": False,
+                              "temperature": 0},
+        "filter_list": [{"name": "number", "filter": [{"function": "regex", "regex_pattern": r"(-?\d+)"},
+                                                      {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
     specs = {
-        "mixserve_arith": {
-            "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
-            "doc_to_target": "{{answer}}",
-            "generation_kwargs": {"until": ["\n", "Question:"], "max_gen_toks": 12, "do_sample": False,
-                                  "temperature": 0},
-            "filter_list": [{"name": "number", "filter": [{"function": "regex", "regex_pattern": r"(-?\d+)"},
-                                                          {"function": "take_first"}]}],
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]},
+        "mixserve_arith": word_problem,
+        "mixserve_facts": word_problem,
         "mixserve_mc": {
             "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
             "doc_to_target": "{{label}}", "target_delimiter": "",

@@ -22,12 +22,21 @@ def test_training_problems_share_only_the_arithmetic_with_the_eval_task():
     assert all(int(p["answer"]) >= 0 for p in train_qs)
 
 
+def tiny_settings(tiny_dir):
+    return Settings(base=str(tiny_dir / "a"), steps=3, batch=2, learning_rate=1e-2, warmup=1, targets=("q_proj", "v_proj"))
+
+
 @pytest.fixture(scope="module")
 def adapter(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter")
-    settings = Settings(base=str(tiny_dir / "a"), steps=3, batch=2, learning_rate=1e-2, warmup=1,
-                        targets=("q_proj", "v_proj"))
-    return out, train(out, settings, progress=False)
+    return out, train(out, tiny_settings(tiny_dir), progress=False)
+
+
+def test_the_same_settings_train_the_same_adapter(adapter, tiny_dir, tmp_path):
+    out, summary = adapter
+    again = train(tmp_path, tiny_settings(tiny_dir), progress=False)
+    assert again["losses"] == summary["losses"]
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
 
 
 def test_training_writes_the_adapter_its_settings_and_loss_curve(adapter):
