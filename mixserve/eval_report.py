@@ -42,8 +42,9 @@ def markdown(report: dict) -> str:
     lines = ["| row | " + " | ".join(HEADS[t] for t in TASKS) + " |", "|---|" + "---|" * len(TASKS)]
     for name, scores in report["rows"].items():
         lines.append(f"| {name} | " + " | ".join(cell(scores.get(t)) for t in TASKS) + " |")
-    lines += ["", "n/a: the scored tasks need log-probs over one tokenizer; these members have different ones.",
-              "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
+    if any(t not in scores for scores in report["rows"].values() for t in TASKS):
+        lines += ["", "n/a: the scored tasks need log-probs over one tokenizer; these members have different ones."]
+    lines += ["", "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
     check = report.get("mixture_check")
     if check and check["p_value"] is None:
         lines += ["", f"ME samples the mixture: not checked, the members share no likely next token after "
