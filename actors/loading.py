@@ -53,8 +53,11 @@ class ModelSource:
 def resolve(ref: str, base_dir: str | Path = ".", adapter: str | None = None) -> ModelSource:
     """Check that a model reference (and its adapter) names something loadable, without loading it."""
     source = _resolve(ref, base_dir)
-    if adapter is None:
-        return source
+    return source if adapter is None else with_adapter(source, adapter, base_dir)
+
+
+def with_adapter(source: ModelSource, adapter: str, base_dir: str | Path = ".") -> ModelSource:
+    """The source with a LoRA adapter folder to merge in; checked to exist, not loaded."""
     path = _path(adapter, base_dir)
     if not (path / "adapter_config.json").is_file():
         raise ModelReferenceError(f"adapter {adapter!r} not found: {str(path)!r} is not a folder with an "

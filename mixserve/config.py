@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve
+from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve, with_adapter
 from mixserve.router.policies import METHODS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -167,7 +167,7 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
         raise ConfigError(f"{where}.model: {e}") from None
     if adapter is not None and resolve_models:
         try:
-            source = resolve(model, base_dir, adapter)
+            source = with_adapter(source, adapter, base_dir)  # the model resolved once, above
         except ModelReferenceError as e:
             raise ConfigError(f"{where}.adapter: {e}") from None
     weight = raw.get("weight", 1.0)
