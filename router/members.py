@@ -1,12 +1,14 @@
 """How the router reaches a member: a Ray actor, or a core in this process (tests, ce-sequential).
 
-Both expose `call(method, *args)`, which sends the call *now* and returns an awaitable, and
-`stream(request)`, the step's tokens as the member samples them. Sending at call time matters for
-`release`: a release that is sent cannot be lost to a cancellation that lands before it is awaited.
+Both expose `call(method, *args)`, which sends the call *now* and returns an awaitable,
+`stream(request)`, the step's tokens as the member samples them, and `release(session)`. Sending at
+call time matters for `release`: a release that is sent cannot be lost to a cancellation that lands
+before it is awaited.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 
 from mixserve.actors.messages import StepRequest, StepResult
@@ -22,6 +24,14 @@ class RayMember:
 
     def call(self, method: str, *args) -> asyncio.Future:
         return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
+
+    def release(self, session: str) -> asyncio.Future:
+        """Sent as no request's child. Serve cancels the request of a client that went away with
+        ray.cancel(recursive=True), which cancels every task the request submitted, the releases in
+        its cleanup too: the member would hold the session for good (seen: one in ten cancelled
+        requests). An empty context carries no Ray task id (ray-project/ray#52476)."""
+        ref = contextvars.Context().run(self.actor.release.remote, session)
+        return asyncio.ensure_future(_down_on_actor_error(ref))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         if req.distribution or req.steps == 1:  # one part: a plain call returns it faster than a stream
@@ -45,6 +55,9 @@ class LocalMember:
         except Exception as e:  # noqa: BLE001 - raised where it is awaited, as a Ray call's would be
             done.set_exception(e)
         return done
+
+    def release(self, session: str) -> asyncio.Future:
+        return self.call("release", session)
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         await asyncio.sleep(0)  # a yield, not a wait: other sessions interleave, as they do on a remote member

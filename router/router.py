@@ -137,11 +137,12 @@ class Router:
     async def _release(self, s: Session) -> None:
         """Free the session on every member that saw it (docs/architecture.md invariant 7), even when the request
         is being cancelled. The calls are sent before the first await, so no cancellation can drop
-        them; the wait for their answers runs under a shield."""
+        them, and as no request's child, so Ray's recursive cancellation cannot either
+        (router/members.py); the wait for their answers runs under a shield."""
         for member in s.cursor:
             if (sync := self.syncs.pop((s.id, member), None)) is not None:
                 sync.cancel()
-        calls = asyncio.gather(*(self.members[m].call("release", s.id) for m in s.cursor), return_exceptions=True)
+        calls = asyncio.gather(*(self.members[m].release(s.id) for m in s.cursor), return_exceptions=True)
         try:
             await asyncio.shield(calls)
         except asyncio.CancelledError:
