@@ -101,6 +101,11 @@ def train(out: str | Path, settings: Settings = Settings(), base_dir: str | Path
     model.peft_config["default"].base_model_name_or_path = settings.base  # not this machine's cache path
     model.save_pretrained(out)
     (out / "README.md").unlink(missing_ok=True)  # peft's blank model card; training.json says what this is
+    # peft keeps target_modules as a set, written in string-hash order, which differs per process:
+    # sorted, a retrain writes the same file.
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["target_modules"] = sorted(config["target_modules"])
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     summary = {"settings": asdict(settings), "seconds": round(time.perf_counter() - started, 1),
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "loss_first_10": sum(losses[:10]) / len(losses[:10]), "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
