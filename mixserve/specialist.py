@@ -109,7 +109,8 @@ def train(out: str | Path, settings: Settings = Settings(), base_dir: str | Path
     summary = {"settings": asdict(settings), "seconds": round(time.perf_counter() - started, 1),
                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "loss_first_10": sum(losses[:10]) / len(losses[:10]), "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
-               "losses": losses, "torch": torch.__version__}
+               "losses": losses, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}  # the sums' order: the same bytes need the same count
     (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(losses, out / "loss.png")
     return summary

@@ -2,6 +2,7 @@
 minutes on SmolLM2): the adapter is written with its settings and loss curve, a config's `adapter:`
 merges it into the member, and a missing or misfitting adapter is a clear error."""
 import json
+from dataclasses import asdict
 import os
 import random
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from mixserve.actors.loading import ModelReferenceError, model_dir
 from mixserve.config import ConfigError, parse_config
 from mixserve.eval_tasks import arithmetic
-from mixserve.specialist import Settings, problems, train
+from mixserve.specialist import Settings, problems
 
 
 def test_training_problems_share_only_the_arithmetic_with_the_eval_task():
@@ -25,34 +26,35 @@ def test_training_problems_share_only_the_arithmetic_with_the_eval_task():
     assert all(int(p["answer"]) >= 0 for p in train_qs)
 
 
-def tiny_settings(tiny_dir):
-    """What `mixserve models train-specialist --base <tiny a> --steps 3` trains."""
-    return Settings(base=str(tiny_dir / "a"), steps=3)
+def retrain(tiny_dir, out, hash_seed: str) -> dict:
+    """`mixserve models train-specialist` on the tiny member, in a fresh process: torch's thread count
+    (which changes the float sums) is a fresh process's, and string hashing (and so any set's order)
+    follows `hash_seed`."""
+    subprocess.run([sys.executable, "-m", "mixserve", "models", "train-specialist", "--out", str(out),
+                    "--base", str(tiny_dir / "a"), "--steps", "3"], check=True, timeout=300,
+                   env={**os.environ, "PYTHONHASHSEED": hash_seed}, capture_output=True)
+    return json.loads((out / "training.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter")
-    return out, train(out, tiny_settings(tiny_dir), progress=False)
+    return out, retrain(tiny_dir, out, "0")
 
 
 def test_the_command_retrains_the_same_adapter_byte_for_byte(adapter, tiny_dir, tmp_path):
-    """In a fresh process, whose string hashing (and so any set's order) differs from this one's."""
     out, summary = adapter
-    subprocess.run([sys.executable, "-m", "mixserve", "models", "train-specialist", "--out", str(tmp_path),
-                    "--base", str(tiny_dir / "a"), "--steps", "3"], check=True, timeout=300,
-                   env={**os.environ, "PYTHONHASHSEED": "1"}, capture_output=True)
+    again = retrain(tiny_dir, tmp_path, "1")
     for name in ("adapter_model.safetensors", "adapter_config.json", "loss.png"):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
-    again = json.loads((tmp_path / "training.json").read_text())
-    assert again["losses"] == summary["losses"] and again["settings"] == json.loads(json.dumps(summary["settings"]))
+    assert again["losses"] == summary["losses"] and again["settings"] == summary["settings"]
 
 
-def test_training_writes_the_adapter_its_settings_and_loss_curve(adapter):
+def test_training_writes_the_adapter_its_settings_and_loss_curve(adapter, tiny_dir):
     out, summary = adapter
     assert {"adapter_config.json", "adapter_model.safetensors", "training.json", "loss.png"} <= {p.name for p in out.iterdir()}
-    saved = json.loads((out / "training.json").read_text())
-    assert saved["settings"]["steps"] == 3 and len(saved["losses"]) == 3 and saved == json.loads(json.dumps(summary))
+    assert summary["settings"] == json.loads(json.dumps(asdict(Settings(base=str(tiny_dir / "a"), steps=3))))
+    assert len(summary["losses"]) == 3 and summary["trainable_parameters"] > 0 and summary["threads"] >= 1
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
