@@ -90,7 +90,7 @@ def test_a_client_that_disconnects_mid_stream_frees_every_member(server):
         with post(server, "/v1/completions", body, stream=True) as r:
             lines = r.iter_lines()
             assert next(line for line in lines if line).startswith(b"data: ")
-        # The connection is closed here; the three samples would run for about 10 s to the context's end.
+        # The connection is closed here; uncancelled, the three samples would run on for about 10 s.
         assert wait_no_live_sessions(server, within_s=3.0) == {"a": 0, "b": 0, "c": 0}, seed
 
 
