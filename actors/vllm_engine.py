@@ -152,7 +152,7 @@ class VllmEngine:
             heal = s.heal
             if heal:
                 s.heal = b""
-                params = self._params(req, step, 1, allowed_token_ids=self.book.codec.extending(heal))
+                params = self._params(req, step, 1, allowed_token_ids=self.book.codec.extending(heal).tolist())
             else:
                 params = self._params(req, step, min(room, req.first_step + req.steps - step))
             run = self._submit(req, s, "heal" if heal else "run", list(s.ids), params)

@@ -112,6 +112,16 @@ def test_a_vllm_member_and_a_transformers_member_with_another_tokenizer(ens):
     assert texts(result) == texts(ens.generate(prompt="the tree", max_tokens=30, seed=4, weights={"a": 1, "c": 1}))
 
 
+def test_token_healing_on_a_vllm_member_writes_what_the_transformers_engine_writes(ens, hetero):
+    """a heals after c's text (their tokenizers differ), on vLLM through allowed_token_ids; greedy, the
+    same as a on the transformers engine (the hetero ensemble: a and c, equal weights)."""
+    kwargs = dict(prompt="the tree", max_tokens=40, seed=4, n=8, temperature=0, weights={"a": 1, "c": 1},
+                  token_healing=True)
+    on_vllm, on_transformers = ens.generate(**kwargs).choices, hetero.generate(**kwargs).choices
+    assert all({m for m, _ in c.stretches} == {"a", "c"} for c in on_vllm)
+    assert [(c.text, c.members) for c in on_vllm] == [(c.text, c.members) for c in on_transformers]
+
+
 def test_killed_vllm_member_restarts_and_the_sent_text_stands(ens):
     """On vLLM a run's draws are seeded from its first step, so a run cut by a crash and replayed
     continues differently from the uncut run: what was sent stays, and the request completes."""
