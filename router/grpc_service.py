@@ -15,7 +15,8 @@ from .result import GenerateResult
 from .service import EnsembleService
 
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
+          404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
+          503: grpc.StatusCode.UNAVAILABLE}
 
 
 class EnsembleServicer(pb2_grpc.EnsembleServicer):

@@ -18,6 +18,11 @@ class MemberDown(Exception):
     """The member's process is gone or restarting; the router retries within its bound."""
 
 
+class CallCancelled(Exception):
+    """Ray cancelled the call with the request that made it (Serve's recursive ray.cancel of a
+    request whose client went away): the request is ending, nothing failed."""
+
+
 class RayMember:
     def __init__(self, actor):
         self.actor = actor
@@ -71,6 +76,8 @@ async def _down_on_actor_error(ref):
         return await ref
     except ray.exceptions.RayActorError as e:
         raise MemberDown(str(e).splitlines()[0]) from None
+    except ray.exceptions.TaskCancelledError:
+        raise CallCancelled() from None
 
 
 async def _down_on_actor_error_iter(parts):
@@ -81,3 +88,5 @@ async def _down_on_actor_error_iter(parts):
             yield ref
     except ray.exceptions.RayActorError as e:
         raise MemberDown(str(e).splitlines()[0]) from None
+    except ray.exceptions.TaskCancelledError:
+        raise CallCancelled() from None

@@ -34,6 +34,18 @@ class UnavailableError(RequestError):
     code = "member_unavailable"
 
 
+class MemberFailedError(RequestError):
+    """A member raised on this request (a fault in it or its engine, not in the input): 500, named,
+    instead of a bare Internal Server Error."""
+
+    status = 500
+    code = "member_error"
+
+    def __init__(self, member: str, error: BaseException):
+        cause = getattr(error, "cause", None) or error  # a Ray task error carries the member's own
+        super().__init__(f"member {member!r} failed on this request: {type(cause).__name__}: {cause}")
+
+
 class NotFoundError(RequestError):
     status = 404
     code = "model_not_found"

@@ -6,6 +6,7 @@ go into the log. One file, one loop: `_sample` is the whole state machine driver
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,15 +19,17 @@ from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepR
 from mixserve.actors.sampling import pick_mixture
 
 from . import logprobs, snapshot
-from .members import LocalMember, MemberDown
+from .members import CallCancelled, LocalMember, MemberDown
 from .policies import make_policy
 from .logprobs import LogProbs
-from .request import (GenerateRequest, NotFoundError, Plan, RequestError, UnavailableError, check_mixable,
-                      check_one_tokenizer, validate)
+from .request import (GenerateRequest, MemberFailedError, NotFoundError, Plan, RequestError, UnavailableError,
+                      check_mixable, check_one_tokenizer, validate)
 from .result import Choice, GenerateResult, final, summarize
 from .session import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
 from .vocab import EOS, SharedVocab, UnionVocab
+
+log = logging.getLogger(__name__)
 
 
 class Router:
@@ -201,7 +204,13 @@ class Router:
                     break
             return last
 
-        return await self._retrying(member, attempt, lost=lambda: s.forget(member))
+        try:
+            return await self._retrying(member, attempt, lost=lambda: s.forget(member))
+        except (RequestError, CallCancelled):
+            raise
+        except Exception as e:
+            log.exception("member %r failed on session %s", member, s.id)
+            raise MemberFailedError(member, e) from e
 
     def _sync_idle(self, s: Session, idle) -> None:
         """eager_sync: send the tokens streamed so far to the idle members now, so that they catch up
@@ -220,6 +229,8 @@ class Router:
                 pass
         except (SessionLost, MemberDown):
             s.forget(member)  # it will get the whole log when chosen
+        except CallCancelled:
+            pass  # the request is ending; _release frees the session
         finally:
             if self.syncs.get((s.id, member)) is asyncio.current_task():
                 del self.syncs[(s.id, member)]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mixserve.router.members import LocalMember
-from mixserve.router.request import GenerateRequest, RequestError
+from mixserve.router.openai_http import error_body
+from mixserve.router.request import GenerateRequest, MemberFailedError, RequestError
 from mixserve.router.router import Router
 from tests.fakes import EOS, FakeCore
 
@@ -109,8 +110,10 @@ def test_sessions_are_released_on_success_and_on_failure():
         raise RuntimeError("member b crashed")
 
     cores["b"].step = broken
-    with pytest.raises(RuntimeError, match="crashed"):
+    with pytest.raises(MemberFailedError) as e:  # a 500 that names the member, not a bare one
         generate(router, prompt="p", max_tokens=40, seed=2)
+    assert str(e.value) == "member 'b' failed on this request: RuntimeError: member b crashed"
+    assert e.value.status == 500 and error_body(e.value)["error"]["type"] == "server_error"
     assert all(c.live_sessions() == 0 for c in cores.values())
 
 
