@@ -33,8 +33,9 @@ class RayMember:
     def release(self, session: str) -> asyncio.Future:
         """Sent as no request's child. Serve cancels the request of a client that went away with
         ray.cancel(recursive=True), which cancels every task the request submitted, the releases in
-        its cleanup too: the member would hold the session for good (seen: one in ten cancelled
-        requests). An empty context carries no Ray task id (ray-project/ray#52476)."""
+        its cleanup too: the member would hold the session for good (seen in three runs of 40 HTTP
+        disconnects: from the 1st, 11th and 37th on). An empty context carries no Ray task id
+        (ray-project/ray#52476)."""
         ref = contextvars.Context().run(self.actor.release.remote, session)
         return asyncio.ensure_future(_down_on_actor_error(ref))
 
