@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from contextlib import contextmanager
 from collections.abc import AsyncIterator
 
 from mixserve.actors.messages import StepRequest, StepResult
@@ -70,24 +71,26 @@ class LocalMember:
         yield await self.call("step", req)
 
 
-async def _down_on_actor_error(ref):
+@contextmanager
+def _ray_errors():
+    """Ray's lifecycle errors in the router's terms: a dead or restarting actor is MemberDown, a call
+    cancelled with its request is CallCancelled. The member's own exceptions pass through."""
     import ray
 
     try:
-        return await ref
+        yield
     except ray.exceptions.RayActorError as e:
         raise MemberDown(str(e).splitlines()[0]) from None
     except ray.exceptions.TaskCancelledError:
         raise CallCancelled() from None
+
+
+async def _down_on_actor_error(ref):
+    with _ray_errors():
+        return await ref
 
 
 async def _down_on_actor_error_iter(parts):
-    import ray
-
-    try:
+    with _ray_errors():
         async for ref in parts:
             yield ref
-    except ray.exceptions.RayActorError as e:
-        raise MemberDown(str(e).splitlines()[0]) from None
-    except ray.exceptions.TaskCancelledError:
-        raise CallCancelled() from None
