@@ -6,7 +6,8 @@ class Metrics:
     def __init__(self):
         from ray.util import metrics
 
-        self.tokens = metrics.Counter("mixserve_member_tokens", "Tokens produced, per member.", ("member",))
+        self.tokens = metrics.Counter("mixserve_member_tokens", "Tokens of completed responses, per member "
+                                      "(\"mixture\" for ce's).", ("member",))
         self.step_latency = metrics.Histogram(
             "mixserve_step_latency_s", "Router -> member call latency (one turn), seconds.",
             boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5], tag_keys=("member",))
@@ -14,11 +15,16 @@ class Metrics:
                                         ("member",))
         self.active = metrics.Gauge("mixserve_active_sessions", "Sessions being generated now.")
         self.rejected = metrics.Counter("mixserve_rejected_requests", "Requests refused, per reason.", ("reason",))
+        self.replays = metrics.Counter("mixserve_replays", "Sessions replayed into a member that lost them "
+                                       "(a restart or an eviction), per member.", ("member",))
 
-    def step(self, member: str, seconds: float, caught_up: int, tokens: int) -> None:
+    def step(self, member: str, seconds: float, caught_up: int) -> None:
         tags = {"member": member}
         self.step_latency.observe(seconds, tags)
         if caught_up:
             self.catch_up.inc(caught_up, tags)
-        if tokens:
-            self.tokens.inc(tokens, tags)
+
+    def delivered(self, member_tokens: dict[str, int]) -> None:
+        """Counted when a response completes, so the counter adds up to what the clients were sent."""
+        for member, tokens in member_tokens.items():
+            self.tokens.inc(tokens, {"member": member})

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import replace
 
 import numpy as np
@@ -53,6 +54,7 @@ class Router:
         self.eager_sync = eager_sync  # idle members catch up in the background as tokens stream
         self.token_healing = token_healing  # the default; a request may say otherwise
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
+        self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
         return await final(self.stream(req))
@@ -172,7 +174,7 @@ class Router:
 
         await self._step(s, member, request, stats, record)
         if self.metrics:
-            self.metrics.step(member, time.perf_counter() - started, caught_up, steps)
+            self.metrics.step(member, time.perf_counter() - started, caught_up)
 
     async def _mix(self, s: Session, members: tuple[str, ...], weights: tuple[float, ...], stats: Counter) -> None:
         """ce: every member's distribution, in parallel; sample from their weighted mixture."""
@@ -197,20 +199,40 @@ class Router:
                 await sync  # the background catch-up went first: its tokens are off the delta
             fresh = member not in s.cursor  # before take_delta marks the log as seen
             stats.update(trips=1)
-            async for part in self.members[member].stream(request(s.take_delta(member), fresh)):
+            async for part in self._answered(member, self.members[member].stream(request(s.take_delta(member), fresh))):
                 stats.update(forwards=part.forwards)
                 last = part
                 if on_part and await on_part(part):
                     break
             return last
 
+        def lost():
+            s.forget(member)
+            self.replays[member] += 1
+            if self.metrics:
+                self.metrics.replays.inc(1, {"member": member})
+
         try:
-            return await self._retrying(member, attempt, lost=lambda: s.forget(member))
+            return await self._retrying(member, attempt, lost)
         except (RequestError, CallCancelled):
             raise
         except Exception as e:
             log.exception("member %r failed on session %s", member, s.id)
             raise MemberFailedError(member, e) from e
+
+    async def _answered(self, member: str, parts: AsyncIterator[StepResult]) -> AsyncIterator[StepResult]:
+        """The parts of one call, each within retry_s: a member that is alive but does not answer (a
+        paused process, a hung device) fails the sessions waiting on it like one that stays down
+        (docs/architecture.md invariant 6), where the call alone would wait for it forever."""
+        async with aclosing(parts):
+            while True:
+                try:
+                    part = await asyncio.wait_for(anext(parts), self.retry_s)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise UnavailableError(f"member {member!r} did not answer within {self.retry_s:g} s") from None
+                yield part
 
     def _sync_idle(self, s: Session, idle) -> None:
         """eager_sync: send the tokens streamed so far to the idle members now, so that they catch up

@@ -65,6 +65,8 @@ class EnsembleService:
                 self._gauge()
                 async with aclosing(self.router.stream(req)) as items:
                     async for item in items:
+                        if isinstance(item, GenerateResult) and self.metrics:
+                            self.metrics.delivered(item.usage.member_tokens)
                         yield item
         except OverloadedError:
             self._reject("overloaded")
