@@ -12,6 +12,7 @@ caching on a GPU) implements the same.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -88,7 +89,10 @@ class MemberEngine:
         """Counters; compute_s is the time the engine thread spent in forwards (the rest of a token's
         time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
         return {"forwards": self.core.forwards, "rows": self.core.rows, "evictions": self.core.evictions,
-                "compute_s": self.compute_s}
+                "compute_s": self.compute_s, "pid": os.getpid()}
+
+    def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
+        return f"MemberEngine(name={self.core.name})"
 
     def release(self, session: str) -> bool:
         """Free the session and end its run, if one is going (the client went away)."""

@@ -118,7 +118,10 @@ class VllmEngine:
         """Counters; compute_s is the time the vLLM thread spent in engine steps (scheduling, the
         forward, sampling: vLLM's whole step)."""
         return {"steps": self.steps, "requests": self.requests, "evictions": self.book.evictions,
-                "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s}
+                "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s, "pid": os.getpid()}
+
+    def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
+        return f"VllmEngine(name={self.book.name})"
 
     async def release(self, session: str) -> bool:
         """Free the session and abort its request, if one is running (the client went away); when this
