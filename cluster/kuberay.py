@@ -4,10 +4,16 @@
 One worker group per member, each declaring a custom resource (mixserve_member_<name>) that only that
 member asks for; the head runs no work (num-cpus 0) but hosts the ingress replica, pinned there by
 mixserve_ingress so that the gRPC port is on a known pod.
+
+Kubernetes gives a pod whole GPUs, while Ray shares a GPU by fractions: members asking for a fraction
+of one (num_gpus: 0.5) share pods, packed first fit into pods of at most one GPU's worth. Such a pod
+gets the GPUs its members' fractions add up to (rounded up), and its Ray node declares them and every
+packed member's resource. (Ray takes no fraction above one GPU: the config refuses num_gpus 1.5.)
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import yaml
@@ -64,26 +70,51 @@ def render(raw: dict, image: str) -> dict:
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
             "rayClusterConfig": {"rayVersion": RAY_VERSION, "headGroupSpec": head,
-                                 "workerGroupSpecs": [_worker_group(m, image) for m in config.members]},
+                                 "workerGroupSpecs": [_worker_group(pod, image) for pod in _pods(config.members)]},
         },
     }
 
 
-def _worker_group(member, image: str) -> dict:
-    gpus = int(member.resources.get("num_gpus", 0))
-    cpus = max(1, int(member.resources.get("num_cpus", 1)))
-    params = {"num-cpus": str(cpus), "resources": _resources_param({member_resource(member.name): 1})}
-    limits = {"cpu": str(cpus + 1), "memory": "8Gi"}
+def _pods(members) -> list[list]:
+    """The members grouped by pod, in config order: fractions of a GPU packed first fit into pods of at
+    most one GPU, every other member (whole GPUs or none) alone."""
+    pods: list[list] = []
+    shared: list[list] = []  # the pods that take fractions
+    for m in members:
+        gpus = _total([m], "num_gpus", 0)
+        if gpus.is_integer():
+            pods.append([m])
+            continue
+        pod = next((p for p in shared if _total([*p, m], "num_gpus", 0) <= 1), None)
+        if pod is None:
+            pod = []
+            pods.append(pod)
+            shared.append(pod)
+        pod.append(m)
+    return pods
+
+
+def _total(members, key: str, default: float) -> float:
+    # Ray counts resources in units of 0.0001: 0.1 + 0.2 + 0.7 is one GPU, not a hair more.
+    return round(sum(float(m.resources.get(key, default)) for m in members), 4)
+
+
+def _worker_group(pod: list, image: str) -> dict:
+    gpus = math.ceil(_total(pod, "num_gpus", 0))
+    cpus = max(1, math.ceil(_total(pod, "num_cpus", 1)))
+    params = {"num-cpus": str(cpus), "resources": _resources_param({member_resource(m.name): 1 for m in pod})}
+    limits = {"cpu": str(cpus + 1), "memory": f"{8 * len(pod)}Gi"}
     if gpus:
         params["num-gpus"] = str(gpus)
         limits["nvidia.com/gpu"] = str(gpus)
+    names = [re.sub(r"[^a-z0-9-]", "-", m.name.lower()) for m in pod]
     return {
-        "groupName": "member-" + re.sub(r"[^a-z0-9-]", "-", member.name.lower()),
+        "groupName": ("member-" if len(pod) == 1 else "members-") + "-".join(names),
         "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
         "rayStartParams": params,
         "template": {"spec": {"containers": [{
             "name": "ray-worker", "image": image, "env": ENV,
-            "resources": {"requests": {"cpu": str(cpus), "memory": "4Gi"}, "limits": limits},
+            "resources": {"requests": {"cpu": str(cpus), "memory": f"{4 * len(pod)}Gi"}, "limits": limits},
         }]}},
     }
 

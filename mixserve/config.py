@@ -182,6 +182,10 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     for key, value in resources.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{where}.resources.{key} must be a non-negative number (got {value!r})")
+    gpus = resources.get("num_gpus", 0)
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ConfigError(f"{where}.resources.num_gpus must be a fraction of one GPU or whole GPUs (got {gpus!r}; "
+                          f"Ray refuses fractions above 1)")
     bounds = {}
     for key in ("max_sessions", "max_cached_tokens"):
         value = raw.get(key)

@@ -33,6 +33,8 @@ def test_weights_given_beside_the_file_replace_its_own(tiny_dir):
     ({"name": "b"}, r"member names must be unique; used twice: b"),
     ({"dtype": "int3"}, r"dtype must be one of"),
     ({"resources": {"num_gpus": -1}}, r"resources\.num_gpus must be a non-negative number"),
+    ({"resources": {"num_gpus": 1.5}}, r"members\[0\] \(a\)\.resources\.num_gpus must be a fraction of one "
+                                      r"GPU or whole GPUs \(got 1\.5; Ray refuses fractions above 1\)"),
     ({"colour": "red"}, r"unknown keys \['colour'\]"),
     ({"engine": "llamacpp"}, r"engine must be one of transformers, vllm \(got 'llamacpp'\)"),
     ({"engine": "vllm", "batch_invariant": True}, r"batch_invariant is not available on engine: vllm"),
