@@ -5,6 +5,7 @@ the ce-sequential baseline); the router runs in the caller's process.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from mixserve.router.router import Router
 from mixserve.router.snapshot import STORE_ACTOR, SessionStore
 
 
+MEMBER_PREFIX = "mixserve_member:"
 MEMBER_RESTARTS = 3  # past this a member stays down; its sessions fail with 503 / UNAVAILABLE
 
 
@@ -63,7 +65,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         cores = {m.name: MemberCore(**member_args(m)) for m in config.members}
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
-        store = None
+        store = LocalMember(SessionStore(config.max_stored_sessions))
     else:
         import ray
 
@@ -78,12 +80,23 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         members = {name: RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
         # Detached and named: every router replica finds the same snapshots, and they outlive any one.
-        store = RayMember(ray.remote(SessionStore).options(
-            name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0).remote())
+        actor = ray.remote(SessionStore).options(
+            name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0,
+        ).remote(config.max_stored_sessions)
+        # One that was running already (an earlier deployment's) was made with its capacity: set ours.
+        ray.get(actor.resize.remote(config.max_stored_sessions))
+        store = RayMember(actor)
     router = Router(members, infos, config.weights, config.method, config.default_member,
                     runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store,
                     eager_sync=config.eager_sync, token_healing=config.token_healing)
     return Engine(config, router, actors)
+
+
+def actor_name(member: str) -> str:
+    """A member actor's Ray name: the member's, made unique per start (several ensembles, or a
+    restarted router replica's, may share a cluster). It is how an operator, `ray list actors` or
+    `mixserve soak` tells which process is which member; the actor stays owned by its router."""
+    return f"{MEMBER_PREFIX}{member}:{uuid.uuid4().hex[:8]}"
 
 
 def _start_actors(config: EnsembleConfig) -> dict:
@@ -96,10 +109,11 @@ def _start_actors(config: EnsembleConfig) -> dict:
             from mixserve.actors.vllm_engine import VllmEngine  # vllm itself is imported in the actor only
 
             remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(VllmEngine)
-            actors[m.name] = remote.options(**actor_options(m)).remote(**member_args(m))
+            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(**member_args(m))
         else:
             remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberEngine)
-            actors[m.name] = remote.options(**actor_options(m)).remote(max_batch=m.max_batch, **member_args(m))
+            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(
+                max_batch=m.max_batch, **member_args(m))
     return actors
 
 

@@ -16,11 +16,12 @@ import yaml
 
 from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve, with_adapter
 from mixserve.router.policies import METHODS
+from mixserve.router.snapshot import CAPACITY
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
-               "token_healing"}
+            "token_healing", "max_stored_sessions"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = ("transformers", "vllm")
@@ -75,6 +76,7 @@ class EnsembleConfig:
     member_retry_s: float = 120.0  # how long a session waits for a member that went down to come back
     eager_sync: bool = False  # after a run, send its tokens to the idle members at once (see README)
     token_healing: bool = False  # a member taking over mid-word re-spells the word's start (see README)
+    max_stored_sessions: int = CAPACITY  # named sessions' snapshots kept; past it the least recently used go
 
     @property
     def weights(self) -> dict[str, float]:
@@ -139,11 +141,14 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     retry = raw.get("member_retry_s", 120.0)
     if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry <= 0:
         raise ConfigError(f"member_retry_s must be a positive number of seconds (got {retry!r})")
+    stored = raw.get("max_stored_sessions", CAPACITY)
+    if isinstance(stored, bool) or not isinstance(stored, int) or stored < 1:
+        raise ConfigError(f"max_stored_sessions must be a positive integer (got {stored!r})")
     for flag in ("eager_sync", "token_healing"):
         if not isinstance(raw.get(flag, False), bool):
             raise ConfigError(f"{flag} must be true or false (got {raw[flag]!r})")
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
-                          float(retry), raw.get("eager_sync", False), raw.get("token_healing", False))
+                          float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored)
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:

@@ -11,6 +11,7 @@ from .session import Entry
 
 VERSION = 1
 STORE_ACTOR = "mixserve_sessions"
+CAPACITY = 10_000  # snapshots kept by default (config: max_stored_sessions)
 
 
 def dump(prompt_ids: dict[str, list[int]], log: list[Entry]) -> bytes:
@@ -28,12 +29,19 @@ def load(blob: bytes) -> tuple[dict[str, list[int]], list[Entry]]:
 
 
 class SessionStore:
-    """Snapshots by session id, least recently used dropped past `capacity`. In a Ray cluster it
-    runs as the named actor mixserve_sessions, shared by every router replica."""
+    """Snapshots by session id, least recently used dropped past `capacity` (the config's
+    max_stored_sessions). In a Ray cluster it runs as the named actor mixserve_sessions, shared by
+    every router replica."""
 
-    def __init__(self, capacity: int = 10_000):
+    def __init__(self, capacity: int = CAPACITY):
         self.capacity = capacity
         self.blobs: OrderedDict[str, bytes] = OrderedDict()
+
+    def resize(self, capacity: int) -> None:
+        """The named actor outlives deployments: a router that finds it running sets its own config's
+        capacity, dropping the least recently used snapshots past a smaller one."""
+        self.capacity = capacity
+        self._trim()
 
     def get(self, session: str) -> bytes | None:
         if session in self.blobs:
@@ -43,5 +51,8 @@ class SessionStore:
     def put(self, session: str, blob: bytes) -> None:
         self.blobs[session] = blob
         self.blobs.move_to_end(session)
+        self._trim()
+
+    def _trim(self) -> None:
         while len(self.blobs) > self.capacity:
             self.blobs.popitem(last=False)

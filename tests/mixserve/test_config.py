@@ -64,6 +64,7 @@ def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir)
     ({"members": members(), "default_member": "z"}, "default_member 'z' is not a member"),
     ({"members": members(), "run_length_scheduling": "yes"}, "run_length_scheduling must be true or false"),
     ({"members": members(), "token_healing": 1}, "token_healing must be true or false"),
+    ({"members": members(), "max_stored_sessions": 0}, r"max_stored_sessions must be a positive integer \(got 0\)"),
     ([1, 2], "config must be a mapping"),
 ])
 def test_bad_top_level_fields_are_named(tiny_dir, raw, message):

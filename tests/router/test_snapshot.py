@@ -1,12 +1,17 @@
 """Sessions continue across requests and router restarts from msgpack snapshots of their log."""
 import asyncio
+import uuid
 
 import pytest
+import ray
+import yaml
 
 from mixserve.router.members import LocalMember
 from mixserve.router.request import GenerateRequest, NotFoundError, RequestError
 from mixserve.router.router import Router
-from mixserve.router.snapshot import SessionStore, dump, load
+from mixserve.api import build_engine
+from mixserve.config import parse_config
+from mixserve.router.snapshot import CAPACITY, STORE_ACTOR, SessionStore, dump, load
 from mixserve.router.session import Entry
 from tests.fakes import FakeCore
 
@@ -47,3 +52,29 @@ def test_session_mistakes_are_clear():
         run(r, prompt="hi", session="s")
     with pytest.raises(RequestError, match="n must be 1"):
         run(r, session="s", n=2)
+
+
+def test_past_max_stored_sessions_the_oldest_named_session_is_refused(tiny_dir, ensemble):
+    """Through the real store actor, which `ensemble` (another deployment, default capacity) started:
+    the detached store outlives deployments, and a new one's max_stored_sessions applies to it."""
+    raw = yaml.safe_load((tiny_dir / "ensemble.yaml").read_text())
+    for m in raw["members"]:
+        m["resources"] = {"num_cpus": 0.5}
+    config = parse_config({**raw, "max_stored_sessions": 2}, tiny_dir)
+    prompts = ["the sun", "a stone", "the river"]
+    sessions = [f"{p.replace(' ', '-')}-{uuid.uuid4().hex}" for p in prompts]
+    store = ray.get_actor(STORE_ACTOR, namespace="mixserve")
+    try:
+        with build_engine(config) as engine:
+            whole = [engine.generate(prompt=p, max_tokens=16, seed=7).choices[0] for p in prompts]
+            first = [engine.generate(prompt=p, max_tokens=8, seed=7, session=s).choices[0]
+                     for p, s in zip(prompts, sessions)]
+            with pytest.raises(NotFoundError, match=f"unknown session '{sessions[0]}'") as refused:
+                engine.generate(session=sessions[0], max_tokens=8, seed=7)
+            assert refused.value.status == 404
+            for i in (1, 2):
+                second = engine.generate(session=sessions[i], max_tokens=8, seed=7).choices[0]
+                assert first[i].token_ids + second.token_ids == whole[i].token_ids
+                assert first[i].text + second.text == whole[i].text
+    finally:
+        ray.get(store.resize.remote(CAPACITY))  # the suite's other deployments run with the default
