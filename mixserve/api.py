@@ -5,7 +5,6 @@ the ce-sequential baseline); the router runs in the caller's process.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import torch
@@ -22,7 +21,6 @@ from mixserve.router.router import Router
 from mixserve.router.snapshot import STORE_ACTOR, SessionStore
 
 
-MEMBER_PREFIX = "mixserve_member:"
 MEMBER_RESTARTS = 3  # past this a member stays down; its sessions fail with 503 / UNAVAILABLE
 
 
@@ -92,13 +90,6 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
     return Engine(config, router, actors)
 
 
-def actor_name(member: str) -> str:
-    """A member actor's Ray name: the member's, made unique per start (several ensembles, or a
-    restarted router replica's, may share a cluster). It is how an operator, `ray list actors` or
-    `mixserve soak` tells which process is which member; the actor stays owned by its router."""
-    return f"{MEMBER_PREFIX}{member}:{uuid.uuid4().hex[:8]}"
-
-
 def _start_actors(config: EnsembleConfig) -> dict:
     import ray
 
@@ -109,11 +100,10 @@ def _start_actors(config: EnsembleConfig) -> dict:
             from mixserve.actors.vllm_engine import VllmEngine  # vllm itself is imported in the actor only
 
             remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(VllmEngine)
-            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(**member_args(m))
+            actors[m.name] = remote.options(**actor_options(m)).remote(**member_args(m))
         else:
             remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberEngine)
-            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(
-                max_batch=m.max_batch, **member_args(m))
+            actors[m.name] = remote.options(**actor_options(m)).remote(max_batch=m.max_batch, **member_args(m))
     return actors
 
 
