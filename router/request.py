@@ -155,8 +155,10 @@ def _weights(given, members: list[str]) -> dict[str, float]:
     total = sum(given.values())
     if total <= 0:
         raise RequestError("weights must have at least one positive value", "weights")
-    # A zero weight leaves a member out of this request; the rest are normalised to sum to 1.
-    return {m: w / total for m, w in given.items() if w > 0}
+    # A zero weight leaves a member out of this request; the rest are normalised to sum to 1. In the
+    # config's order, whatever the order given: the member drawn at step t comes from the cumulative
+    # weights in this order, and a gRPC map (or a client's JSON) keeps no order (invariant 3).
+    return {m: given[m] / total for m in members if given.get(m, 0) > 0}
 
 
 def check_mixable(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:

@@ -210,3 +210,13 @@ def test_only_members_with_a_tokenizer_of_their_own_heal():
     assert set(cores["c"].heal) == {True} and set(cores["a"].heal) | set(cores["b"].heal) == {False}
     generate(router, prompt="hi", max_tokens=60, seed=2)  # the config's default: off
     assert cores["c"].heal[-1] is False
+
+
+def test_the_order_weights_are_given_in_changes_nothing():
+    """A gRPC map keeps no order, nor need a client's JSON: {b, a} must draw what {a, b} draws (the
+    soak found gRPC requests with weights answering other texts than the same over HTTP)."""
+    router, _ = build({"a": 0.5, "b": 0.3, "c": 0.2})
+    one = generate(router, prompt="hi", max_tokens=40, seed=7, weights={"a": 1, "b": 3})
+    other = generate(router, prompt="hi", max_tokens=40, seed=7, weights={"b": 3, "a": 1})
+    assert one.choices[0].members == other.choices[0].members and one.choices[0].text == other.choices[0].text
+    assert set(one.choices[0].members) == {"a", "b"}
