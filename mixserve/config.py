@@ -21,7 +21,7 @@ from mixserve.router.snapshot import CAPACITY
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
-            "token_healing", "max_stored_sessions"}
+            "token_healing", "max_stored_sessions", "member_restarts"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = ("transformers", "vllm")
@@ -77,6 +77,7 @@ class EnsembleConfig:
     eager_sync: bool = False  # after a run, send its tokens to the idle members at once (see README)
     token_healing: bool = False  # a member taking over mid-word re-spells the word's start (see README)
     max_stored_sessions: int = CAPACITY  # named sessions' snapshots kept; past it the least recently used go
+    member_restarts: int = 3  # times Ray restarts a crashed member (-1: always); past it the member stays down
 
     @property
     def weights(self) -> dict[str, float]:
@@ -147,8 +148,12 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     for flag in ("eager_sync", "token_healing"):
         if not isinstance(raw.get(flag, False), bool):
             raise ConfigError(f"{flag} must be true or false (got {raw[flag]!r})")
+    restarts = raw.get("member_restarts", 3)
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < -1:
+        raise ConfigError(f"member_restarts must be an integer >= 0, or -1 for always (got {restarts!r})")
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
-                          float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored)
+                          float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
+                          restarts)
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:

@@ -76,7 +76,25 @@ def make_tiny(out: str | Path) -> Path:
         config = {"members": [{"name": m, "model": m, "weight": 0.5, "batch_invariant": True} for m in ("a", second)],
                   "method": "me"}
         (out / file).write_text(yaml.safe_dump(config, sort_keys=False))
+    for engine in ("transformers", "vllm", "mixed"):
+        (out / f"soak-{engine}.yaml").write_text(yaml.safe_dump(soak_config(engine), sort_keys=False))
     return out
+
+
+def soak_config(engine: str) -> dict:
+    """`mixserve soak`'s ensemble: a and b share a tokenizer, c has its own (the default pair's shape,
+    plus a shared-tokenizer pair for log-probs); "mixed" puts a on vLLM and b, c on transformers.
+    Members restart without limit so that a 10-minute soak can kill them dozens of times."""
+    members = []
+    for name in "abc":
+        on = engine if engine != "mixed" else ("vllm" if name == "a" else "transformers")
+        m = {"name": name, "model": name, "weight": 1, "resources": {"num_cpus": 0.5}, "engine": on}
+        m.update({"engine_options": {"kv_cache_space_gib": 0.25}} if on == "vllm" else {"batch_invariant": True})
+        members.append(m)
+    # A vLLM member takes 15-20 s to restart here; transformers members about 3.
+    retry = 10 if engine != "transformers" else 5
+    return {"members": members, "method": "me", "max_concurrent_sessions": 12, "member_retry_s": retry,
+            "member_restarts": -1}
 
 
 def make_bench(out: str | Path) -> Path:

@@ -37,10 +37,12 @@ class Ingress:
     # Serve's proxy answers /-/healthz itself (proxy liveness); /health asks the members.
     @http.get("/health")
     async def health(self):
+        """live_sessions: sessions each member holds; active_sessions: sessions this router has
+        admitted and not finished (what max_concurrent_sessions bounds)."""
         live = await self.service.live_sessions()
         ok = live is not None
-        return JSONResponse({"status": "ok" if ok else "degraded", "live_sessions": live},
-                            status_code=200 if ok else 503)
+        return JSONResponse({"status": "ok" if ok else "degraded", "live_sessions": live,
+                             "active_sessions": self.service.admission.active}, status_code=200 if ok else 503)
 
     @http.get("/v1/models")
     async def models(self, request: Request):
