@@ -220,6 +220,16 @@ class Router:
             log.exception("member %r failed on session %s", member, s.id)
             raise MemberFailedError(member, e) from e
 
+    def _call(self, member: str, method: str, *args):
+        return self._bounded(member, self.members[member].call(method, *args))
+
+    async def _bounded(self, member: str, call):
+        """A call's answer within retry_s (see _answered)."""
+        try:
+            return await asyncio.wait_for(call, self.retry_s)
+        except asyncio.TimeoutError:
+            raise UnavailableError(f"member {member!r} did not answer within {self.retry_s:g} s") from None
+
     async def _answered(self, member: str, parts: AsyncIterator[StepResult]) -> AsyncIterator[StepResult]:
         """The parts of one call, each within retry_s: a member that is alive but does not answer (a
         paused process, a hung device) fails the sessions waiting on it like one that stays down
@@ -310,8 +320,8 @@ class Router:
 
     async def _tokenize(self, plan: Plan, names: list[str]) -> list[list[int]]:
         try:
-            ids = await asyncio.gather(*(self._retrying(m, lambda m=m: self.members[m].call(
-                "prompt_ids", plan.prompt, plan.messages)) for m in names))
+            ids = await asyncio.gather(*(self._retrying(m, lambda m=m: self._call(
+                m, "prompt_ids", plan.prompt, plan.messages)) for m in names))
         except RequestError:
             raise
         except ValueError as e:  # e.g. a member without a chat template; Ray keeps the cause
@@ -321,8 +331,9 @@ class Router:
     async def _score(self, plan: Plan, prompt_ids: dict[str, list[int]], choice: Choice) -> LogProbs:
         prompt = prompt_ids[next(iter(plan.weights))]
         pieces = (await self._vocab(plan)).pieces
-        return await self._retrying(", ".join(plan.weights), lambda: logprobs.score(
-            self.members, plan.weights, pieces, prompt + choice.token_ids, len(prompt), plan.logprobs))
+        names = ", ".join(plan.weights)
+        return await self._retrying(names, lambda: self._bounded(names, logprobs.score(
+            self.members, plan.weights, pieces, prompt + choice.token_ids, len(prompt), plan.logprobs)))
 
     async def _prompt_text(self, plan: Plan) -> str | None:
         if not isinstance(plan.prompt, list):
@@ -336,7 +347,7 @@ class Router:
         one = {self.infos[m].tokenizer: m for m in plan.weights}  # tokenizer -> a member that has it
         key = frozenset(one)
         if key not in self.vocabs:
-            pieces = await asyncio.gather(*(self.members[m].call("pieces") for m in one.values()))
+            pieces = await asyncio.gather(*(self._call(m, "pieces") for m in one.values()))
             if len(one) == 1:
                 self.vocabs[key] = SharedVocab(next(iter(one)), pieces[0])
             else:
