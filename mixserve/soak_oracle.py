@@ -89,12 +89,11 @@ class Oracle:
             return self._text(out, whole=True)
         if out.status == DISCONNECTED:
             return self._text(out, whole=False)
+        if out.status == 429 and (held := self._held(out)) + out.spec["n"] > self.setup.max_sessions:
+            return "explained_429", ""
         if self._router_down(out):
             return "router_lost", f"{out.status} {out.code}: {out.message[:120]}"
         if out.status == 429:
-            held = self._held(out)
-            if held + out.spec["n"] > self.setup.max_sessions:
-                return "explained_429", ""
             return "unexplained", f"429 with {held} sessions of ours held and {out.spec['n']} asked"
         if out.status in (500, 503) and out.code in ("member_error", "member_unavailable", "UNAVAILABLE",
                                                       "INTERNAL"):
