@@ -31,6 +31,7 @@ from .snapshot import SessionStore
 from .vocab import EOS, SharedVocab, UnionVocab
 
 log = logging.getLogger(__name__)
+RELEASE_WAIT_S = 1.0  # how long a finished session waits for its members to confirm the release
 
 
 class Router:
@@ -143,15 +144,19 @@ class Router:
         """Free the session on every member that saw it (docs/architecture.md invariant 7), even when the request
         is being cancelled. The calls are sent before the first await, so no cancellation can drop
         them, and as no request's child, so Ray's recursive cancellation cannot either
-        (router/members.py); the wait for their answers runs under a shield."""
+        (router/members.py). The wait for their answers runs under a shield and for RELEASE_WAIT_S
+        at most: a member restarting or paused answers later (a restarted one holds nothing), and
+        the request, with its admission slots, must not wait for it (the soak saw gone clients'
+        slots held through a member's restart, refusing others with 429).
+        """
         for member in s.cursor:
             if (sync := self.syncs.pop((s.id, member), None)) is not None:
                 sync.cancel()
         calls = asyncio.gather(*(self.members[m].release(s.id) for m in s.cursor), return_exceptions=True)
         try:
-            await asyncio.shield(calls)
+            await _awhile(calls)
         except asyncio.CancelledError:
-            await asyncio.shield(calls)
+            await _awhile(calls)
             raise
 
     async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=(), heal=False) -> None:
@@ -360,3 +365,11 @@ class Router:
     async def live_sessions(self) -> dict[str, int]:
         counts = await asyncio.gather(*(m.call("live_sessions") for m in self.members.values()))
         return dict(zip(self.members, counts))
+
+
+async def _awhile(calls: asyncio.Future) -> None:
+    """Wait up to RELEASE_WAIT_S for calls that are already sent; they go on if it is not enough."""
+    try:
+        await asyncio.wait_for(asyncio.shield(calls), RELEASE_WAIT_S)
+    except asyncio.TimeoutError:
+        pass

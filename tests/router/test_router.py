@@ -1,5 +1,6 @@
 """The router against fake members: lazy sync, ce mixing, determinism, release, finish reasons."""
 import asyncio
+import time
 
 import pytest
 import torch
@@ -220,3 +221,23 @@ def test_the_order_weights_are_given_in_changes_nothing():
     other = generate(router, prompt="hi", max_tokens=40, seed=7, weights={"b": 3, "a": 1})
     assert one.choices[0].members == other.choices[0].members and one.choices[0].text == other.choices[0].text
     assert set(one.choices[0].members) == {"a", "b"}
+
+
+def test_a_member_slow_to_confirm_a_release_does_not_hold_the_request():
+    """A restarting or paused member answers a release late; the request (and its admission slots)
+    must end anyway, the release still on its way."""
+    router, _ = build({"a": 0.5, "b": 0.5})
+    silent = asyncio.Event()
+
+    class Silent(LocalMember):
+        def release(self, session):
+            return asyncio.ensure_future(silent.wait())  # sent, never answered
+
+    router.members["a"] = Silent(router.members["a"].core)
+
+    async def run():
+        return await asyncio.wait_for(router.generate(GenerateRequest(prompt="hi", max_tokens=20, seed=3)), 10)
+
+    started = time.monotonic()
+    out = asyncio.run(run())
+    assert "a" in out.choices[0].members and time.monotonic() - started < 5
