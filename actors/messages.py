@@ -22,6 +22,9 @@ class Segment:
 
     ids: tuple[int, ...] = ()
     text: bytes | None = None
+    # ids this member sampled itself (a replay): its last one may still merge with text that follows,
+    # as it could when it sampled them; other ids are fixed (docs/architecture.md invariant 1).
+    own: bool = False
 
 
 @dataclass(frozen=True)

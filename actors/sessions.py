@@ -20,7 +20,8 @@ class SessionCache:
     ids: list[int] = field(default_factory=list)  # the sequence as this member tokenizes it
     kv: KV = field(default_factory=KV)  # keys and values of ids[:cached] (transformers engine)
     cached: int = 0  # ids[:cached] are valid in kv; positions past it are overwritten as it grows
-    fixed: int = 0  # ids[:fixed] arrived as ids (prompt, shared tokenizer): never re-tokenized
+    fixed: int = 0  # ids[:fixed] arrived as ids (prompt, shared tokenizer): never re-tokenized; the
+    # member's own tokens, sampled or replayed, stay past it (its last one may merge with later text)
     heal: bytes = b""  # token healing: the next token must start with these bytes, already in the log
 
 
@@ -120,7 +121,8 @@ class SessionBook:
     def _append(self, s: SessionCache, seg: Segment) -> None:
         if seg.text is None:
             s.ids.extend(seg.ids)
-            s.fixed = len(s.ids)
+            if not seg.own:
+                s.fixed = len(s.ids)
             return
         # Another tokenizer wrote this text. Our last token may merge with its start (our "hel" +
         # their "lo" is our "hello"), so re-tokenize from there and keep the longest matching prefix.

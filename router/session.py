@@ -77,23 +77,24 @@ class Session:
         if member not in self.cursor:
             segments.append(Segment(ids=tuple(self.prompt_ids[member])))
         own = self.tokenizers[member]
-        ids: list[int] = []
-        text = bytearray()
+        run: list = []  # consecutive entries sent alike: ids of one producer kind, or text
+        kind = None
+
+        def flush() -> None:
+            if run:
+                segments.append(Segment(text=b"".join(run)) if kind == "text" else
+                                Segment(ids=tuple(run), own=kind == "own"))
+                run.clear()
+
         for e in self.log[self.cursor.get(member, 0) :]:
-            if e.tokenizer == own:
-                if text:
-                    segments.append(Segment(text=bytes(text)))
-                    text.clear()
-                ids.append(e.token)
-            else:
-                if ids:
-                    segments.append(Segment(ids=tuple(ids)))
-                    ids.clear()
-                text += e.piece
-        if ids:
-            segments.append(Segment(ids=tuple(ids)))
-        if text:
-            segments.append(Segment(text=bytes(text)))
+            # The member's own tokens come back as its own (mergeable at the end, as when it sampled
+            # them); a peer's with its tokenizer as fixed ids; anyone else's as text to re-tokenize.
+            now = "text" if e.tokenizer != own else "own" if e.member == member else "ids"
+            if now != kind:
+                flush()
+                kind = now
+            run.append(e.piece if now == "text" else e.token)
+        flush()
         self.cursor[member] = len(self.log)
         return tuple(segments)
 

@@ -119,6 +119,22 @@ def test_eviction_past_max_sessions_replays_and_changes_nothing(tiny_dir):
     assert texts(got) == texts(expected)
 
 
+def test_eviction_across_tokenizers_replays_and_changes_nothing(tiny_dir):
+    """a and c tokenize apart; with one cached session per member every run replays the log. A
+    member's own sampled tokens come back as its own, so that its last one merges with the text that
+    follows as it did when it sampled it (sent back as fixed ids, 26 of 200 texts differed)."""
+    raw = yaml.safe_load((tiny_dir / "hetero.yaml").read_text())
+    req = GenerateRequest(prompt="a stone", max_tokens=60, seed=5, n=8)
+    with build_engine(parse_config(raw, tiny_dir), in_process=True) as unbounded:
+        expected = unbounded.generate(req)
+    for m in raw["members"]:
+        m["max_sessions"] = 1
+    with build_engine(parse_config(raw, tiny_dir), in_process=True) as bounded:
+        got = bounded.generate(req)
+        assert sum(m.core.evictions for m in bounded.router.members.values()) > 0
+    assert texts(got) == texts(expected)
+
+
 def test_a_restarted_router_continues_a_session_from_its_snapshot(tiny_dir, ensemble):
     import uuid
 
