@@ -25,7 +25,7 @@ from .soak_faults import Injector
 from .soak_memory import MemoryWatch
 from .soak_load import Client, Mix, Outcome, clock_from, drive
 from .soak_oracle import Oracle, Setup
-from .soak_prometheus import counters, scrape
+from .soak_prometheus import agreement, settled
 from .soak_report import write_report
 
 QUIET_TRIES = 20  # a quiet replay refused with 429 (another replay's sessions) is sent again
@@ -118,8 +118,8 @@ class Soak:
         live = await self._drained()
         await watch
         memory.sample()  # after the drain: what the processes hold once their sessions are gone
-        self.metrics_text = await self._settled_metrics()
-        prometheus = await self._prometheus(self.metrics_text)
+        self.metrics_text = await settled(self.metrics)
+        prometheus = agreement(self.metrics_text, self.outcomes, self.faults)
         phases["drain_s"], mark = self.clock() - mark, self.clock()
         quiet = await self._quiet()
         phases["quiet_s"], mark = self.clock() - mark, self.clock()
@@ -233,42 +233,6 @@ class Soak:
                     continue
             wrong.append(f"session {name}: continued {got.status} {got.texts!r}, expected {ref.status} {ref.texts!r}")
         return {"checked": checked, "wrong": len(wrong), "advanced_by_a_lost_turn": advanced, "problems": wrong}
-
-    async def _settled_metrics(self, bound_s: float = 20) -> str:
-        """A scrape once the counters stop moving: Ray exports them every second, so the last
-        answers' counts arrive up to a second after the load ends."""
-        text = await scrape(self.metrics)
-        deadline = self.clock() + bound_s
-        while self.clock() < deadline:
-            await asyncio.sleep(2.5)
-            again = await scrape(self.metrics)
-            if counters(again) == counters(text):
-                return again
-            text = again
-        return text
-
-    async def _prometheus(self, text: str) -> dict:
-        """The counters against what the clients saw. Every router replica's series stays in the
-        export with its last value, so the sums cover the whole soak, less what a killed replica
-        counted in its last export interval (the clients' answers from the 2 s before each kill)."""
-        kills = [f.start for f in self.faults if f.kind == "router_kill"]
-        ok = [o for o in self.outcomes if o.status == 200]
-        seen, lost = Counter(), Counter()
-        for o in ok:
-            seen.update(o.member_tokens)
-            if any(k - 2 <= o.t1 <= k for k in kills):
-                lost.update(o.member_tokens)
-        unheard = sum(o.spec["max_tokens"] * o.spec["n"] for o in self.outcomes if o.status not in (200, 429))
-        refused = [o for o in self.outcomes if o.status == 429]
-        refused_lost = sum(any(k - 2 <= o.t1 <= k for k in kills) for o in refused)
-        server = counters(text)
-        tokens_ok = all(seen[m] - lost[m] <= server["tokens"].get(m, 0) <= seen[m] + unheard
-                        for m in set(seen) | set(server["tokens"]))
-        refused_ok = len(refused) - refused_lost <= server["overloaded"] <= len(refused)
-        return {"client_tokens": dict(seen), "server_tokens": server["tokens"], "tokens_in_last_intervals": dict(lost),
-                "tokens_unheard": unheard, "client_429": len(refused), "server_429": server["overloaded"],
-                "429_in_last_intervals": refused_lost, "agree": tokens_ok and refused_ok}
-
 
 def free_port() -> int:
     with socket.socket() as sock:
