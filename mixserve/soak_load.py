@@ -45,7 +45,7 @@ class Mix:
     strings, sessions (started, then continued later), log-probs where the members share a tokenizer,
     and which streams the client drops mid-way."""
 
-    def __init__(self, seed: int, members: dict[str, str], model_name: str, disconnect_rate: float = 0.25):
+    def __init__(self, seed: int, members: dict[str, str], model_name: str, disconnect_rate: float = 0.4):
         self.rng = random.Random(seed)
         self.members = members  # name -> tokenizer fingerprint
         self.model_name = model_name

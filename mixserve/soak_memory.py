@@ -45,6 +45,8 @@ class MemoryWatch:
                 rss = psutil.Process(pid).memory_info().rss
             except psutil.NoSuchProcess:
                 continue
+            if not rss:
+                continue  # killed and not yet reaped: a zombie holds no memory and says nothing
             life = self.lives.setdefault(pid, Life(name, pid, now))
             if not life.base and now - life.seen >= self.settle_s:
                 life.base, life.base_at = rss, now

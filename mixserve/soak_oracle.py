@@ -7,7 +7,8 @@ invariants 1, 3, 6, 7).
   the crash must still be a prefix of the quiet text, and the change is counted, not failed.
 - A stream the client dropped: what it received is a prefix of the quiet text, by the same rule.
 - An error is explained by what the faults and the load did: 429 while the client's own sessions in
-  flight filled admission; 503 naming a member while that member was down or paused for about
+  flight filled admission (a gone client's until member_retry_s after it left, while they may still
+  wait on a member that is down or silent); 503 naming a member while that member was down or paused for about
   member_retry_s or longer; 500 naming a member while it was being killed; anything at all while the
   router replica was down (counted apart: those clients lost their request). Nothing else.
 """
@@ -18,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .soak_faults import Fault
-from .soak_load import DISCONNECTED, Outcome
+from .soak_load import DISCONNECTED, TIMEOUT, TRANSPORT, Outcome
 
 GRACE_S = 1.0  # the server frees a finished request's admission slots just after the client hears the end
 LATE_GRACE_S = 3.0  # ... and a dropped or broken one's once it notices
@@ -111,7 +112,14 @@ class Oracle:
         for o in self.outcomes:
             if o is out or o.status == 429:
                 continue
-            grace = GRACE_S if o.status in (200, 400, 404) else LATE_GRACE_S
+            if o.status in (200, 400, 404):
+                grace = GRACE_S
+            elif o.status in (DISCONNECTED, TRANSPORT, TIMEOUT):
+                # A client gone while its sessions wait on a member that is down or silent: the router
+                # learns it when that wait ends, at most member_retry_s later (seen in the soak).
+                grace = self.setup.retry_s + BOUND_SLACK_S + LATE_GRACE_S
+            else:
+                grace = LATE_GRACE_S
             if o.t0 <= out.t1 and out.t0 <= o.t1 + grace:
                 held += o.spec["n"]
         return held
