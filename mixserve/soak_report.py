@@ -75,8 +75,10 @@ def plot(report: dict, path: Path) -> None:
     fig, (lat, thr) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
     ok = [o for o in timeline if o["status"] == 200]
     lat.scatter([o["t1"] for o in ok], [o["t1"] - o["t0"] for o in ok], s=3, label="200")
-    bad = [o for o in timeline if o["status"] not in (200, "disconnected")]
-    lat.scatter([o["t1"] for o in bad], [o["t1"] - o["t0"] for o in bad], s=6, c="k", marker="x", label="error")
+    refused = [o for o in timeline if o["status"] == 429]
+    lat.scatter([o["t1"] for o in refused], [o["t1"] - o["t0"] for o in refused], s=2, c="0.75", label="429")
+    bad = [o for o in timeline if o["status"] not in (200, 429, "disconnected")]
+    lat.scatter([o["t1"] for o in bad], [o["t1"] - o["t0"] for o in bad], s=8, c="k", marker="x", label="other error")
     lat.set_ylabel("latency, s")
     lat.set_yscale("log")
     end = max((o["t1"] for o in timeline), default=1)
