@@ -29,4 +29,5 @@ def test_bad_input_exits_2_with_the_reason(tiny_dir, args, message):
 def test_models_tiny_writes_members_and_configs(tmp_path):
     out = run("models", "tiny", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in tmp_path.iterdir()} == {"a", "b", "c", "ensemble.yaml", "hetero.yaml"}
+    assert {p.name for p in tmp_path.iterdir()} == {"a", "b", "c", "ensemble.yaml", "hetero.yaml",
+                                                   "soak-transformers.yaml", "soak-vllm.yaml", "soak-mixed.yaml"}
