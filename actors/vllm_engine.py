@@ -224,6 +224,9 @@ class VllmEngine:
 
     def _submit(self, req: StepRequest | None, s: SessionCache | None, kind: str, ids: list[int], params) -> Run:
         rid = f"{kind}-{next(self.ids)}"
+        if params.extra_args and self.capture.KEY in params.extra_args:
+            # Keyed before vLLM's thread can take the request: set after, a row could go uncaptured.
+            params.extra_args[self.capture.KEY] = rid
         run = Run(req, s, rid, kind)
         self.runs[rid] = run
         if req is not None:
@@ -260,7 +263,6 @@ class VllmEngine:
 
         params = self._params(max_tokens=1, temperature=0, extra_args={self.capture.KEY: None})
         run = self._submit(req, s, "row", list(s.ids), params)
-        params.extra_args[self.capture.KEY] = run.rid
         try:
             await self._collect(run)
             if (logits := self.capture.ROWS.pop(run.rid, None)) is None:
