@@ -6,7 +6,6 @@ model's embeddings. The member loads; a prompt that holds the token makes its fo
 embedding rows (IndexError), a fault in the member, not in the input.
 """
 import shutil
-import time
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from transformers import AutoTokenizer
 
 from mixserve.proto import pb2, pb2_grpc
 from tests.conftest import _deploy
+from tests.router.test_app_http import wait_no_live_sessions
 
 ADDED = "<|tool|>"  # in the faulty member's tokenizer, past its model's embedding rows
 PROMPT = ADDED + " the cat"
@@ -33,15 +33,6 @@ def faulty_server(tiny_dir, serve_instance):
     serve.delete("faulty")  # its members go with its replica
 
 
-def live_sessions(server, within_s: float) -> dict:
-    deadline = time.monotonic() + within_s
-    while True:
-        live = requests.get(server.http + "/health", timeout=5).json()["live_sessions"]
-        if not any(live.values()) or time.monotonic() > deadline:
-            return live
-        time.sleep(0.05)  # polling the thing itself, with a bound
-
-
 def test_a_member_that_raises_fails_its_request_with_a_named_500_then_serves_on(faulty_server):
     body = {"prompt": PROMPT, "max_tokens": 32, "seed": 4, "n": 2}
     answer = requests.post(faulty_server.http + "/v1/completions", json=body, timeout=60)
@@ -49,7 +40,7 @@ def test_a_member_that_raises_fails_its_request_with_a_named_500_then_serves_on(
     error = answer.json()["error"]
     assert error["code"] == "member_error"
     assert error["message"] == "member 'faulty' failed on this request: IndexError: index out of range in self"
-    assert live_sessions(faulty_server, 3.0) == {"a": 0, "faulty": 0}
+    assert wait_no_live_sessions(faulty_server, 3.0) == {"a": 0, "faulty": 0}
 
     # The member is still up: a prompt without the added token is served by both members.
     fine = requests.post(faulty_server.http + "/v1/completions", timeout=60,
@@ -64,4 +55,4 @@ def test_a_member_that_raises_fails_its_request_with_a_named_500_then_serves_on(
             list(stub.Generate(request, timeout=60))
     assert failed.value.code() == grpc.StatusCode.INTERNAL
     assert failed.value.details() == error["message"]
-    assert live_sessions(faulty_server, 3.0) == {"a": 0, "faulty": 0}
+    assert wait_no_live_sessions(faulty_server, 3.0) == {"a": 0, "faulty": 0}
