@@ -242,11 +242,9 @@ class Router:
         async with aclosing(parts):
             while True:
                 try:
-                    part = await asyncio.wait_for(anext(parts), self.retry_s)
+                    part = await self._bounded(member, anext(parts))
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:
-                    raise UnavailableError(f"member {member!r} did not answer within {self.retry_s:g} s") from None
                 yield part
 
     def _sync_idle(self, s: Session, idle) -> None:
