@@ -108,7 +108,7 @@ class Soak:
             injectors[2].run("router_kill", injectors[2].times(plan["router_kill"], begin + 0.1 * duration_s,
                                                                begin + 0.6 * duration_s)),
         ]
-        memory = MemoryWatch(self.clock, settle_s=min(10.0, warmup_s))
+        memory = MemoryWatch(self.clock, warmup_s)
         memory.sample()
         watch = asyncio.create_task(memory.run(end))
         await asyncio.gather(drive(self.client, mix, end, workers, self.outcomes, limit), *timelines)
@@ -128,7 +128,7 @@ class Soak:
         self.phases = {k: round(v, 1) for k, v in phases.items()}
         oracle = Oracle(setup, self.outcomes, self.faults, quiet)
         verdicts = oracle.judge_all()
-        return _report(self, setup, plan, verdicts, oracle.problems, live, memory.growth(), prometheus, sessions,
+        return _report(self, setup, plan, verdicts, oracle.problems, live, memory, prometheus, sessions,
                        warm_end, duration_s)
 
     async def _setup(self) -> Setup:
@@ -248,10 +248,11 @@ def _session_turns(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
     return turns
 
 
-def _report(soak: Soak, setup: Setup, plan: dict, verdicts, problems, live, memory: list[dict], prometheus,
+def _report(soak: Soak, setup: Setup, plan: dict, verdicts, problems, live, watch: MemoryWatch, prometheus,
             sessions, warm_end: float, duration_s: float) -> dict:
     faults = Counter(f.kind for f in soak.faults)
-    growth = max((m["growth"] for m in memory), default=0.0)
+    memory, roles = watch.growth(), watch.roles()
+    growth = max((m["growth"] for m in memory + roles), default=0.0)
     statuses = Counter(str(o.status) for o in soak.outcomes)
     disconnects = sum(o.status == "disconnected" for o in soak.outcomes)
     leaked = live is None or any(live.values())
@@ -261,14 +262,14 @@ def _report(soak: Soak, setup: Setup, plan: dict, verdicts, problems, live, memo
         "faults": {**{k: faults.get(k, 0) for k in plan}, "disconnect": disconnects}, "planned": plan,
         "wrong_texts": verdicts.get("wrong_text", 0) + sessions["wrong"], "unexplained": verdicts.get("unexplained", 0),
         "router_lost": verdicts.get("router_lost", 0), "changed_after_crash": verdicts.get("changed_after_crash", 0),
-        "leaked_sessions": live, "memory_growth_max": growth, "memory": memory,
+        "leaked_sessions": live, "memory_growth_max": growth, "memory": memory, "memory_roles": roles,
         "sessions": sessions, "prometheus": prometheus, "unrecovered": unrecovered,
     }
     summary["passed"] = (summary["wrong_texts"] == 0 and summary["unexplained"] == 0 and not leaked
-                         and growth < 0.10 and bool(memory) and prometheus["agree"] and not unrecovered)
+                         and growth < 0.10 and bool(roles) and prometheus["agree"] and not unrecovered)
     return {"summary": summary, "problems": problems[:50] + sessions["problems"][:20],
             "settings": {"seed": soak.seed, "duration_s": duration_s, "warmup_end_s": round(warm_end, 1),
                          "retry_s": soak.retry_s, "max_concurrent_sessions": setup.max_sessions,
                          "engines": setup.engines},
-            "faults": [asdict(f) for f in soak.faults]}
+            "faults": [asdict(f) for f in soak.faults], "memory_series": watch.series()}
 

@@ -26,6 +26,9 @@ def markdown(report: dict) -> str:
     s, st = report["summary"], report["settings"]
     f, p = s["faults"], s["prometheus"]
     growth = ", ".join(f"{m['name']} (pid {m['pid']}, {m['span_s']:g} s) {100 * m['growth']:+.1f}%" for m in s["memory"])
+    roles = ", ".join(f"{m['name']} {m['warm_bytes'] / 2**20:.0f} → {m['end_bytes'] / 2**20:.0f} MiB "
+                      f"({100 * m['growth']:+.1f}%, {m['processes']} process{'es' if m['processes'] > 1 else ''})"
+                      for m in s["memory_roles"])
     lines = [
         f"# soak: {'passed' if s['passed'] else 'FAILED'}",
         "",
@@ -46,8 +49,9 @@ def markdown(report: dict) -> str:
         f"texts that changed after a crash where the engine allows it: {s['changed_after_crash']}",
         f"- named sessions continued after the soak: {s['sessions']['checked']}, wrong {s['sessions']['wrong']}, "
         f"continued after a turn whose answer was lost with its router: {s['sessions']['advanced_by_a_lost_turn']}",
-        f"- memory of each process at the end against once it had served 10 s (a restarted member is a "
-        f"new process, measured from its own start): {growth}",
+        f"- memory of each role after the soak against once warm-up was over: {roles}",
+        f"- memory of each process at its end against once it had served as long as the warm-up (a restarted "
+        f"member is a new process, measured from its own start): {growth}",
         f"- Prometheus: tokens per member, server {p['server_tokens']} against clients {p['client_tokens']} "
         f"(the server may count up to {p['tokens_unheard']} more, of requests whose end the clients did not hear, "
         f"and miss {p['tokens_in_last_intervals']}, answered in a killed router's last export interval); "
@@ -72,7 +76,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     timeline = report["timeline"]
-    fig, (lat, thr) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    fig, (lat, thr, mem) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
     ok = [o for o in timeline if o["status"] == 200]
     lat.scatter([o["t1"] for o in ok], [o["t1"] - o["t0"] for o in ok], s=3, label="200")
     refused = [o for o in timeline if o["status"] == 429]
@@ -87,9 +91,10 @@ def plot(report: dict, path: Path) -> None:
         bins[int(o["t1"] // 5)] += o["tokens"] / 5
     thr.step([5 * k for k in range(len(bins))], bins, where="post")
     thr.set_ylabel("tokens/s (5 s bins)")
-    thr.set_xlabel("seconds since start")
+    _memory(mem, report["memory_series"])
+    mem.set_xlabel("seconds since start")
     for f in report["faults"]:
-        for ax in (lat, thr):
+        for ax in (lat, thr, mem):
             ax.axvspan(f["start"], f["end"] if f["end"] is not None else end, color=COLORS[f["kind"]], alpha=0.15)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.3) for c in COLORS.values()]
     lat.legend(lat.get_legend_handles_labels()[0] + handles,
@@ -98,3 +103,14 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _memory(ax, series: list[dict]) -> None:
+    """One line per process, one colour per role: a leak climbs across lives, a warm-up levels off."""
+    names = sorted({x["name"] for x in series})
+    for x in series:
+        color = f"C{names.index(x['name'])}"
+        ax.plot([t for t, _ in x["samples"]], [b / 2**20 for _, b in x["samples"]], color=color, lw=1,
+                label=x["name"] if x is next(y for y in series if y["name"] == x["name"]) else None)
+    ax.set_ylabel("resident memory, MiB")
+    ax.legend(loc="lower right", fontsize=7)

@@ -21,7 +21,7 @@ def test_a_short_soak_loses_nothing(tiny_dir, tmp_path):
     # Its own Ray (metrics on: the suite's Ray has them off) in its own process, so that its SIGKILLs
     # and SIGSTOPs can only reach its own members.
     env = {k: v for k, v in os.environ.items() if k != "RAY_enable_metrics_collection"}
-    run = subprocess.run([sys.executable, "-m", "mixserve", "soak", "--config", str(config), "--duration", "45",
+    run = subprocess.run([sys.executable, "-m", "mixserve", "soak", "--config", str(config), "--duration", "60",
                           "--warmup", "8", "--member-kills", "3", "--pauses", "1", "--router-kills", "0",
                           "--seed", "1", "--out", str(out)], env=env, capture_output=True, text=True, timeout=480)
     report = json.loads((out / "soak.json").read_text())
