@@ -1,4 +1,5 @@
-"""How the router reaches a member: a Ray actor, or a core in this process (tests, ce-sequential).
+"""How the router reaches a member (actors/protocol.py's Member): a Ray actor, or a core in this
+process (tests, ce-sequential).
 
 Both expose `call(method, *args)`, which sends the call *now* and returns an awaitable,
 `stream(request)`, the step's tokens as the member samples them, and `release(session)`. Sending at
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from collections.abc import AsyncIterator
 
 from mixserve.actors.messages import StepRequest, StepResult
@@ -25,8 +26,12 @@ class CallCancelled(Exception):
 
 
 class RayMember:
-    def __init__(self, actor):
+    """A member actor. With a channel (router/dataplane.py), steps and releases go over its data
+    plane and only the rare calls are Ray tasks; without one, every call is (config data_plane: ray)."""
+
+    def __init__(self, actor, channel=None):
         self.actor = actor
+        self.channel = channel
 
     def call(self, method: str, *args) -> asyncio.Future:
         return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
@@ -37,10 +42,17 @@ class RayMember:
         its cleanup too: the member would hold the session for good (seen in three runs of 40 HTTP
         disconnects: from the 1st, 11th and 37th on). An empty context carries no Ray task id
         (ray-project/ray#52476)."""
+        if self.channel is not None:
+            return self.channel.release(session)
         ref = contextvars.Context().run(self.actor.release.remote, session)
         return asyncio.ensure_future(_down_on_actor_error(ref))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        if self.channel is not None:
+            async with aclosing(self.channel.stream(req)) as parts:
+                async for part in parts:
+                    yield part
+            return
         if req.distribution or req.steps == 1:  # one part: a plain call returns it faster than a stream
             yield await self.call("whole", req)
             return

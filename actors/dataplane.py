@@ -1,0 +1,147 @@
+"""A member's end of the data plane (docs/architecture.md, "Data plane"): its steps, streamed parts
+and releases over one long-lived ZMQ socket, instead of a Ray task per run.
+
+Ray still places, starts, restarts and health-checks the member and carries the rare calls (info,
+prompt_ids, score, ...); a Ray call is a task submission, a scheduling decision and a reply through
+the raylet's machinery (about 1 ms on 2 cores), where a message on an open socket is about 0.1 ms.
+
+The socket is a ROUTER bound to one address (never every interface unless configured to): loopback
+when the router runs on the same node, else the node's IP. It is authenticated and encrypted with
+CurveZMQ: both key pairs derive from the deployment's key (`keys`), which the router hands the member
+over Ray; a peer without it cannot complete the handshake, so it can neither drive the member nor
+read its tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+
+import zmq
+import zmq.asyncio
+import zmq.auth.asyncio
+
+from . import wire
+
+log = logging.getLogger(__name__)
+
+
+def keys(key: bytes, role: str) -> tuple[bytes, bytes]:
+    """(public, secret) CurveZMQ keys for `role` ("member" or "router") from the deployment's key."""
+    secret = zmq.utils.z85.encode(hashlib.sha256(role.encode() + b"\0" + key).digest())
+    return zmq.curve_public(secret), secret
+
+
+class _OnlyRouter:
+    """ZAP: admit the one client key the deployment's key gives, refuse every other."""
+
+    def __init__(self, public: bytes):
+        self.public = public
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key == self.public
+
+
+class DataPlane:
+    def __init__(self, member, key: bytes, host: str):
+        self.member = member  # actors/protocol.py's Member: step, whole, release
+        self.key = key
+        self.ctx = zmq.asyncio.Context()
+        self.auth = zmq.auth.asyncio.AsyncioAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback("*", credentials_provider=_OnlyRouter(keys(key, "router")[0]))
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        public, secret = keys(key, "member")
+        self.sock.curve_server = True
+        self.sock.curve_publickey, self.sock.curve_secretkey = public, secret
+        self.sock.setsockopt(zmq.SNDHWM, 0)  # a ROUTER drops what is past its high-water mark: never
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.ipv6 = host.startswith("[")
+        port = self.sock.bind_to_random_port(f"tcp://{host}")
+        self.endpoint = f"tcp://{host}:{port}"
+        self.tasks: dict[tuple[bytes, int], asyncio.Task] = {}
+        self.loop = asyncio.get_running_loop()
+        self.server = asyncio.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        while True:
+            peer, frame = await self.sock.recv_multipart()
+            try:
+                kind, rid, body = wire.loads(frame)
+            except Exception:  # noqa: BLE001 - an authenticated peer sent garbage: say so, keep serving
+                log.exception("data plane: a frame that does not decode")
+                continue
+            if kind == "cancel":
+                if (task := self.tasks.pop((peer, rid), None)) is not None:
+                    task.cancel()
+                continue
+            handler = {"step": self._step, "whole": self._call, "release": self._call}.get(kind)
+            if handler is None:
+                await self._send(peer, "error", rid, ("ValueError", f"unknown data plane call {kind!r}"))
+                continue
+            task = asyncio.create_task(handler(peer, rid, kind, body))
+            self.tasks[(peer, rid)] = task
+            task.add_done_callback(lambda _, k=(peer, rid): self.tasks.pop(k, None))
+
+    async def _step(self, peer: bytes, rid: int, kind: str, req) -> None:
+        parts = self.member.step(req)
+        try:
+            async for part in parts:
+                await self._send(peer, "part", rid, part)
+            await self._send(peer, "end", rid, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the member's fault: the router fails the request with it
+            await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+        finally:
+            await parts.aclose()  # a cancelled run leaves the batch now (actors/engine.py's `step`)
+
+    async def _call(self, peer: bytes, rid: int, kind: str, body) -> None:
+        try:
+            out = getattr(self.member, kind)(body)
+            await self._send(peer, "done", rid, await out if inspect.isawaitable(out) else out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+
+    async def _send(self, peer: bytes, kind: str, rid: int, body) -> None:
+        await self.sock.send_multipart([peer, wire.dumps([kind, rid, body])], copy=False)
+
+    def close(self) -> None:
+        self.server.cancel()
+        for task in self.tasks.values():
+            task.cancel()
+        self.auth.stop()
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def open_data_plane(member, key: bytes, router_ip: str, host: str | None) -> str:
+    """The member's data plane address, opened on its first call (by each new process: a restarted
+    member is asked again). `host`: the configured address to listen on; by default loopback when the
+    router is on this node, else the node's IP as Ray knows it."""
+    plane = getattr(member, "_data_plane", None)
+    if plane is None:
+        if not host:
+            import ray.util
+
+            node = ray.util.get_node_ip_address()
+            host = "127.0.0.1" if node == router_ip else node
+        plane = member._data_plane = DataPlane(member, key, f"[{host}]" if ":" in host else host)
+    elif plane.key != key:
+        raise PermissionError("this member's data plane belongs to another router")
+    return plane.endpoint
+
+
+class DataPlaneMember:
+    """The two actor methods every engine gets for its data plane (actors/protocol.py)."""
+
+    async def data_plane(self, key: bytes, router_ip: str, host: str | None = None) -> str:
+        return open_data_plane(self, key, router_ip, host)
+
+    async def watch(self) -> None:
+        """Never answers: the router holds this call open, and Ray fails it when this process dies."""
+        await asyncio.Event().wait()

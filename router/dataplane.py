@@ -1,0 +1,182 @@
+"""The router's end of a member's data plane (actors/dataplane.py; docs/architecture.md, "Data plane").
+
+One Channel per (router replica, member): a DEALER socket on which every step, streamed part and
+release of that member's sessions travels, each call tagged with an id. Ray still tells the router
+when the member dies: the channel holds one `watch` call open on the member actor, which never
+answers and which Ray fails the moment the process is gone. Then every call waiting on the channel
+fails with MemberDown (the router replays, as it does for a Ray call), and the next call reconnects
+to the restarted process, which opens a new socket on a new port.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator
+
+import zmq
+import zmq.asyncio
+
+from mixserve.actors import wire
+from mixserve.actors.dataplane import keys
+from mixserve.actors.messages import StepRequest, StepResult
+
+from .members import MemberDown, _ray_errors
+
+
+class Inbox:
+    """One call's frames as they arrive (the reader puts, the caller takes)."""
+
+    def __init__(self):
+        self.items: deque = deque()
+        self.ready = asyncio.Event()
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        self.ready.set()
+
+    async def get(self):
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.items.popleft()
+
+
+class Channel:
+    def __init__(self, actor, key: bytes, host: str | None = None):
+        self.actor = actor
+        self.key = key
+        self.host = host  # config's data_plane_host: where the member listens (None: it decides)
+        self.sock: zmq.asyncio.Socket | None = None
+        self.endpoint = ""  # the member's address, once connected
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connecting: asyncio.Task | None = None
+        self.pending: dict[int, Inbox] = {}
+        self.ids = itertools.count()
+
+    async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        """A step's parts as the member sends them; a step with one part (a ce distribution, a
+        one-token run) comes as one frame."""
+        one = req.distribution or req.steps == 1
+        sock, rid, inbox = await self._send("whole" if one else "step", req)
+        done = False
+        try:
+            while True:
+                kind, body = await inbox.get()
+                if kind == "part":
+                    yield body
+                    continue
+                done = True
+                if kind == "done":
+                    yield body
+                elif kind == "error":
+                    raise wire.error(*body)
+                elif kind == "down":
+                    raise body
+                return
+        finally:
+            self.pending.pop(rid, None)
+            if not done and sock is self.sock:  # the caller stopped early: the member drops the run now
+                sock.send(wire.dumps(["cancel", rid, None]), flags=zmq.NOBLOCK)
+
+    def release(self, session: str) -> asyncio.Future:
+        """Sent before the caller's next await (a task's first step), answered True when freed."""
+        return asyncio.ensure_future(self._answer("release", session))
+
+    async def _answer(self, kind: str, body):
+        _, rid, inbox = await self._send(kind, body)
+        try:
+            kind, body = await inbox.get()
+        finally:
+            self.pending.pop(rid, None)
+        if kind == "error":
+            raise wire.error(*body)
+        if kind == "down":
+            raise body
+        return body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        self.sock = None
+
+    async def _send(self, kind: str, body) -> tuple[zmq.asyncio.Socket, int, Inbox]:
+        sock = await self._ready()
+        rid = next(self.ids)
+        inbox = self.pending[rid] = Inbox()
+        await sock.send(wire.dumps([kind, rid, body]), copy=False)
+        return sock, rid, inbox
+
+    async def _ready(self) -> zmq.asyncio.Socket:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # a new event loop (Engine.generate runs one per call): start over
+            if self.sock is not None:
+                self.sock.close(0)
+            self.sock, self.pending, self.loop, self.connecting = None, {}, loop, None
+        if self.sock is not None:
+            return self.sock
+        if self.connecting is None or self.connecting.done():
+            self.connecting = loop.create_task(self._connect())
+        return await asyncio.shield(self.connecting)
+
+    async def _connect(self) -> zmq.asyncio.Socket:
+        import ray.util
+
+        with _ray_errors():
+            endpoint = await _detached(self.actor.data_plane.remote, self.key, ray.util.get_node_ip_address(),
+                                       self.host)
+        sock = _context().socket(zmq.DEALER)
+        sock.curve_serverkey = keys(self.key, "member")[0]
+        sock.curve_publickey, sock.curve_secretkey = keys(self.key, "router")
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.ipv6 = "[" in endpoint
+        sock.connect(endpoint)
+        self.sock, self.endpoint = sock, endpoint
+        asyncio.create_task(self._read(sock))
+        asyncio.create_task(self._watch(sock, _detached(self.actor.watch.remote)))
+        return sock
+
+    async def _read(self, sock) -> None:
+        try:
+            while self.sock is sock:
+                kind, rid, body = wire.loads(await sock.recv())
+                if (inbox := self.pending.get(rid)) is not None:
+                    inbox.put((kind, body))
+        except (asyncio.CancelledError, zmq.ZMQError):
+            pass
+
+    async def _watch(self, sock, ref) -> None:
+        try:
+            with _ray_errors():
+                await ref
+        except MemberDown as e:
+            if self.sock is sock:
+                self._drop(e)
+
+    def _drop(self, error: Exception) -> None:
+        """The member is gone: fail every call waiting on it, close the socket."""
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close(0)
+        pending, self.pending = self.pending, {}
+        for inbox in pending.values():
+            inbox.put(("down", error))
+
+
+def _detached(remote, *args):
+    """A Ray call made as no request's child: Serve cancels a gone client's request with
+    ray.cancel(recursive=True), which would cancel the channel's calls too (router/members.py)."""
+    return contextvars.Context().run(remote, *args)
+
+
+_CONTEXT: zmq.asyncio.Context | None = None
+
+
+def _context() -> zmq.asyncio.Context:
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = zmq.asyncio.Context()
+    return _CONTEXT

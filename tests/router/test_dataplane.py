@@ -1,0 +1,96 @@
+"""The member data plane (actors/dataplane.py, router/dataplane.py): steps travel on it, the same
+texts as over Ray calls, only to a peer holding the deployment's key, on loopback when the router is
+on the member's node."""
+import asyncio
+
+import psutil
+import ray
+import zmq
+
+from mixserve.actors import wire
+from mixserve.actors.dataplane import keys
+from mixserve.actors.messages import SamplingParams, Segment, StepRequest
+from mixserve.router.members import RayMember
+
+
+def _ask(sock: zmq.Socket, session: str, timeout_ms: int):
+    """One step request on a raw socket; the member's first frame, or None if none came."""
+    req = StepRequest(session, (Segment((1, 2, 3)),), 0, 2, SamplingParams(seed=1), fresh=True)
+    sock.send(wire.dumps(["step", 7, req]))
+    return wire.loads(sock.recv()) if sock.poll(timeout_ms) else None
+
+
+def _socket(ctx, endpoint: str, server_key: bytes | None = None, client: tuple[bytes, bytes] | None = None):
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if server_key is not None:
+        sock.curve_serverkey = server_key
+        sock.curve_publickey, sock.curve_secretkey = client or zmq.curve_keypair()
+    sock.connect(endpoint)
+    return sock
+
+
+def test_steps_travel_on_the_data_plane_and_give_the_texts_of_ray_calls(ensemble):
+    channels = {name: m.channel for name, m in ensemble.router.members.items()}
+    before = {name: next(c.ids) for name, c in channels.items()}
+    on_plane = ensemble.generate(prompt="the moon", max_tokens=24, seed=11).choices[0].text
+    assert all(next(c.ids) > before[name] + 1 for name, c in channels.items()), "no step went on the data plane"
+    for member in ensemble.router.members.values():
+        member.channel, member.kept = None, member.channel
+    try:
+        on_ray = ensemble.generate(prompt="the moon", max_tokens=24, seed=11).choices[0].text
+    finally:
+        for member in ensemble.router.members.values():
+            member.channel = member.kept
+    assert on_plane == on_ray and on_plane
+
+
+def test_only_the_deployments_key_drives_a_member(ensemble):
+    ensemble.generate(prompt="hello", max_tokens=2, seed=1)  # connected
+    channel = ensemble.router.members["a"].channel
+    endpoint, key = channel.endpoint, channel.key
+    ctx = zmq.Context()
+    try:
+        plain = _socket(ctx, endpoint)  # no CurveZMQ at all
+        # knows the member's public key (as a sniffer could) but not the deployment's key
+        stranger = _socket(ctx, endpoint, keys(key, "member")[0])
+        assert _ask(plain, "intruder-1", 1500) is None
+        assert _ask(stranger, "intruder-2", 1500) is None
+        owner = _socket(ctx, endpoint, keys(key, "member")[0], keys(key, "router"))
+        kind, rid, body = _ask(owner, "owner", 30_000)  # the same request, with the key: answered
+        assert (kind, rid) == ("part", 7) and len(body.tokens) == 1
+        assert plain.poll(0) == 0 and stranger.poll(0) == 0
+        owner.send(wire.dumps(["release", 8, "owner"]))
+        while wire.loads(owner.recv())[1] != 8:  # the step's last part, then the release's answer
+            assert owner.poll(30_000)
+        assert ensemble.live_sessions()["a"] == 0  # the intruders' sessions never existed
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_member_listens_on_loopback_only_when_its_router_is_on_its_node(ensemble):
+    ensemble.generate(prompt="hello", max_tokens=2, seed=1)
+    for name, member in ensemble.router.members.items():
+        host, port = member.channel.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        assert host == "127.0.0.1"
+        pid = ray.get(member.actor.stats.remote(), timeout=60)["pid"]
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        assert ("127.0.0.1", int(port)) in listening
+        assert not {("0.0.0.0", int(port)), ("::", int(port))} & listening
+
+
+def test_without_a_channel_a_member_still_answers_over_ray_calls(ensemble):
+    actor = ensemble.router.members["b"].actor
+    member = RayMember(actor)
+
+    async def one():
+        req = StepRequest("ray-path", (Segment((1, 2, 3)),), 0, 3, SamplingParams(seed=2), fresh=True)
+        parts = [p async for p in member.stream(req)]
+        await member.release("ray-path")
+        return parts
+
+    parts = asyncio.run(one())
+    assert sum(len(p.tokens) for p in parts) == 3
+    assert ensemble.live_sessions()["b"] == 0
+
