@@ -30,11 +30,11 @@ async def score(members: dict, weights: dict[str, float], pieces: list[bytes], i
     prompt and completion in their shared vocabulary."""
     names = list(weights)
     if len(names) == 1:
-        s = await members[names[0]].call("score", ids, top, False)
+        s = await members[names[0]].score(ids, top, False)
         chosen = torch.from_numpy(s.token_logprobs).double()  # (L-1,)
         best_ids, best = torch.from_numpy(s.top_ids), torch.from_numpy(s.top_logprobs).double()  # (L-1, top)
     else:
-        scores = await asyncio.gather(*(members[m].call("score", ids, 0, True) for m in names))
+        scores = await asyncio.gather(*(members[m].score(ids, 0, True) for m in names))
         vocab = min(s.rows.shape[1] for s in scores)
         rows = torch.stack([torch.from_numpy(s.rows[:, :vocab]).double() + math.log(weights[m])
                             for m, s in zip(names, scores)])  # (members, L-1, vocab)

@@ -1,19 +1,50 @@
 """How the router reaches a member (actors/protocol.py's Member): a Ray actor, or a core in this
-process (tests, ce-sequential).
-
-Both expose `call(method, *args)`, which sends the call *now* and returns an awaitable,
-`stream(request)`, the step's tokens as the member samples them, and `release(session)`. Sending at
-call time matters for `release`: a release that is sent cannot be lost to a cancellation that lands
-before it is awaited.
+process (tests, ce-sequential). `MemberClient` is that reach as a type: what the router may ask of a
+member, each call sent *now* and awaited later. Sending at call time matters for `release`: a
+release that is sent cannot be lost to a cancellation that lands before it is awaited.
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
 from contextlib import aclosing, contextmanager
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol
 
-from mixserve.actors.messages import StepRequest, StepResult
+from mixserve.actors.messages import Scores, StepRequest, StepResult
+
+
+class MemberClient(Protocol):
+    """The router's side of a member: the same names as actors/protocol.py's Member."""
+
+    def prompt_ids(self, prompt: str | None, messages: list[dict] | None) -> Awaitable[list[int]]: ...
+
+    def pieces(self) -> Awaitable[list[bytes]]: ...
+
+    def score(self, ids: list[int], top: int, rows: bool) -> Awaitable[Scores]: ...
+
+    def live_sessions(self) -> Awaitable[int]: ...
+
+    def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        """The step's tokens as the member samples them (its Member.step)."""
+
+    def release(self, session: str) -> Awaitable[bool]: ...
+
+
+class _Typed:
+    """MemberClient's plain calls, on top of a client's `call(method, *args)`."""
+
+    def prompt_ids(self, prompt: str | None, messages: list[dict] | None) -> Awaitable[list[int]]:
+        return self.call("prompt_ids", prompt, messages)
+
+    def pieces(self) -> Awaitable[list[bytes]]:
+        return self.call("pieces")
+
+    def score(self, ids: list[int], top: int, rows: bool) -> Awaitable[Scores]:
+        return self.call("score", ids, top, rows)
+
+    def live_sessions(self) -> Awaitable[int]:
+        return self.call("live_sessions")
 
 
 class MemberDown(Exception):
@@ -25,7 +56,7 @@ class CallCancelled(Exception):
     request whose client went away): the request is ending, nothing failed."""
 
 
-class RayMember:
+class RayMember(_Typed):
     """A member actor. With a channel (router/dataplane.py), steps and releases go over its data
     plane and only the rare calls are Ray tasks; without one, every call is (config data_plane: ray)."""
 
@@ -61,7 +92,7 @@ class RayMember:
             yield await _down_on_actor_error(ref)
 
 
-class LocalMember:
+class LocalMember(_Typed):
     """A core called in this process. Its step runs whole (no batching): the baseline and the fakes."""
 
     def __init__(self, core):

@@ -20,7 +20,7 @@ from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepR
 from mixserve.actors.sampling import pick_mixture
 
 from . import logprobs, snapshot
-from .members import CallCancelled, LocalMember, MemberDown
+from .members import CallCancelled, LocalMember, MemberClient, MemberDown
 from .policies import make_policy
 from .logprobs import LogProbs
 from .request import (GenerateRequest, MemberFailedError, NotFoundError, Plan, RequestError, UnavailableError,
@@ -35,10 +35,10 @@ RELEASE_WAIT_S = 1.0  # how long a finished session waits for its members to con
 
 
 class Router:
-    def __init__(self, members: dict, infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
+    def __init__(self, members: dict[str, MemberClient], infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
                  default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
                  retry_s: float = 120.0, store=None, eager_sync: bool = False, token_healing: bool = False):
-        self.members = members  # name -> RayMember | LocalMember
+        self.members = members  # name -> a MemberClient (router/members.py)
         self.infos = infos
         self.weights = weights
         self.method = method
@@ -225,9 +225,6 @@ class Router:
             log.exception("member %r failed on session %s", member, s.id)
             raise MemberFailedError(member, e) from e
 
-    def _call(self, member: str, method: str, *args):
-        return self._bounded(member, self.members[member].call(method, *args))
-
     async def _bounded(self, member: str, call):
         """A call's answer within retry_s (see _answered)."""
         try:
@@ -323,8 +320,8 @@ class Router:
 
     async def _tokenize(self, plan: Plan, names: list[str]) -> list[list[int]]:
         try:
-            ids = await asyncio.gather(*(self._retrying(m, lambda m=m: self._call(
-                m, "prompt_ids", plan.prompt, plan.messages)) for m in names))
+            ids = await asyncio.gather(*(self._retrying(m, lambda m=m: self._bounded(
+                m, self.members[m].prompt_ids(plan.prompt, plan.messages))) for m in names))
         except RequestError:
             raise
         except ValueError as e:  # e.g. a member without a chat template; Ray keeps the cause
@@ -350,7 +347,7 @@ class Router:
         one = {self.infos[m].tokenizer: m for m in plan.weights}  # tokenizer -> a member that has it
         key = frozenset(one)
         if key not in self.vocabs:
-            pieces = await asyncio.gather(*(self._call(m, "pieces") for m in one.values()))
+            pieces = await asyncio.gather(*(self._bounded(m, self.members[m].pieces()) for m in one.values()))
             if len(one) == 1:
                 self.vocabs[key] = SharedVocab(next(iter(one)), pieces[0])
             else:
@@ -361,7 +358,7 @@ class Router:
         return self.vocabs[key]
 
     async def live_sessions(self) -> dict[str, int]:
-        counts = await asyncio.gather(*(m.call("live_sessions") for m in self.members.values()))
+        counts = await asyncio.gather(*(m.live_sessions() for m in self.members.values()))
         return dict(zip(self.members, counts))
 
 
