@@ -14,6 +14,7 @@ read its tokens.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -23,6 +24,7 @@ import zmq.asyncio
 import zmq.auth.asyncio
 
 from . import wire
+from .messages import StepRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,27 @@ class _OnlyRouter:
 
     def callback(self, domain: str, key: bytes) -> bool:
         return key == self.public
+
+
+class Feeds:
+    """An open run's feeds: (delta, fresh, final) as they come, taken together when several wait."""
+
+    def __init__(self, session: str):
+        self.session = session
+        self.waiting: list[tuple] = []
+        self.ready = asyncio.Event()
+
+    def put(self, feed) -> None:
+        self.waiting.append(feed)
+        self.ready.set()
+
+    async def take(self) -> tuple[tuple, bool, bool]:
+        while not self.waiting:
+            self.ready.clear()
+            await self.ready.wait()
+        feeds, self.waiting = self.waiting, []
+        # Segments append one after another: several deltas are one. `fresh` only ever comes first.
+        return sum((d for d, _, _ in feeds), ()), feeds[0][1], feeds[-1][2]
 
 
 class DataPlane:
@@ -62,6 +85,7 @@ class DataPlane:
         port = self.sock.bind_to_random_port(f"tcp://{host}")
         self.endpoint = f"tcp://{host}:{port}"
         self.tasks: dict[tuple[bytes, int], asyncio.Task] = {}
+        self.feeds: dict[tuple[bytes, int], Feeds] = {}  # an open run's log so far, as the router sends it
         self.loop = asyncio.get_running_loop()
         self.server = asyncio.create_task(self._serve())
 
@@ -74,13 +98,25 @@ class DataPlane:
                 log.exception("data plane: a frame that does not decode")
                 continue
             if kind == "cancel":
+                self.feeds.pop((peer, rid), None)
                 if (task := self.tasks.pop((peer, rid), None)) is not None:
                     task.cancel()
                 continue
-            handler = {"step": self._step, "whole": self._call, "release": self._call}.get(kind)
+            if kind == "feed":
+                if (feeds := self.feeds.get((peer, rid))) is not None:
+                    feeds.put(body)
+                continue
+            handler = {"step": self._step, "open": self._open, "whole": self._call, "release": self._call}.get(kind)
             if handler is None:
                 await self._send(peer, "error", rid, ("ValueError", f"unknown data plane call {kind!r}"))
                 continue
+            if kind == "open":  # before its task starts: the feeds that follow at once must find it
+                self.feeds[(peer, rid)] = Feeds(body.session)
+            if kind == "release":  # a run opened for the session will never be started: drop it
+                for key in [k for k, f in self.feeds.items() if f.session == body]:
+                    self.feeds.pop(key)
+                    if (task := self.tasks.pop(key, None)) is not None:
+                        task.cancel()
             task = asyncio.create_task(handler(peer, rid, kind, body))
             self.tasks[(peer, rid)] = task
             task.add_done_callback(lambda _, k=(peer, rid): self.tasks.pop(k, None))
@@ -97,6 +133,30 @@ class DataPlane:
             await self._send(peer, "error", rid, (type(e).__name__, str(e)))
         finally:
             await parts.aclose()  # a cancelled run leaves the batch now (actors/engine.py's `step`)
+
+    async def _open(self, peer: bytes, rid: int, kind: str, req: StepRequest) -> None:
+        """The next run of a session, opened while another member decodes the run before it
+        (docs/architecture.md, "The next run in flight"). The log arrives in feeds as the other
+        member's tokens do; each is caught up at once in this member's batches (what piled up during
+        a catch-up goes in one), and the last feed starts the run, which answers on this call's id."""
+        feeds = self.feeds[(peer, rid)]
+        try:
+            delta, fresh, final = req.delta, req.fresh, False
+            while True:
+                if final:
+                    break
+                if delta or fresh:
+                    sync = StepRequest(req.session, delta, req.first_step, 0, req.sampling, fresh=fresh)
+                    async for _ in self.member.step(sync):
+                        pass
+                delta, fresh, final = await feeds.take()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the router replays the session the usual way
+            return await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+        finally:
+            self.feeds.pop((peer, rid), None)
+        await self._step(peer, rid, "step", dataclasses.replace(req, delta=delta, fresh=fresh))
 
     async def _call(self, peer: bytes, rid: int, kind: str, body) -> None:
         try:
@@ -141,6 +201,11 @@ class DataPlaneMember:
 
     async def data_plane(self, key: bytes, router_ip: str, host: str | None = None) -> str:
         return open_data_plane(self, key, router_ip, host)
+
+    def data_plane_stats(self) -> dict:
+        """Calls in progress on the data plane and runs opened ahead still waiting for their turn."""
+        plane = getattr(self, "_data_plane", None)
+        return {"calls": len(plane.tasks), "open_runs": len(plane.feeds)} if plane else {"calls": 0, "open_runs": 0}
 
     async def watch(self) -> None:
         """Never answers: the router holds this call open, and Ray fails it when this process dies."""

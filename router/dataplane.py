@@ -43,6 +43,28 @@ class Inbox:
         return self.items.popleft()
 
 
+class OpenRun:
+    """A run opened ahead on a member: `feed` sends it the log as it grows, `run` the last of it,
+    and yields the run's parts; `cancel` drops it (the run before it ended the text)."""
+
+    def __init__(self, channel: Channel, sock, rid: int, inbox: Inbox):
+        self.channel, self.sock, self.rid, self.inbox = channel, sock, rid, inbox
+        self.started = False
+
+    def feed(self, delta: tuple, fresh: bool) -> None:
+        self.channel._post(self.sock, "feed", self.rid, (delta, fresh, False))
+
+    def run(self, delta: tuple, fresh: bool) -> AsyncIterator[StepResult]:
+        self.started = True
+        self.channel._post(self.sock, "feed", self.rid, (delta, fresh, True))
+        return self.channel._parts(self.sock, self.rid, self.inbox)
+
+    def cancel(self) -> None:
+        if not self.started:
+            self.channel.pending.pop(self.rid, None)
+            self.channel._post(self.sock, "cancel", self.rid, None)
+
+
 class Channel:
     def __init__(self, actor, key: bytes, host: str | None = None):
         self.actor = actor
@@ -54,12 +76,31 @@ class Channel:
         self.connecting: asyncio.Task | None = None
         self.pending: dict[int, Inbox] = {}
         self.ids = itertools.count()
+        self.opened = 0  # runs opened ahead (tests, bench)
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """A step's parts as the member sends them; a step with one part (a ce distribution, a
         one-token run) comes as one frame."""
         one = req.distribution or req.steps == 1
         sock, rid, inbox = await self._send("whole" if one else "step", req)
+        async for part in self._parts(sock, rid, inbox):
+            yield part
+
+    def can_open(self) -> bool:
+        """Connected on this event loop: a run can be opened now, without waiting (a member that is
+        restarting gets its run when its turn comes, the usual way)."""
+        return self.sock is not None and self.loop is asyncio.get_running_loop()
+
+    def open(self, req: StepRequest) -> OpenRun:
+        """The session's next run on this member, opened now and started by its last feed
+        (actors/dataplane.py's `_open`). Only when can_open()."""
+        rid = next(self.ids)
+        inbox = self.pending[rid] = Inbox()
+        self._post(self.sock, "open", rid, req)
+        self.opened += 1
+        return OpenRun(self, self.sock, rid, inbox)
+
+    async def _parts(self, sock, rid: int, inbox: Inbox) -> AsyncIterator[StepResult]:
         done = False
         try:
             while True:
@@ -77,8 +118,13 @@ class Channel:
                 return
         finally:
             self.pending.pop(rid, None)
-            if not done and sock is self.sock:  # the caller stopped early: the member drops the run now
-                sock.send(wire.dumps(["cancel", rid, None]), flags=zmq.NOBLOCK)
+            if not done:  # the caller stopped early: the member drops the run now
+                self._post(sock, "cancel", rid, None)
+
+    def _post(self, sock, kind: str, rid: int, body) -> None:
+        """A frame that needs no answer, sent now (never blocks: no high-water mark)."""
+        if sock is self.sock:
+            sock.send(wire.dumps([kind, rid, body]), flags=zmq.NOBLOCK)
 
     def release(self, session: str) -> asyncio.Future:
         """Sent before the caller's next await (a task's first step), answered True when freed."""

@@ -30,6 +30,12 @@ class MemberClient(Protocol):
 
     def release(self, session: str) -> Awaitable[bool]: ...
 
+    def can_open(self) -> bool:
+        """Whether a run can be opened ahead on this member now (it has a data plane, connected)."""
+
+    def open(self, req: StepRequest):
+        """The session's next run, opened ahead (router/dataplane.py's OpenRun); only when can_open()."""
+
 
 class _Typed:
     """MemberClient's plain calls, on top of a client's `call(method, *args)`."""
@@ -45,6 +51,13 @@ class _Typed:
 
     def live_sessions(self) -> Awaitable[int]:
         return self.call("live_sessions")
+
+    def can_open(self) -> bool:
+        channel = getattr(self, "channel", None)
+        return channel is not None and channel.can_open()
+
+    def open(self, req: StepRequest):
+        return self.channel.open(req)
 
 
 class MemberDown(Exception):

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,6 +32,14 @@ from .vocab import EOS, SharedVocab, UnionVocab
 
 log = logging.getLogger(__name__)
 RELEASE_WAIT_S = 1.0  # how long a finished session waits for its members to confirm the release
+
+
+@dataclass
+class Ahead:
+    """A session's next run, opened on its member during the run before it."""
+
+    member: str
+    run: object  # router/dataplane.py's OpenRun
 
 
 class Router:
@@ -119,6 +127,7 @@ class Router:
 
     async def _sample(self, plan: Plan, s: Session, stats: Counter, emit) -> Choice:
         policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed, self.runs)
+        ahead: Ahead | None = None  # the next turn's run, opened on its member while this one decodes
         try:
             while s.finish_reason is None:
                 turn = policy.plan(s.step, s.remaining)
@@ -127,9 +136,15 @@ class Router:
                     emit()
                 else:
                     member = turn.members[0]
-                    idle = [m for m in plan.weights if m != member] if self.eager_sync else []
-                    await self._run(s, member, turn.steps, stats, emit, idle, self._heals(plan, member))
+                    opened, ahead = ahead, None
+                    ahead = self._open_next(plan, policy, s, member, s.step + turn.steps)
+                    idle = [m for m in plan.weights if m != member and not (ahead and ahead.member == m)] \
+                        if self.eager_sync else []
+                    await self._run(s, member, turn.steps, stats, emit, idle, self._heals(plan, member),
+                                    opened, ahead)
         finally:
+            if ahead is not None:
+                ahead.run.cancel()  # the text ended before its turn
             await self._release(s)
         return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
                       s.finish_reason, s.first_token_s, s.stretches(), s.index)
@@ -159,9 +174,41 @@ class Router:
             await _awhile(calls)
             raise
 
-    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=(), heal=False) -> None:
+    def _open_next(self, plan: Plan, policy, s: Session, member: str, end: int) -> Ahead | None:
+        """Open the run after this one on its member now (docs/architecture.md, "The next run in
+        flight"): the schedule is known ahead (invariant 5), so the next member catches up while
+        this one decodes, and its run waits only for this run's last tokens. None where there is no
+        next run, it is this member's or a mixture's, or the member cannot open one now."""
+        if end >= s.step + s.remaining:
+            return None
+        turn = policy.plan(end, s.step + s.remaining - end)
+        nxt = turn.members[0]
+        if turn.weights or nxt == member or not self.members[nxt].can_open():
+            return None
+        fresh = nxt not in s.cursor
+        delta = s.take_delta(nxt) if self._feedable(s, nxt) else ()
+        req = StepRequest(s.id, delta, end, turn.steps, s.params, fresh=fresh and bool(delta),
+                          heal=self._heals(plan, nxt))
+        return Ahead(nxt, self.members[nxt].open(req))
+
+    def _feedable(self, s: Session, member: str) -> bool:
+        """Whether the log it has not seen can go to `member` now. Text from another tokenizer waits
+        for the turn: re-tokenized in pieces it could split differently from all at once, and
+        the text must not depend on when it was sent (invariant 3)."""
+        return all(e.tokenizer == s.tokenizers[member] for e in s.log[s.cursor.get(member, 0):])
+
+    def _feed(self, s: Session, ahead: Ahead) -> None:
+        if self._feedable(s, ahead.member) and ahead.member in s.cursor:
+            delta = s.take_delta(ahead.member)
+            if delta:
+                ahead.run.feed(delta, False)
+
+    async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=(), heal=False,
+                   opened: Ahead | None = None, ahead: Ahead | None = None) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call whose tokens
-        stream back as they are sampled. `idle` members (eager_sync) get those tokens as they come."""
+        stream back as they are sampled. `idle` members (eager_sync) get those tokens as they come,
+        and so does the run opened `ahead` on the next member; `opened` is this run, opened so
+        during the turn before."""
         caught_up = s.step - s.cursor.get(member, 0)
         started = time.perf_counter()
         end = s.step + steps
@@ -175,9 +222,11 @@ class Router:
             if s.finish_reason is not None or s.step >= end:
                 return True
             self._sync_idle(s, idle)
+            if ahead is not None:
+                self._feed(s, ahead)
             return False
 
-        await self._step(s, member, request, stats, record)
+        await self._step(s, member, request, stats, record, opened.run if opened else None)
         if self.metrics:
             self.metrics.step(member, time.perf_counter() - started, caught_up)
 
@@ -192,19 +241,23 @@ class Router:
         token = pick_mixture(mixture, s.params, s.step)
         s.record(MIXTURE, [token], [vocab.pieces[token]])
 
-    async def _step(self, s: Session, member: str, request, stats: Counter, on_part=None) -> StepResult:
+    async def _step(self, s: Session, member: str, request, stats: Counter, on_part=None, opened=None) -> StepResult:
         """One step call that survives the member losing the session (eviction, restart): the log is
         replayed from the prompt (docs/architecture.md invariant 1). `on_part(part)` sees each streamed part and
-        returns True when no more are wanted; a retry asks only for the steps still missing."""
+        returns True when no more are wanted; a retry asks only for the steps still missing. `opened`:
+        the run opened ahead on the member (the first attempt starts it with the rest of the log)."""
         last = StepResult()
 
         async def attempt():
-            nonlocal last
+            nonlocal last, opened
             if (sync := self.syncs.pop((s.id, member), None)) is not None:
                 await sync  # the background catch-up went first: its tokens are off the delta
             fresh = member not in s.cursor  # before take_delta marks the log as seen
             stats.update(trips=1)
-            async for part in self._answered(member, self.members[member].stream(request(s.take_delta(member), fresh))):
+            run, opened = opened, None
+            parts = run.run(s.take_delta(member), fresh) if run is not None else \
+                self.members[member].stream(request(s.take_delta(member), fresh))
+            async for part in self._answered(member, parts):
                 stats.update(forwards=part.forwards)
                 last = part
                 if on_part and await on_part(part):

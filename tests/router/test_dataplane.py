@@ -2,8 +2,10 @@
 texts as over Ray calls, only to a peer holding the deployment's key, on loopback when the router is
 on the member's node."""
 import asyncio
+import time
 
 import psutil
+import pytest
 import ray
 import zmq
 
@@ -30,19 +32,43 @@ def _socket(ctx, endpoint: str, server_key: bytes | None = None, client: tuple[b
     return sock
 
 
-def test_steps_travel_on_the_data_plane_and_give_the_texts_of_ray_calls(ensemble):
-    channels = {name: m.channel for name, m in ensemble.router.members.items()}
-    before = {name: next(c.ids) for name, c in channels.items()}
-    on_plane = ensemble.generate(prompt="the moon", max_tokens=24, seed=11).choices[0].text
-    assert all(next(c.ids) > before[name] + 1 for name, c in channels.items()), "no step went on the data plane"
-    for member in ensemble.router.members.values():
-        member.channel, member.kept = None, member.channel
+def _without_channels(engine, **request):
+    """The same request with every call a Ray task: no data plane, no run opened ahead."""
+    kept = {name: m.channel for name, m in engine.router.members.items()}
+    for member in engine.router.members.values():
+        member.channel = None
     try:
-        on_ray = ensemble.generate(prompt="the moon", max_tokens=24, seed=11).choices[0].text
+        return engine.generate(**request).choices[0].text
     finally:
-        for member in ensemble.router.members.values():
-            member.channel = member.kept
-    assert on_plane == on_ray and on_plane
+        for name, member in engine.router.members.items():
+            member.channel = kept[name]
+
+
+@pytest.mark.parametrize("fixture", ["ensemble", "hetero"])
+def test_steps_travel_on_the_data_plane_and_give_the_texts_of_ray_calls(fixture, request):
+    engine = request.getfixturevalue(fixture)
+    channels = {name: m.channel for name, m in engine.router.members.items()}
+    before = {name: (next(c.ids), c.opened) for name, c in channels.items()}
+    ask = dict(prompt="the moon", max_tokens=32, seed=11)
+    on_plane = engine.generate(**ask).choices[0].text
+    for name, c in channels.items():
+        assert next(c.ids) > before[name][0] + 1, f"no step of {name} went on the data plane"
+        assert c.opened > before[name][1], f"no run of {name} was opened ahead"
+    assert on_plane == _without_channels(engine, **ask) and on_plane
+
+
+def test_a_text_that_stops_early_leaves_no_run_open(ensemble):
+    text = ensemble.generate(prompt="the sun", max_tokens=40, seed=5).choices[0].text
+    stop = text[len(text) // 3: len(text) // 3 + 2]  # the text ends a third of the way in
+    short = ensemble.generate(prompt="the sun", max_tokens=40, seed=5, stop=[stop])
+    assert short.choices[0].finish_reason == "stop" and len(short.choices[0].text) < len(text)
+    deadline = time.monotonic() + 30
+    while True:  # the cancels are frames in flight: poll the members, with a bound
+        stats = [ray.get(m.actor.data_plane_stats.remote(), timeout=60) for m in ensemble.router.members.values()]
+        if all(x == {"calls": 0, "open_runs": 0} for x in stats) or time.monotonic() > deadline:
+            break
+    assert stats == [{"calls": 0, "open_runs": 0}] * 2
+    assert ensemble.live_sessions() == {"a": 0, "b": 0}
 
 
 def test_only_the_deployments_key_drives_a_member(ensemble):

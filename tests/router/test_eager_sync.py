@@ -1,5 +1,6 @@
-"""eager_sync through real member actors: the idle members catch up in the background while the chosen
-one decodes (router/router.py `_sync_idle`), and the text is the same as without it."""
+"""Catching up in the background through real member actors, and the text the same as without it: the
+next run opened ahead on its member (router/router.py `_open_next`), and eager_sync, which catches
+every idle member up (`_sync_idle`)."""
 import time
 
 import ray
@@ -12,12 +13,16 @@ from mixserve.router.request import GenerateRequest
 REQUEST = GenerateRequest(prompt="the river", max_tokens=60, seed=21, n=4, method="me")
 
 
-def run(tiny_dir, eager_sync: bool):
-    """The request's result, and the rows the members computed (a session advanced in one forward)."""
+def run(tiny_dir, eager_sync: bool, data_plane: bool = True):
+    """The request's result, and the rows the members computed (a session advanced in one forward).
+    Without the data plane every call is a Ray task and no run is opened ahead."""
     raw = yaml.safe_load((tiny_dir / "ensemble.yaml").read_text())
     for m in raw["members"]:
         m.update(resources={"num_cpus": 0.5}, batch_invariant=True)
     with build_engine(parse_config({**raw, "eager_sync": eager_sync}, tiny_dir)) as engine:
+        if not data_plane:
+            for member in engine.router.members.values():
+                member.channel = None
         result = engine.generate(REQUEST)
         deadline = time.monotonic() + 3.0
         while any((live := engine.live_sessions()).values()) and time.monotonic() < deadline:
@@ -27,15 +32,19 @@ def run(tiny_dir, eager_sync: bool):
     return result, rows
 
 
-def test_eager_sync_catches_idle_members_up_in_the_background_and_changes_no_text(tiny_dir, ray_local):
-    lazy, lazy_rows = run(tiny_dir, eager_sync=False)
+def test_members_catch_up_in_the_background_and_no_text_changes(tiny_dir, ray_local):
+    lazy, lazy_rows = run(tiny_dir, eager_sync=False, data_plane=False)
+    ahead, ahead_rows = run(tiny_dir, eager_sync=False)
     eager, eager_rows = run(tiny_dir, eager_sync=True)
-    assert [c.text for c in eager.choices] == [c.text for c in lazy.choices]
-    assert [c.members for c in eager.choices] == [c.members for c in lazy.choices]
-    assert {m for c in eager.choices for m in c.members} == {"a", "b"}  # both members took turns
-    # Without eager sync a member computes a session only when chosen: one row per token it samples,
-    # its catch-up fed in that same forward. With it, the idle member also computes the tokens the
-    # chosen one streams, in calls of their own while that one decodes: rows beyond the tokens.
-    tokens = eager.usage.completion_tokens
+    for other in (ahead, eager):
+        assert [c.text for c in other.choices] == [c.text for c in lazy.choices]
+        assert [c.members for c in other.choices] == [c.members for c in lazy.choices]
+    assert {m for c in lazy.choices for m in c.members} == {"a", "b"}  # both members took turns
+    # Where nothing is opened ahead a member computes a session only when chosen: one row per token
+    # it samples, its catch-up fed in that same forward. With the next run opened ahead, the next
+    # member also computes the tokens the chosen one streams, in calls of their own while that one
+    # decodes: rows beyond the tokens (and eager_sync, with two members, syncs that same one).
+    tokens = lazy.usage.completion_tokens
     assert lazy_rows == tokens
-    assert eager_rows > tokens, f"no background catch-up: {eager_rows} rows for {tokens} tokens"
+    assert ahead_rows > tokens, f"no background catch-up: {ahead_rows} rows for {tokens} tokens"
+    assert eager_rows > tokens
