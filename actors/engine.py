@@ -5,9 +5,7 @@ moment (prefills, catch-ups and decodes together), samples each job's next token
 jobs join and leave between forwards. The forward runs in a worker thread, so the actor keeps
 answering (health, release, new jobs) while the model computes.
 
-The interface the router needs is this class's public methods: info, prompt_ids, pieces, step (and
-whole, the same step as one reply), release, live_sessions, score; a second backend (vLLM with prefix
-caching on a GPU) implements the same.
+MemberEngine implements actors/protocol.py's Member, as the vLLM engine (actors/vllm_engine.py) does.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .member import MemberCore, SessionCache
-from .messages import MemberInfo, Scores, StepRequest, StepResult
+from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sessions import ReleasedIds
 
 
@@ -54,7 +52,7 @@ class Job:
                     if item is None:
                         return
                     raise item
-                merged = _join(merged, item)
+                merged = join(merged, item)
             if merged is not None:
                 yield merged
 
@@ -86,10 +84,9 @@ class MemberEngine:
         return self.core.live_sessions()
 
     def stats(self) -> dict:
-        """Counters; compute_s is the time the engine thread spent in forwards (the rest of a token's
-        time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
-        return {"forwards": self.core.forwards, "rows": self.core.rows, "evictions": self.core.evictions,
-                "compute_s": self.compute_s, "pid": os.getpid()}
+        """The core's counters; compute_s is the time the engine thread spent in forwards (the rest of
+        a token's time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
+        return {**self.core.stats(), "compute_s": self.compute_s, "pid": os.getpid()}
 
     def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
         return f"MemberEngine(name={self.core.name})"
@@ -127,7 +124,7 @@ class MemberEngine:
         plain call's reply costs less than a stream's item (router/members.py)."""
         result = StepResult()
         async for part in self.step(req):
-            result = _join(result, part)
+            result = join(result, part)
         return result
 
     async def _run(self) -> None:
@@ -164,12 +161,11 @@ class MemberEngine:
         if req.steps == 0:  # eager sync: the forward filled the cache, nothing to sample
             return self._finish(job, StepResult())
         job.forwards += 1
-        if (out := self.core.advance(job.cache, row, req.sampling, job.next_step)) is None:
+        more = job.next_step + 1 < req.first_step + req.steps
+        if (out := self.core.advance(job.cache, row, req.sampling, job.next_step, more)) is None:
             return  # token healing kept the word's end: the next forward samples this step again
         token, piece, finish = out
         job.next_step += 1
-        if not finish and not job.done and self.core.full(job.cache):
-            finish = "length"
         part = StepResult([token], [piece], finish, forwards=job.forwards)
         job.forwards = 0
         if finish or job.done:
@@ -182,9 +178,3 @@ class MemberEngine:
         if not isinstance(part, Exception):
             job.push(None)
 
-
-def _join(first: StepResult | None, then: StepResult) -> StepResult:
-    if first is None:
-        return then
-    return StepResult(first.tokens + then.tokens, first.pieces + then.pieces, then.finish, then.probs,
-                      first.forwards + then.forwards)

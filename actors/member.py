@@ -55,7 +55,8 @@ class MemberCore(SessionBook):
                 finish = "length"
                 break
             forwards += 1
-            if (out := self.advance(s, self.forward([s])[0], req.sampling, req.first_step + len(tokens))) is None:
+            more = len(tokens) + 1 < req.steps
+            if (out := self.advance(s, self.forward([s])[0], req.sampling, req.first_step + len(tokens), more)) is None:
                 continue  # token healing kept the word's end: this step samples again
             token, piece, finish = out
             tokens.append(token)
@@ -64,22 +65,27 @@ class MemberCore(SessionBook):
                 break
         return StepResult(tokens, pieces, finish, forwards=forwards)
 
-    def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int) -> tuple[int, bytes, str] | None:
-        """Sample step `step` from this session's row of log-probs and append it. A healed token's
-        piece is only its bytes past the backed-off ones: those are in the log already. None when
-        healing picked the backed-off token itself (the word ends where the other member ended it):
-        no text yet, and the caller samples the same step again after feeding it."""
-        heal, s.heal = s.heal, b""
-        if heal:
-            allowed = torch.full_like(logp, float("-inf"))
-            allowed[self.codec.extending(heal)] = 0.0
-            logp = logp + allowed
+    def whole(self, req: StepRequest) -> StepResult:
+        """The step as one reply: in this process `step` already is one."""
+        return self.step(req)
+
+    def stats(self) -> dict:
+        return {"forwards": self.forwards, "rows": self.rows, "evictions": self.evictions}
+
+    def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int,
+                more: bool) -> tuple[int, bytes, str] | None:
+        """Sample step `step` from this session's row of log-probs and take it into the log
+        (SessionBook.accept: its piece, and why the run ends; None when token healing kept the word's
+        end, and the caller samples the same step again after feeding it). `more`: the run wants
+        tokens after this one."""
+        heal, allowed = self.healing(s)
+        if allowed is not None:
+            mask = torch.full_like(logp, float("-inf"))
+            mask[allowed] = 0.0
+            logp = logp + mask
         token = pick(logp, sampling, step)
-        s.ids.append(token)
-        if token in self.eos_ids:
-            return token, b"", "eos"
-        piece = self.codec.piece(token)[len(heal):]
-        return None if heal and not piece else (token, piece, "")
+        out = self.accept(s, token, heal, more)
+        return None if out is None else (token, *out)
 
     @torch.inference_mode()
     def forward(self, rows: list[SessionCache]) -> torch.Tensor:

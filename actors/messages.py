@@ -53,6 +53,14 @@ class StepResult:
     forwards: int = 0
 
 
+def join(first: StepResult | None, then: StepResult) -> StepResult:
+    """Two parts of one step as one: both parts' tokens, the later one's finish."""
+    if first is None:
+        return then
+    return StepResult(first.tokens + then.tokens, first.pieces + then.pieces, then.finish, then.probs,
+                      first.forwards + then.forwards)
+
+
 @dataclass(frozen=True)
 class Scores:
     """A member's teacher-forced log-probs of a token sequence's ids[1:] (echo and logprobs)."""

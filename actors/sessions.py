@@ -1,7 +1,8 @@
 """A member's sessions as token logs, whatever computes them (docs/architecture.md, "member").
 
 Both engines keep the same book: the router's deltas turned into this member's token ids (text from
-another tokenizer re-tokenized at the seam, token healing's backed-off token), least recently used
+another tokenizer re-tokenized at the seam, token healing's backed-off token), each sampled token taken
+into the log the same way (its piece, the end of the run, healing's first token), least recently used
 sessions evicted past the configured bounds. The transformers engine (actors/member.py) adds its own
 KV buffers; the vLLM engine (actors/vllm_engine.py) hands the log to vLLM, whose prefix cache is the KV.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+import torch
 
 from .codec import TokenCodec
 from .messages import MemberInfo, Segment, SessionLost, StepRequest
@@ -96,6 +99,26 @@ class SessionBook:
 
     def full(self, s: SessionCache) -> bool:
         return len(s.ids) >= self.context_length
+
+    def healing(self, s: SessionCache) -> tuple[bytes, torch.Tensor | None]:
+        """Token healing's hold on the session's next token, taken once: the backed-off bytes it must
+        start with, and the ids whose bytes do (None when the session is not healing)."""
+        heal, s.heal = s.heal, b""
+        return heal, self.codec.extending(heal) if heal else None
+
+    def accept(self, s: SessionCache, token: int, heal: bytes, more: bool) -> tuple[bytes, str] | None:
+        """Append a sampled token to the session's log: its piece and why the run ends with it ("eos";
+        "length" when the context is full and the run wanted `more`; "" when it goes on). A healed
+        token's piece is only its bytes past `heal`, the backed-off ones the log holds already. None
+        when healing picked the backed-off token itself (the word ends where the other member ended
+        it): no text yet, and the same step is sampled again."""
+        s.ids.append(token)
+        if token in self.eos_ids:
+            return b"", "eos"
+        piece = self.codec.piece(token)[len(heal):]
+        if heal and not piece:
+            return None
+        return piece, "length" if more and self.full(s) else ""
 
     def release(self, session: str) -> bool:
         return self.sessions.pop(session, None) is not None

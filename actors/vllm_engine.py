@@ -1,12 +1,12 @@
 """The member on vLLM: the field's engine computes, the router's log stays ours (docs/architecture.md, "Engines").
 
-Same interface as actors/engine.py's MemberEngine (info, prompt_ids, pieces, step, whole, release,
-live_sessions, score, stats): the router cannot tell the engines apart. The session's log is kept
-here as token ids (actors/sessions.py); vLLM's prefix cache is its KV. Each run is one vLLM request
-whose prompt is the log and whose max_tokens is the run's length, streamed back as tokens are
-sampled; the catch-up after another member's run is the prefix cache's miss (the partial last block
-and the new tokens); release aborts the running request; eviction is vLLM's own, and a session it
-dropped is recomputed from the log, never lost.
+VllmEngine implements actors/protocol.py's Member, as actors/engine.py's MemberEngine does: the router
+cannot tell the engines apart. The session's log is kept here as token ids, each sampled token taken
+into it as the other engine takes its own (actors/sessions.py); vLLM's prefix cache is its KV. Each
+run is one vLLM request whose prompt is the log and whose max_tokens is the run's length, streamed
+back as tokens are sampled; the catch-up after another member's run is the prefix cache's miss (the
+partial last block and the new tokens); release aborts the running request; eviction is vLLM's own,
+and a session it dropped is recomputed from the log, never lost.
 
 vLLM's engine core runs in this process (LLMEngine, no engine-core child process), stepped by one
 loop in a worker thread the way MemberEngine steps its forwards: a run costs no inter-process hop,
@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import _join
 from .loading import ModelSource, chat_fixup, model_dir
-from .messages import MemberInfo, Scores, StepRequest, StepResult
+from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sampling import run_seed
 from .sessions import ReleasedIds, SessionBook, SessionCache, eos_ids
 
@@ -53,6 +52,9 @@ class VllmEngine:
                  max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
                  options: dict | None = None):
         options = dict(options or {})
+        if options.get("tensor_parallel_size", 1) * options.get("pipeline_parallel_size", 1) > 1:
+            # Workers on several GPUs, maybe nodes: Ray places them, one GPU each (cluster/placement.py).
+            options.setdefault("distributed_executor_backend", "ray")
         self.device = _environment()
         space = options.pop("kv_cache_space_gib", KV_SPACE_GIB if self.device == "cpu" else None)
         if space is not None:
@@ -152,25 +154,20 @@ class VllmEngine:
             if room <= 0:
                 yield StepResult(finish="length")
                 return
-            heal = s.heal
+            heal, allowed = self.book.healing(s)
             if heal:
-                s.heal = b""
-                params = self._params(req, step, 1, allowed_token_ids=self.book.codec.extending(heal).tolist())
+                params = self._params(req, step, 1, allowed_token_ids=allowed.tolist())
             else:
                 params = self._params(req, step, min(room, req.first_step + req.steps - step))
             run = self._submit(req, s, "heal" if heal else "run", list(s.ids), params)
             async for tokens in self._parts(run):
                 result = StepResult(forwards=len(tokens))
                 for token in tokens:
-                    s.ids.append(token)
-                    piece = b"" if token in self.book.eos_ids else self.book.codec.piece(token)[len(heal):]
-                    if heal and not piece and token not in self.book.eos_ids:
+                    if (out := self.book.accept(s, token, heal, step + 1 < req.first_step + req.steps)) is None:
                         break  # healing kept the word's end: the same step samples again, unconstrained
                     step += 1
-                    finish = "eos" if token in self.book.eos_ids else ""
-                    if not finish and step < req.first_step + req.steps and len(s.ids) >= self.book.context_length:
-                        finish = "length"
-                    result = _join(result, StepResult([token], [piece], finish))
+                    piece, finish = out
+                    result = join(result, StepResult([token], [piece], finish))
                     if finish:
                         self._drop(run, None)
                         yield result
@@ -183,7 +180,7 @@ class VllmEngine:
     async def whole(self, req: StepRequest) -> StepResult:
         result = StepResult()
         async for part in self.step(req):
-            result = _join(result, part)
+            result = join(result, part)
         return result
 
     async def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:

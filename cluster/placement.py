@@ -6,16 +6,15 @@ simulated "one accelerator per member" of docs/architecture.md ("Environment fac
 """
 from __future__ import annotations
 
+from mixserve.actors.registry import ENGINES
 from mixserve.config import MemberConfig
 
 
 def actor_options(member: MemberConfig) -> dict:
     res = dict(member.resources)
     num_gpus = res.pop("num_gpus", 0)
-    if member.engine == "vllm" and member.devices > 1:
-        # vLLM's Ray executor places the member's tensor/pipeline-parallel workers itself, one GPU
-        # each; the member actor that drives them holds none.
-        num_gpus = 0
+    if ENGINES[member.engine].spans_devices and member.devices > 1:
+        num_gpus = 0  # the engine places the member's workers itself, one GPU each
     num_cpus = res.pop("num_cpus", 0 if num_gpus else 1)
     return {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": res}
 
@@ -25,16 +24,10 @@ def torch_threads(member: MemberConfig) -> int:
 
 
 def member_args(member: MemberConfig) -> dict:
-    """The engine's constructor arguments: MemberCore's (an actor or an in-process core alike) or
-    VllmEngine's."""
-    args = dict(name=member.name, source=member.source, dtype=member.dtype, threads=torch_threads(member),
-                max_sessions=member.max_sessions)
-    if member.engine == "vllm":
-        options = dict(member.engine_options)
-        if member.devices > 1:
-            options.setdefault("distributed_executor_backend", "ray")
-        return dict(args, max_batch=member.max_batch, options=options)
-    return dict(args, max_cached_tokens=member.max_cached_tokens, batch_invariant=member.batch_invariant)
+    """The arguments every engine's member is built with (an actor, or a core in the router's
+    process), then its engine's own (actors/registry.py). An actor takes max_batch besides."""
+    return dict(name=member.name, source=member.source, dtype=member.dtype, threads=torch_threads(member),
+                max_sessions=member.max_sessions, **ENGINES[member.engine].args(member))
 
 
 def check_fits(members, capacity: dict[str, float]) -> None:

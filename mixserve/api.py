@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mixserve.actors.engine import MemberEngine
-from mixserve.actors.member import MemberCore
+from mixserve.actors.registry import ENGINES
 from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
@@ -58,10 +57,11 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         config = load_config(config)
     actors: dict = {}
     if in_process:
-        if on_vllm := [m.name for m in config.members if m.engine == "vllm"]:
-            raise ValueError(f"in-process members run engine: transformers; {', '.join(on_vllm)} run vllm "
+        if actors_only := [f"{m.name} runs {m.engine}" for m in config.members if ENGINES[m.engine].core is None]:
+            able = ", ".join(name for name, engine in ENGINES.items() if engine.core is not None)
+            raise ValueError(f"in-process members run engine: {able}; {', '.join(actors_only)} "
                              f"(start them as Ray actors)")
-        cores = {m.name: MemberCore(**member_args(m)) for m in config.members}
+        cores = {m.name: ENGINES[m.engine].core_class()(**member_args(m)) for m in config.members}
         members = {name: LocalMember(core) for name, core in cores.items()}
         infos = {name: core.info() for name, core in cores.items()}
         store = LocalMember(SessionStore(config.max_stored_sessions))
@@ -101,18 +101,13 @@ def actor_name(member: str) -> str:
 def _start_actors(config: EnsembleConfig) -> dict:
     import ray
 
-    # A crashed member restarts (reloading its weights); the router replays its sessions' logs.
+    # A crashed member restarts (reloading its weights); the router replays its sessions' logs. An
+    # engine's own library (vllm) is imported in its actor's process only.
     actors = {}
     for m in config.members:
-        if m.engine == "vllm":
-            from mixserve.actors.vllm_engine import VllmEngine  # vllm itself is imported in the actor only
-
-            remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(VllmEngine)
-            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(**member_args(m))
-        else:
-            remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(MemberEngine)
-            actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(
-                max_batch=m.max_batch, **member_args(m))
+        remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(ENGINES[m.engine].actor_class())
+        actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(
+            max_batch=m.max_batch, **member_args(m))
     return actors
 
 

@@ -19,10 +19,11 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from mixserve.config import ENGINES, EnsembleConfig, load_config
+from mixserve.actors.registry import DEFAULT, ENGINES
+from mixserve.config import EnsembleConfig, MemberConfig, load_config
 from mixserve.bench_http import measure_http
 from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
@@ -111,36 +112,38 @@ def prompt_text(tokens: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(tokens))  # about one token per word
 
 
-VLLM_ROW = "vllm "  # the prefix of the rows whose members run on vLLM
+def row(engine: str, method: str) -> str:
+    """A row's name: the default engine's rows bare, another engine's after its name ("vllm me")."""
+    return method if engine == DEFAULT else f"{engine} {method}"
 
 
 def default_engines() -> tuple[str, ...]:
-    import importlib.util
-
-    return ENGINES if importlib.util.find_spec("vllm") else ("transformers",)
+    return tuple(name for name, engine in ENGINES.items() if engine.installed())
 
 
-def methods(config: EnsembleConfig, engines=("transformers",)) -> dict[str, dict]:
+def methods(config: EnsembleConfig, engines=(DEFAULT,)) -> dict[str, dict]:
     """Row name -> request fields, plus which runner serves it ('ray', 'local' or 'http') and on which
     member engine."""
     out = {}
     for engine in engines:
-        tag = "" if engine == "transformers" else VLLM_ROW
         for m in config.members:
-            out[f"{tag}single:{m.name}"] = {"method": "single", "member": m.name, "runner": "ray", "engine": engine}
-        out[f"{tag}ce-parallel"] = {"method": "ce", "runner": "ray", "engine": engine}
-        if engine == "transformers":  # in this process: the transformers engine only
-            out["ce-sequential"] = {"method": "ce", "runner": "local", "engine": engine}
-        out[f"{tag}me"] = {"method": "me", "runner": "ray", "engine": engine}
-        if engine == "transformers":
+            out[row(engine, f"single:{m.name}")] = {"method": "single", "member": m.name, "runner": "ray",
+                                                    "engine": engine}
+        out[row(engine, "ce-parallel")] = {"method": "ce", "runner": "ray", "engine": engine}
+        if ENGINES[engine].core is not None:  # in this process: the engines that have a core for it
+            out[row(engine, "ce-sequential")] = {"method": "ce", "runner": "local", "engine": engine}
+        out[row(engine, "me")] = {"method": "me", "runner": "ray", "engine": engine}
+        if engine == DEFAULT:  # the served app's members run the default engine
             out["me-http"] = {"method": "me", "runner": "http", "engine": engine}
     return out
 
 
 def on_engine(config: EnsembleConfig, engine: str) -> EnsembleConfig:
-    """The same members on another engine (options of the other engine dropped)."""
-    members = tuple(m if m.engine == engine else replace(m, engine=engine, batch_invariant=False, engine_options={},
-                                                         max_cached_tokens=None) for m in config.members)
+    """The same members on another engine, without what only their own engine takes."""
+    defaults = {f.name: f.default for f in fields(MemberConfig)}
+    others = {key: defaults[key] for e in ENGINES.values() for key in e.keys if key not in ENGINES[engine].keys}
+    members = tuple(m if m.engine == engine else replace(m, engine=engine, engine_options={}, **others)
+                    for m in config.members)
     return replace(config, members=members)
 
 
@@ -171,7 +174,7 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
             on = on_engine(config, engine)
             runners = {"ray": build_engine(on, address=address)}
             try:
-                if engine == "transformers":
+                if ENGINES[engine].core is not None:
                     runners["local"] = build_engine(on, in_process=True)
                 for name in plan:
                     if plan[name]["engine"] == engine and (runner := plan[name]["runner"]) != "http":
@@ -179,7 +182,7 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
             finally:
                 for runner in runners.values():
                     runner.close()  # frees the members' CPUs for the next engine's and the served app's
-        with served(on_engine(config, "transformers")) as url, ThreadPoolExecutor(max(concurrency)) as pool:
+        with served(on_engine(config, DEFAULT)) as url, ThreadPoolExecutor(max(concurrency)) as pool:
             def over_http(req):
                 return asyncio.get_running_loop().run_in_executor(pool, measure_http, url, config.model_name, req)
             run("me-http", over_http)
@@ -238,15 +241,15 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
         "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
         "me_http_over_me": ratio(http.ms_per_token_median, me.ms_per_token_median),
     }
-    if (vme := results.get(VLLM_ROW + "me")) is not None:
-        tv = {m: results[f"{VLLM_ROW}single:{m}"].ms_per_token_median for m in weights}
+    if (vme := results.get(row("vllm", "me"))) is not None:
+        tv = {m: results[row("vllm", f"single:{m}")].ms_per_token_median for m in weights}
         vfloor = sum(weights[m] * tv[m] for m in weights) if all(tv.values()) else None
         ratios.update({
             "vllm_floor_ms": vfloor,
             "vllm_me_over_floor": ratio(vme.ms_per_token_median, vfloor),
             "vllm_single_over_transformers": {m: ratio(tv[m], t[m]) for m in weights},
             f"vllm_me_throughput_over_transformers_me_at_{top}": ratio(vme.tokens_per_s.get(top), me.tokens_per_s.get(top)),
-            "vllm_me_speedup_over_vllm_ce_parallel": ratio(results[VLLM_ROW + "ce-parallel"].ms_per_token_median,
+            "vllm_me_speedup_over_vllm_ce_parallel": ratio(results[row("vllm", "ce-parallel")].ms_per_token_median,
                                                            vme.ms_per_token_median),
         })
     return {"settings": settings, "hardware": hardware(), "weights": weights,

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve, with_adapter
+from mixserve.actors import registry
 from mixserve.router.policies import METHODS
 from mixserve.router.snapshot import CAPACITY
 
@@ -24,15 +25,7 @@ TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "loa
             "token_healing", "max_stored_sessions", "member_restarts"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
-ENGINES = ("transformers", "vllm")
-# Passed through to vLLM's EngineArgs (kv_cache_space_gib: the CPU KV cache, VLLM_CPU_KVCACHE_SPACE).
-VLLM_OPTIONS = {"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
-                "gpu_memory_utilization": float, "enforce_eager": bool, "block_size": int,
-                "kv_cache_space_gib": float, "max_num_batched_tokens": int, "quantization": str,
-                "distributed_executor_backend": str}
-TRANSFORMERS_ONLY = {"batch_invariant": "vLLM's kernels are not batch-invariant; use engine: transformers",
-                     "max_cached_tokens": "vLLM bounds its KV cache itself: engine_options.kv_cache_space_gib "
-                                          "(CPU) or gpu_memory_utilization (GPU)"}
+ENGINES = tuple(registry.ENGINES)
 
 
 class ConfigError(ValueError):
@@ -53,12 +46,12 @@ class MemberConfig:
     # Bit-identical tokens whatever the batch (docs/architecture.md invariant 3) at the price of speed:
     # matrix products in fixed tiles of rows (actors/invariant.py), attention one query at a time.
     batch_invariant: bool = False
-    engine: str = "transformers"  # the member's forward: our transformers engine, or vLLM (README "Engines")
-    engine_options: dict = field(default_factory=dict)  # vLLM's, passed through (VLLM_OPTIONS)
+    engine: str = registry.DEFAULT  # the member's forward: our transformers engine, or vLLM (README "Engines")
+    engine_options: dict = field(default_factory=dict)  # the engine's own, passed through (actors/registry.py)
 
     @property
     def devices(self) -> int:
-        """GPUs one vLLM member spans: its tensor x pipeline parallel size."""
+        """GPUs one member spans: its tensor x pipeline parallel size (engine_options, vLLM's)."""
         opts = self.engine_options
         return int(opts.get("tensor_parallel_size", 1)) * int(opts.get("pipeline_parallel_size", 1))
 
@@ -208,7 +201,7 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     invariant = raw.get("batch_invariant", False)
     if not isinstance(invariant, bool):
         raise ConfigError(f"{where}.batch_invariant must be true or false (got {invariant!r})")
-    engine = raw.get("engine", "transformers")
+    engine = raw.get("engine", registry.DEFAULT)
     if engine not in ENGINES:
         raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     options = _engine_options(raw, engine, where)
@@ -216,21 +209,25 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
                         batch_invariant=invariant, engine=engine, engine_options=options)
 
 
-def _engine_options(raw: dict, engine: str, where: str) -> dict:
+def _engine_options(raw: dict, name: str, where: str) -> dict:
+    engine = registry.ENGINES[name]
+    for owner, other in registry.ENGINES.items():
+        for key in other.keys:
+            if key not in engine.keys and raw.get(key) not in (None, False):
+                why = engine.refusals.get(key, f"only engine: {owner} honours it")
+                raise ConfigError(f"{where}.{key} is not available on engine: {name} ({why})")
     options = raw.get("engine_options", {}) or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{where}.engine_options must be a mapping such as {{max_model_len: 4096}}")
-    if engine == "transformers":
+    if not engine.options:
         if options:
-            raise ConfigError(f"{where}.engine_options are vLLM's; this member runs engine: transformers")
+            takers = " or ".join(f"{e.label}'s" for e in registry.ENGINES.values() if e.options)
+            raise ConfigError(f"{where}.engine_options are {takers}; this member runs engine: {name}")
         return {}
-    for key, why in TRANSFORMERS_ONLY.items():
-        if raw.get(key) not in (None, False):
-            raise ConfigError(f"{where}.{key} is not available on engine: vllm ({why})")
     for key, value in options.items():
-        kind = VLLM_OPTIONS.get(key)
+        kind = engine.options.get(key)
         if kind is None:
-            raise ConfigError(f"{where}.engine_options: unknown key {key!r}; known: {', '.join(sorted(VLLM_OPTIONS))}")
+            raise ConfigError(f"{where}.engine_options: unknown key {key!r}; known: {', '.join(sorted(engine.options))}")
         ok = isinstance(value, bool) if kind is bool else isinstance(value, str) if kind is str else \
             not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int) and value > 0
         if not ok:

@@ -1,6 +1,7 @@
-"""A fake member behind the real interface, for router tests in milliseconds (Ray Serve LLM's mock
-engine idea). Tokens are bytes (id = byte value, EOS = 256); the next-token distribution is a fixed
-function of (member, last token), so the exact mixture is known. It records every delta it is sent.
+"""A fake member behind the real interface (actors/protocol.py's Member), for router tests in
+milliseconds (Ray Serve LLM's mock engine idea). Tokens are bytes (id = byte value, EOS = 256); the
+next-token distribution is a fixed function of (member, last token), so the exact mixture is known. It
+records every delta it is sent.
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ class FakeCore:
         pieces = [b"" if t == EOS else bytes([t]) for t in tokens]
         return StepResult(tokens, pieces, "eos" if tokens[-1:] == [EOS] else "", forwards=len(tokens))
 
+    def whole(self, req: StepRequest) -> StepResult:
+        return self.step(req)  # in the router's process, step already answers whole
+
     def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
         logp = torch.stack([self.logp(t) for t in ids[:-1]]).float()  # (L-1, vocab)
         chosen = logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
@@ -77,3 +81,6 @@ class FakeCore:
 
     def live_sessions(self) -> int:
         return len(self.sessions)
+
+    def stats(self) -> dict:
+        return {"steps": len(self.received)}

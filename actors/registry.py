@@ -1,0 +1,65 @@
+"""The member engines, by the name a config gives them (docs/architecture.md, "Engines").
+
+The config (mixserve/config.py), placement (cluster/placement.py), build_engine (mixserve/api.py) and
+the bench ask this table what an engine is; none of them names one. Adding an engine (SGLang, say) is
+its actor in one file beside these, implementing actors/protocol.py's Member, and one row:
+
+    "sglang": Engine("SGLang", "sglang_engine:SglangEngine", options={"mem_fraction_static": float},
+                     library="sglang"),
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+
+DEFAULT = "transformers"
+
+
+@dataclass(frozen=True)
+class Engine:
+    label: str  # its name in messages ("vLLM")
+    actor: str  # "module:Class" in mixserve.actors: the member's Ray actor, imported only where it starts
+    core: str | None = None  # "module:Class": the same member in the router's process (tests, ce-sequential)
+    keys: tuple[str, ...] = ()  # member keys that only this engine honours, passed to it by name
+    refusals: dict[str, str] = field(default_factory=dict)  # why it refuses another engine's keys
+    options: dict[str, type] = field(default_factory=dict)  # its engine_options and their types, passed as `options`
+    library: str | None = None  # the package it runs on beyond mixserve's own dependencies
+    # A member spanning several devices (MemberConfig.devices) runs its workers as Ray actors of the
+    # engine's own, one GPU each: the member's actor holds none.
+    spans_devices: bool = False
+
+    def actor_class(self) -> type:
+        return _load(self.actor)
+
+    def core_class(self) -> type | None:
+        return None if self.core is None else _load(self.core)
+
+    def installed(self) -> bool:
+        return self.library is None or importlib.util.find_spec(self.library) is not None
+
+    def args(self, member) -> dict:
+        """Its own constructor arguments for a MemberConfig, beyond the ones every engine takes
+        (cluster/placement.py's member_args)."""
+        own = {key: getattr(member, key) for key in self.keys}
+        return dict(own, options=dict(member.engine_options)) if self.options else own
+
+
+ENGINES: dict[str, Engine] = {
+    "transformers": Engine("transformers", "engine:MemberEngine", core="member:MemberCore",
+                           keys=("max_cached_tokens", "batch_invariant")),
+    "vllm": Engine("vLLM", "vllm_engine:VllmEngine", library="vllm", spans_devices=True, refusals={
+        "batch_invariant": "vLLM's kernels are not batch-invariant; use engine: transformers",
+        "max_cached_tokens": "vLLM bounds its KV cache itself: engine_options.kv_cache_space_gib (CPU) or "
+                             "gpu_memory_utilization (GPU)"},
+        # Passed through to vLLM's EngineArgs (kv_cache_space_gib: the CPU KV cache, VLLM_CPU_KVCACHE_SPACE).
+        options={"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
+                 "gpu_memory_utilization": float, "enforce_eager": bool, "block_size": int,
+                 "kv_cache_space_gib": float, "max_num_batched_tokens": int, "quantization": str,
+                 "distributed_executor_backend": str}),
+}
+
+
+def _load(where: str) -> type:
+    module, name = where.split(":")
+    return getattr(importlib.import_module(f"mixserve.actors.{module}"), name)
