@@ -16,6 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from .dataplane import DataPlaneMember
 from .member import MemberCore, SessionCache
 from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sessions import ReleasedIds
@@ -57,7 +58,7 @@ class Job:
                 yield merged
 
 
-class MemberEngine:
+class MemberEngine(DataPlaneMember):
     def __init__(self, max_batch: int = 16, **core_args):
         self.core = MemberCore(**core_args)
         self.max_batch = max_batch

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dataplane import DataPlaneMember
 from .loading import ModelSource, chat_fixup, model_dir
 from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sampling import run_seed
@@ -47,7 +48,7 @@ class Run:
     parts: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of token ids, then None or an error
 
 
-class VllmEngine:
+class VllmEngine(DataPlaneMember):
     def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
                  max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
                  options: dict | None = None):

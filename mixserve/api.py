@@ -5,6 +5,7 @@ the ce-sequential baseline); the router runs in the caller's process.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mixserve.actors.registry import ENGINES
 from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
+from mixserve.router.dataplane import Channel
 from mixserve.router.members import LocalMember, RayMember
 from mixserve.router.request import GenerateRequest
 from mixserve.router.result import GenerateResult
@@ -40,6 +42,9 @@ class Engine:
     def close(self) -> None:
         import ray
 
+        for member in self.router.members.values():
+            if getattr(member, "channel", None) is not None:
+                member.channel.close()
         for actor in self.actors.values():
             ray.kill(actor)
         self.actors = {}
@@ -76,7 +81,10 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         if address is None:
             check_fits(config.members, ray.cluster_resources())
         actors = _start_actors(config)
-        members = {name: RayMember(actor) for name, actor in actors.items()}
+        # The data plane's key: new for every router (a restarted replica starts its own members), handed
+        # to the members over Ray; nothing without it can drive them or read their tokens.
+        key = secrets.token_bytes(32)
+        members = {name: RayMember(actor, Channel(actor, key)) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
         # Detached and named: every router replica finds the same snapshots, and they outlive any one.
         actor = ray.remote(SessionStore).options(

@@ -16,15 +16,20 @@ from mixserve.router.members import RayMember
 
 
 def _ask(sock: zmq.Socket, session: str, timeout_ms: int):
-    """One step request on a raw socket; the member's first frame, or None if none came."""
+    """One step request on a raw socket; the member's first frame, or None if none came (a socket
+    whose handshake failed has no peer to send to: its send times out)."""
     req = StepRequest(session, (Segment((1, 2, 3)),), 0, 2, SamplingParams(seed=1), fresh=True)
-    sock.send(wire.dumps(["step", 7, req]))
+    try:
+        sock.send(wire.dumps(["step", 7, req]))
+    except zmq.Again:
+        return None
     return wire.loads(sock.recv()) if sock.poll(timeout_ms) else None
 
 
 def _socket(ctx, endpoint: str, server_key: bytes | None = None, client: tuple[bytes, bytes] | None = None):
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 2000)
     if server_key is not None:
         sock.curve_serverkey = server_key
         sock.curve_publickey, sock.curve_secretkey = client or zmq.curve_keypair()
