@@ -84,7 +84,8 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         # The data plane's key: new for every router (a restarted replica starts its own members), handed
         # to the members over Ray; nothing without it can drive them or read their tokens.
         key = secrets.token_bytes(32)
-        members = {name: RayMember(actor, Channel(actor, key)) for name, actor in actors.items()}
+        members = {name: RayMember(actor, Channel(actor, key, config.data_plane_host)
+                                   if config.data_plane == "zmq" else None) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
         # Detached and named: every router replica finds the same snapshots, and they outlive any one.
         actor = ray.remote(SessionStore).options(
@@ -95,7 +96,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         store = RayMember(actor)
     router = Router(members, infos, config.weights, config.method, config.default_member,
                     runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store,
-                    eager_sync=config.eager_sync, token_healing=config.token_healing)
+                    eager_sync=config.eager_sync, token_healing=config.token_healing, ahead=config.next_run_ahead)
     return Engine(config, router, actors)
 
 

@@ -19,10 +19,12 @@ from mixserve.actors import registry
 from mixserve.router.policies import METHODS
 from mixserve.router.snapshot import CAPACITY
 
+DATA_PLANES = ("zmq", "ray")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
-            "token_healing", "max_stored_sessions", "member_restarts"}
+            "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
+            "next_run_ahead"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = tuple(registry.ENGINES)
@@ -71,6 +73,11 @@ class EnsembleConfig:
     token_healing: bool = False  # a member taking over mid-word re-spells the word's start (see README)
     max_stored_sessions: int = CAPACITY  # named sessions' snapshots kept; past it the least recently used go
     member_restarts: int = 3  # times Ray restarts a crashed member (-1: always); past it the member stays down
+    # How steps reach the members (docs/architecture.md, "Data plane"): "zmq", one authenticated socket per
+    # member; "ray", a Ray task per run (the old way, kept to measure against).
+    data_plane: str = "zmq"
+    data_plane_host: str | None = None  # where members listen; default loopback or the node's IP, never all
+    next_run_ahead: bool = True  # open the next member's run while this one decodes (zmq data plane only)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -138,15 +145,21 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     stored = raw.get("max_stored_sessions", CAPACITY)
     if isinstance(stored, bool) or not isinstance(stored, int) or stored < 1:
         raise ConfigError(f"max_stored_sessions must be a positive integer (got {stored!r})")
-    for flag in ("eager_sync", "token_healing"):
-        if not isinstance(raw.get(flag, False), bool):
+    plane = raw.get("data_plane", "zmq")
+    if plane not in DATA_PLANES:
+        raise ConfigError(f"data_plane must be one of {', '.join(DATA_PLANES)} (got {plane!r})")
+    host = raw.get("data_plane_host")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise ConfigError(f"data_plane_host must be an address such as 10.0.0.5 or 0.0.0.0 (got {host!r})")
+    for flag in ("eager_sync", "token_healing", "next_run_ahead"):
+        if not isinstance(raw.get(flag, flag == "next_run_ahead"), bool):
             raise ConfigError(f"{flag} must be true or false (got {raw[flag]!r})")
     restarts = raw.get("member_restarts", 3)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < -1:
         raise ConfigError(f"member_restarts must be an integer >= 0, or -1 for always (got {restarts!r})")
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
-                          restarts)
+                          restarts, plane, host, raw.get("next_run_ahead", True))
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:

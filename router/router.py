@@ -45,7 +45,8 @@ class Ahead:
 class Router:
     def __init__(self, members: dict[str, MemberClient], infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
                  default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
-                 retry_s: float = 120.0, store=None, eager_sync: bool = False, token_healing: bool = False):
+                 retry_s: float = 120.0, store=None, eager_sync: bool = False, token_healing: bool = False,
+                 ahead: bool = True):
         self.members = members  # name -> a MemberClient (router/members.py)
         self.infos = infos
         self.weights = weights
@@ -61,6 +62,7 @@ class Router:
         self.retry_s = retry_s  # how long a session waits for a member that went down
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
         self.eager_sync = eager_sync  # idle members catch up in the background as tokens stream
+        self.ahead = ahead  # the next run opened on its member while this one decodes
         self.token_healing = token_healing  # the default; a request may say otherwise
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
         self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
@@ -183,7 +185,7 @@ class Router:
             return None
         turn = policy.plan(end, s.step + s.remaining - end)
         nxt = turn.members[0]
-        if turn.weights or nxt == member or not self.members[nxt].can_open():
+        if turn.weights or nxt == member or not self.ahead or not self.members[nxt].can_open():
             return None
         fresh = nxt not in s.cursor
         delta = s.take_delta(nxt) if self._feedable(s, nxt) else ()

@@ -65,11 +65,21 @@ def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir)
     ({"members": members(), "run_length_scheduling": "yes"}, "run_length_scheduling must be true or false"),
     ({"members": members(), "token_healing": 1}, "token_healing must be true or false"),
     ({"members": members(), "max_stored_sessions": 0}, r"max_stored_sessions must be a positive integer \(got 0\)"),
+    ({"members": members(), "data_plane": "grpc"}, r"data_plane must be one of zmq, ray \(got 'grpc'\)"),
+    ({"members": members(), "data_plane_host": ""}, "data_plane_host must be an address"),
+    ({"members": members(), "next_run_ahead": "no"}, "next_run_ahead must be true or false"),
     ([1, 2], "config must be a mapping"),
 ])
 def test_bad_top_level_fields_are_named(tiny_dir, raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, tiny_dir)
+
+
+def test_the_data_plane_defaults_to_zmq_with_runs_opened_ahead(tiny_dir):
+    config = parse_config({"members": members()}, tiny_dir)
+    assert (config.data_plane, config.data_plane_host, config.next_run_ahead) == ("zmq", None, True)
+    config = parse_config({"members": members(), "data_plane": "ray", "next_run_ahead": False}, tiny_dir)
+    assert (config.data_plane, config.next_run_ahead) == ("ray", False)
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -19,10 +19,8 @@ def run(tiny_dir, eager_sync: bool, data_plane: bool = True):
     raw = yaml.safe_load((tiny_dir / "ensemble.yaml").read_text())
     for m in raw["members"]:
         m.update(resources={"num_cpus": 0.5}, batch_invariant=True)
-    with build_engine(parse_config({**raw, "eager_sync": eager_sync}, tiny_dir)) as engine:
-        if not data_plane:
-            for member in engine.router.members.values():
-                member.channel = None
+    plane = "zmq" if data_plane else "ray"
+    with build_engine(parse_config({**raw, "eager_sync": eager_sync, "data_plane": plane}, tiny_dir)) as engine:
         result = engine.generate(REQUEST)
         deadline = time.monotonic() + 3.0
         while any((live := engine.live_sessions()).values()) and time.monotonic() < deadline:
