@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mixserve.actors.registry import DEFAULT, ENGINES
 from mixserve.config import EnsembleConfig, MemberConfig, load_config
+from mixserve.bench_hop import bare_hops
 from mixserve.bench_http import measure_http
 from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
@@ -41,6 +42,7 @@ class Run:
     gaps_ms: list[float]  # per token after the first: time since the previous chunk / its tokens
     forwards: int
     trips: int
+    switches: int = 0  # times the member computing the text changed (ME)
 
 
 @dataclass
@@ -50,6 +52,11 @@ class MethodResult:
     tokens: int = 0
     ms_per_token_median: float | None = None
     ms_per_token_p99: float | None = None
+    # (time after the first token) / (tokens after it): what a client waits per token on average. ME's
+    # gaps are bimodal (a step inside a run, a step plus a switch at its end), so its median hides the
+    # switches; ratios and the switch cost come from the means.
+    ms_per_token_mean: float | None = None
+    switches_per_token: float | None = None
     ttft_s_median: float | None = None
     forwards_per_token: float | None = None
     trips_per_token: float | None = None
@@ -74,8 +81,9 @@ class Clock:
             self.gaps += [1000 * (now - self.last) / tokens] * tokens
         self.last = now
 
-    def run(self, tokens: int, forwards: int, trips: int) -> Run:
-        return Run(tokens, time.perf_counter() - self.started, self.first or 0.0, self.gaps, forwards, trips)
+    def run(self, tokens: int, forwards: int, trips: int, switches: int = 0) -> Run:
+        return Run(tokens, time.perf_counter() - self.started, self.first or 0.0, self.gaps, forwards, trips,
+                   switches)
 
 
 async def measure(router, req: GenerateRequest) -> Run:
@@ -87,7 +95,8 @@ async def measure(router, req: GenerateRequest) -> Run:
             elif isinstance(item, GenerateResult):
                 result = item
     u = result.usage
-    return clock.run(u.completion_tokens, u.member_forward_calls, u.router_round_trips)
+    switches = sum(a != b for c in result.choices for a, b in zip(c.members, c.members[1:]))
+    return clock.run(u.completion_tokens, u.member_forward_calls, u.router_round_trips, switches)
 
 
 async def wave(measure_one, requests: list[GenerateRequest], concurrency: int, tick) -> tuple[list[Run], float]:
@@ -133,6 +142,8 @@ def methods(config: EnsembleConfig, engines=(DEFAULT,)) -> dict[str, dict]:
         if ENGINES[engine].core is not None:  # in this process: the engines that have a core for it
             out[row(engine, "ce-sequential")] = {"method": "ce", "runner": "local", "engine": engine}
         out[row(engine, "me")] = {"method": "me", "runner": "ray", "engine": engine}
+        # the same members with every step a Ray task (data_plane: ray): the data plane's gain, same sitting
+        out[row(engine, "me-ray-calls")] = {"method": "me", "runner": "ray-calls", "engine": engine}
         if engine == DEFAULT:  # the served app's members run the default engine
             out["me-http"] = {"method": "me", "runner": "http", "engine": engine}
     return out
@@ -170,14 +181,19 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
                                                 lambda: bar.update(1)))
 
     try:
+        hops = None
         for engine in engines:  # one engine's members at a time: they share the CPUs
             on = on_engine(config, engine)
             runners = {"ray": build_engine(on, address=address)}
             try:
                 if ENGINES[engine].core is not None:
                     runners["local"] = build_engine(on, in_process=True)
+                hops = hops or bare_hops()  # Ray is up now; the members idle
                 for name in plan:
                     if plan[name]["engine"] == engine and (runner := plan[name]["runner"]) != "http":
+                        if runner == "ray-calls" and runner not in runners:  # last: its members take the CPUs
+                            runners.pop("ray").close()
+                            runners[runner] = build_engine(replace(on, data_plane="ray"), address=address)
                         run(name, lambda req, router=runners[runner].router: measure(router, req))
             finally:
                 for runner in runners.values():
@@ -191,7 +207,7 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
     results = {name: results[name] for name in plan if name in results}  # the plan's order, not the run's
     report = summarize(config, results, dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                                              concurrency=list(concurrency), repeats=repeats, rounds=rounds,
-                                             engines=list(engines)))
+                                             engines=list(engines)), hops)
     write_report(report, Path(out))
     return report
 
@@ -216,43 +232,61 @@ async def _one_method(measure_one, name: str, fields: dict, prompt_tokens: int, 
             result.runs, result.tokens = len(runs), tokens
             result.ms_per_token_median = statistics.median(gaps) if gaps else None
             result.ms_per_token_p99 = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))] if gaps else None
+            after_first = sum(r.tokens - 1 for r in runs)
+            result.ms_per_token_mean = 1000 * sum(r.total_s - r.first_token_s for r in runs) / after_first \
+                if after_first > 0 else None
+            result.switches_per_token = sum(r.switches for r in runs) / max(1, tokens)
             result.ttft_s_median = statistics.median(r.first_token_s for r in runs)
             result.forwards_per_token = sum(r.forwards for r in runs) / max(1, tokens)
             result.trips_per_token = sum(r.trips for r in runs) / max(1, tokens)
     return result
 
 
-def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings: dict) -> dict:
+def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings: dict,
+              hops: dict[str, float] | None = None) -> dict:
+    """ME's ratios on each engine, from mean ms per token (MethodResult.ms_per_token_mean): the floor
+    sum(lambda_i t_i), ME over it, what one switch between members costs, and the baselines."""
     weights = config.weights
-    t = {m: results[f"single:{m}"].ms_per_token_median for m in weights}
-    floor = sum(weights[m] * t[m] for m in weights) if all(t.values()) else None
+    top = max(settings["concurrency"])
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a and b else None
 
-    me, par, seq, http = (results.get(k) for k in ("me", "ce-parallel", "ce-sequential", "me-http"))
-    top = max(settings["concurrency"])
-    ratios = {
-        "floor_ms": floor,
-        "me_over_floor": ratio(me.ms_per_token_median, floor),
-        "me_speedup_over_ce_sequential": ratio(seq.ms_per_token_median, me.ms_per_token_median),
-        "me_speedup_over_ce_parallel": ratio(par.ms_per_token_median, me.ms_per_token_median),
-        f"me_throughput_over_ce_parallel_at_{top}": ratio(me.tokens_per_s.get(top), par.tokens_per_s.get(top)),
-        "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
-        "me_http_over_me": ratio(http.ms_per_token_median, me.ms_per_token_median),
-    }
-    if (vme := results.get(row("vllm", "me"))) is not None:
-        tv = {m: results[row("vllm", f"single:{m}")].ms_per_token_median for m in weights}
-        vfloor = sum(weights[m] * tv[m] for m in weights) if all(tv.values()) else None
-        ratios.update({
-            "vllm_floor_ms": vfloor,
-            "vllm_me_over_floor": ratio(vme.ms_per_token_median, vfloor),
-            "vllm_single_over_transformers": {m: ratio(tv[m], t[m]) for m in weights},
-            f"vllm_me_throughput_over_transformers_me_at_{top}": ratio(vme.tokens_per_s.get(top), me.tokens_per_s.get(top)),
-            "vllm_me_speedup_over_vllm_ce_parallel": ratio(results[row("vllm", "ce-parallel")].ms_per_token_median,
-                                                           vme.ms_per_token_median),
-        })
-    return {"settings": settings, "hardware": hardware(), "weights": weights,
+    def mean(name: str) -> float | None:
+        return results[name].ms_per_token_mean if name in results else None
+
+    def engine_ratios(engine: str) -> dict:
+        t = {m: mean(row(engine, f"single:{m}")) for m in weights}
+        floor = sum(weights[m] * t[m] for m in weights) if all(t.values()) else None
+        me = results[row(engine, "me")]
+        slower = me.ms_per_token_mean - floor if me.ms_per_token_mean and floor else None
+        par = row(engine, "ce-parallel")
+        out = {
+            "floor_ms": floor,
+            "me_over_floor": ratio(me.ms_per_token_mean, floor),
+            # what ME pays per switch over its floor: (ME - floor) / switches per token
+            "switch_ms": slower / me.switches_per_token if slower is not None and me.switches_per_token else None,
+            "me_switches_per_token": me.switches_per_token,
+            "me_speedup_over_ce_parallel": ratio(mean(par), me.ms_per_token_mean),
+            f"me_throughput_over_ce_parallel_at_{top}": ratio(me.tokens_per_s.get(top),
+                                                              results[par].tokens_per_s.get(top)),
+            "me_ray_calls_over_me": ratio(mean(row(engine, "me-ray-calls")), me.ms_per_token_mean),
+        }
+        if row(engine, "ce-sequential") in results:
+            out["me_speedup_over_ce_sequential"] = ratio(mean(row(engine, "ce-sequential")), me.ms_per_token_mean)
+        return out
+
+    ratios = {**engine_ratios(DEFAULT), "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
+              "me_http_over_me": ratio(mean("me-http"), mean("me"))}
+    for engine in ENGINES:
+        if engine != DEFAULT and row(engine, "me") in results:
+            more = engine_ratios(engine)
+            ratios.update({f"{engine}_{k}": v for k, v in more.items()})
+            ratios[f"{engine}_single_over_{DEFAULT}"] = {m: ratio(mean(row(engine, f"single:{m}")), mean(f"single:{m}"))
+                                                        for m in weights}
+            ratios[f"{engine}_me_throughput_over_{DEFAULT}_me_at_{top}"] = ratio(
+                results[row(engine, "me")].tokens_per_s.get(top), results["me"].tokens_per_s.get(top))
+    return {"settings": settings, "hardware": hardware(), "weights": weights, "hops": hops or {},
             "methods": {k: asdict(v) for k, v in results.items()}, "ratios": ratios}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mixserve.actors.registry import DEFAULT, ENGINES
+
 
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -19,38 +21,43 @@ def _num(value, fmt: str = "{:.1f}") -> str:
 def markdown(report: dict) -> str:
     s, hw = report["settings"], report["hardware"]
     levels = s["concurrency"]
-    head = ["method", "ms/token p50", "p99", "TTFT s", "forwards/token", "trips/token"] + [f"tok/s @{c}" for c in levels]
+    head = ["method", "ms/token mean", "p50", "p99", "TTFT s", "forwards/token", "switches/token"] + \
+        [f"tok/s @{c}" for c in levels]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in report["methods"].items():
         if m["skipped"]:
             lines.append(f"| {name} | skipped: {m['skipped']} |" + " |" * (len(head) - 2))
             continue
-        cells = [name, _num(m["ms_per_token_median"]), _num(m["ms_per_token_p99"]), _num(m["ttft_s_median"], "{:.3f}"),
-                 _num(m["forwards_per_token"], "{:.2f}"), _num(m["trips_per_token"], "{:.2f}")]
+        cells = [name, _num(m["ms_per_token_mean"]), _num(m["ms_per_token_median"]), _num(m["ms_per_token_p99"]),
+                 _num(m["ttft_s_median"], "{:.3f}"), _num(m["forwards_per_token"], "{:.2f}"),
+                 _num(m["switches_per_token"], "{:.2f}")]
         cells += [_num(m["tokens_per_s"].get(c, m["tokens_per_s"].get(str(c)))) for c in levels]
         lines.append("| " + " | ".join(cells) + " |")
     r = report["ratios"]
     top = max(levels)
+    lines.append("")
+    for engine, k in _engines(r):
+        lines += [
+            f"- {engine}: floor sum(lambda_i t_i) {_num(r[k + 'floor_ms'])} ms/token; ME / floor: "
+            f"**{_num(r[k + 'me_over_floor'], '{:.2f}')}**; one switch costs **{_num(r[k + 'switch_ms'], '{:.1f}')} ms** "
+            f"({_num(r[k + 'me_switches_per_token'], '{:.2f}')} switches per token); ME with every step a Ray call "
+            f"is {_num(r[k + 'me_ray_calls_over_me'], '{:.2f}')}x slower",
+            f"- {engine}: ME speedup over ce-sequential **{_num(r.get(k + 'me_speedup_over_ce_sequential'), '{:.2f}')}x**, "
+            f"over ce-parallel {_num(r[k + 'me_speedup_over_ce_parallel'], '{:.2f}')}x; throughput at {top}, "
+            f"ME / ce-parallel **{_num(r.get(f'{k}me_throughput_over_ce_parallel_at_{top}'), '{:.2f}')}x**",
+        ]
+    for engine, spec in ENGINES.items():
+        if (value := r.get(f"{engine}_me_throughput_over_{DEFAULT}_me_at_{top}")) is not None:
+            lines.append(f"- throughput at concurrency {top}, ME on {spec.label} / ME on {DEFAULT}: "
+                         f"**{_num(value, '{:.2f}')}x**")
+    hops = report.get("hops") or {}
     lines += [
-        "",
-        f"- floor sum(lambda_i t_i): {_num(r['floor_ms'])} ms/token; ME / floor: **{_num(r['me_over_floor'], '{:.2f}')}**",
-        f"- ME speedup over ce-sequential: **{_num(r['me_speedup_over_ce_sequential'], '{:.2f}')}x**; "
-        f"over ce-parallel: {_num(r['me_speedup_over_ce_parallel'], '{:.2f}')}x",
-        f"- throughput at concurrency {top}, ME / ce-parallel: "
-        f"**{_num(r.get(f'me_throughput_over_ce_parallel_at_{top}'), '{:.2f}')}x**",
         f"- ME router round trips per token: {_num(report['methods'].get('me', {}).get('trips_per_token'), '{:.2f}')} "
         f"(theory 1 - sum(lambda_i^2) = {r['me_trips_per_token_theory']:.2f})",
         f"- ME over HTTP streaming / ME in process, ms per token at batch 1: **{_num(r.get('me_http_over_me'), '{:.2f}')}**",
+        f"- a bare hop, round trip of a tiny message to another process: ZMQ {_num(hops.get('zmq_ms'), '{:.2f}')} ms, "
+        f"Ray call {_num(hops.get('ray_ms'), '{:.2f}')} ms",
     ]
-    if "vllm_me_over_floor" in r:
-        singles = ", ".join(f"{m} {_num(v, '{:.2f}')}" for m, v in r["vllm_single_over_transformers"].items())
-        lines += [
-            f"- vLLM engine: single-member ms/token over the transformers engine's: **{singles}**",
-            f"- vLLM engine: floor {_num(r['vllm_floor_ms'])} ms/token; ME / floor: **{_num(r['vllm_me_over_floor'], '{:.2f}')}**; "
-            f"ME speedup over ce-parallel: {_num(r['vllm_me_speedup_over_vllm_ce_parallel'], '{:.2f}')}x",
-            f"- throughput at concurrency {top}, ME on vLLM / ME on transformers: "
-            f"**{_num(r.get(f'vllm_me_throughput_over_transformers_me_at_{top}'), '{:.2f}')}x**",
-        ]
     lines += [
         "",
         f"{s['prompt_tokens']} prompt words, {s['max_tokens']} max tokens, {s['repeats']} requests at batch 1; "
@@ -58,6 +65,12 @@ def markdown(report: dict) -> str:
         + (f" {hw['simulation'].capitalize()}." if hw["simulation"] else ""),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _engines(ratios: dict) -> list[tuple[str, str]]:
+    """(engine label, its ratio keys' prefix) for every engine in the report, the default first."""
+    others = sorted(k[: -len("_me_over_floor")] for k in ratios if k.endswith("_me_over_floor") and k != "me_over_floor")
+    return [(f"{DEFAULT} engine", "")] + [(f"{e} engine", f"{e}_") for e in others]
 
 
 def plot(report: dict, path: Path) -> None:

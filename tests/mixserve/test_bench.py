@@ -8,9 +8,9 @@ import sys
 
 import yaml
 
-FIELDS = {"name", "runs", "tokens", "ms_per_token_median", "ms_per_token_p99", "ttft_s_median", "forwards_per_token",
-          "trips_per_token", "tokens_per_s", "skipped"}
-METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-http"]
+FIELDS = {"name", "runs", "tokens", "ms_per_token_median", "ms_per_token_p99", "ms_per_token_mean", "switches_per_token",
+          "ttft_s_median", "forwards_per_token", "trips_per_token", "tokens_per_s", "skipped"}
+METHODS = ["single:a", "single:b", "ce-parallel", "ce-sequential", "me", "me-ray-calls", "me-http"]
 
 
 def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_path):
@@ -34,10 +34,12 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     assert report["methods"]["ce-parallel"]["forwards_per_token"] == 2.0
     assert report["methods"]["me"]["forwards_per_token"] == 1.0
     assert report["methods"]["me-http"]["forwards_per_token"] == 1.0
-    assert set(report["ratios"]) >= {"floor_ms", "me_over_floor", "me_speedup_over_ce_sequential",
-                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me"}
+    assert report["methods"]["me"]["switches_per_token"] > 0 and report["methods"]["single:a"]["switches_per_token"] == 0
+    assert set(report["ratios"]) >= {"floor_ms", "me_over_floor", "switch_ms", "me_speedup_over_ce_sequential",
+                                     "me_throughput_over_ce_parallel_at_2", "me_http_over_me", "me_ray_calls_over_me"}
+    assert report["hops"]["zmq_ms"] > 0 and report["hops"]["ray_ms"] > 0
     table = (out / "bench.md").read_text()
-    assert table.startswith("| method | ms/token p50") and "| me |" in table and "| me-http |" in table
+    assert table.startswith("| method | ms/token mean") and "| me |" in table and "| me-http |" in table
     assert table in done.stdout  # the CLI prints the table it wrote
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -51,14 +53,22 @@ def test_vllm_rows_follow_their_own_transformers_rows_and_get_their_ratios(tiny_
 
     config = load_config(tiny_dir / "ensemble.yaml")
     plan = methods(config, ("transformers", "vllm"))
-    assert list(plan) == METHODS[:5] + ["me-http", "vllm single:a", "vllm single:b", "vllm ce-parallel", "vllm me"]
+    assert list(plan) == METHODS[:6] + ["me-http", "vllm single:a", "vllm single:b", "vllm ce-parallel", "vllm me",
+                                        "vllm me-ray-calls"]
     assert {plan[n]["engine"] for n in plan if n.startswith("vllm ")} == {"vllm"}
     ms = {"single:a": 10, "single:b": 20, "vllm single:a": 5, "vllm single:b": 10, "me": 18, "vllm me": 9,
-          "ce-parallel": 30, "ce-sequential": 35, "me-http": 20, "vllm ce-parallel": 15}
-    results = {n: MethodResult(n, 2, 16, ms[n], ms[n], 0.1, 1.0, 0.5, {1: 1000 / ms[n], 4: 4000 / ms[n]}) for n in plan}
-    report = summarize(config, results, dict(prompt_tokens=8, max_tokens=8, concurrency=[1, 4], repeats=2, rounds=1))
+          "ce-parallel": 30, "ce-sequential": 35, "me-http": 20, "vllm ce-parallel": 15, "me-ray-calls": 27,
+          "vllm me-ray-calls": 18}
+    results = {n: MethodResult(n, 2, 16, ms_per_token_median=ms[n] - 1, ms_per_token_p99=ms[n], ms_per_token_mean=ms[n],
+                               switches_per_token=0.5 if n.endswith("me") else 0.0, ttft_s_median=0.1,
+                               forwards_per_token=1.0, trips_per_token=0.5,
+                               tokens_per_s={1: 1000 / ms[n], 4: 4000 / ms[n]}) for n in plan}
+    report = summarize(config, results, dict(prompt_tokens=8, max_tokens=8, concurrency=[1, 4], repeats=2, rounds=1),
+                       {"zmq_ms": 0.1, "ray_ms": 0.8})
     r = report["ratios"]
     assert r["vllm_single_over_transformers"] == {"a": 0.5, "b": 0.5}
     assert r["vllm_floor_ms"] == 7.5 and r["vllm_me_over_floor"] == 1.2
+    assert r["switch_ms"] == 6.0 and r["vllm_switch_ms"] == 3.0  # (18 - 15) / 0.5 and (9 - 7.5) / 0.5
+    assert r["me_ray_calls_over_me"] == 1.5 and r["vllm_me_ray_calls_over_me"] == 2.0
     assert r["vllm_me_throughput_over_transformers_me_at_4"] == 2.0
     assert "ME on vLLM / ME on transformers: **2.00x**" in markdown(report)
