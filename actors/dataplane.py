@@ -18,6 +18,8 @@ import dataclasses
 import hashlib
 import inspect
 import logging
+import time
+from collections import deque
 
 import zmq
 import zmq.asyncio
@@ -86,6 +88,8 @@ class DataPlane:
         self.endpoint = f"tcp://{host}:{port}"
         self.tasks: dict[tuple[bytes, int], asyncio.Task] = {}
         self.feeds: dict[tuple[bytes, int], Feeds] = {}  # an open run's log so far, as the router sends it
+        self.arrived: dict[tuple[bytes, int], float] = {}  # when a run's starting frame came in
+        self.trace: deque = deque(maxlen=4096)  # (session, first step, frame in, first token out)
         self.loop = asyncio.get_running_loop()
         self.server = asyncio.create_task(self._serve())
 
@@ -99,13 +103,18 @@ class DataPlane:
                 continue
             if kind == "cancel":
                 self.feeds.pop((peer, rid), None)
+                self.arrived.pop((peer, rid), None)
                 if (task := self.tasks.pop((peer, rid), None)) is not None:
                     task.cancel()
                 continue
             if kind == "feed":
                 if (feeds := self.feeds.get((peer, rid))) is not None:
                     feeds.put(body)
+                    if body[2]:
+                        self.arrived[(peer, rid)] = time.time()
                 continue
+            if kind in ("step", "whole"):
+                self.arrived[(peer, rid)] = time.time()
             handler = {"step": self._step, "open": self._open, "whole": self._call, "release": self._call}.get(kind)
             if handler is None:
                 await self._send(peer, "error", rid, ("ValueError", f"unknown data plane call {kind!r}"))
@@ -125,6 +134,7 @@ class DataPlane:
         parts = self.member.step(req)
         try:
             async for part in parts:
+                self._traced(peer, rid, req)
                 await self._send(peer, "part", rid, part)
             await self._send(peer, "end", rid, None)
         except asyncio.CancelledError:
@@ -132,6 +142,7 @@ class DataPlane:
         except Exception as e:  # noqa: BLE001 - the member's fault: the router fails the request with it
             await self._send(peer, "error", rid, (type(e).__name__, str(e)))
         finally:
+            self.arrived.pop((peer, rid), None)
             await parts.aclose()  # a cancelled run leaves the batch now (actors/engine.py's `step`)
 
     async def _open(self, peer: bytes, rid: int, kind: str, req: StepRequest) -> None:
@@ -161,11 +172,22 @@ class DataPlane:
     async def _call(self, peer: bytes, rid: int, kind: str, body) -> None:
         try:
             out = getattr(self.member, kind)(body)
-            await self._send(peer, "done", rid, await out if inspect.isawaitable(out) else out)
+            out = await out if inspect.isawaitable(out) else out
+            if kind == "whole":
+                self._traced(peer, rid, body)
+            await self._send(peer, "done", rid, out)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001
             await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+        finally:
+            self.arrived.pop((peer, rid), None)
+
+    def _traced(self, peer: bytes, rid: int, req: StepRequest) -> None:
+        """A run's first token is going out: when its frame came in and now, for `mixserve bench`'s
+        breakdown of a switch (wall clock: the router compares it with its own on the same node)."""
+        if (arrived := self.arrived.pop((peer, rid), None)) is not None:
+            self.trace.append((req.session, req.first_step, arrived, time.time()))
 
     async def _send(self, peer: bytes, kind: str, rid: int, body) -> None:
         await self.sock.send_multipart([peer, wire.dumps([kind, rid, body])], copy=False)
@@ -206,6 +228,11 @@ class DataPlaneMember:
         """Calls in progress on the data plane and runs opened ahead still waiting for their turn."""
         plane = getattr(self, "_data_plane", None)
         return {"calls": len(plane.tasks), "open_runs": len(plane.feeds)} if plane else {"calls": 0, "open_runs": 0}
+
+    def data_plane_trace(self) -> list[tuple]:
+        """The last runs' (session, first step, frame in, first token out), wall clock."""
+        plane = getattr(self, "_data_plane", None)
+        return list(plane.trace) if plane else []
 
     async def watch(self) -> None:
         """Never answers: the router holds this call open, and Ray fails it when this process dies."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from mixserve.actors.registry import DEFAULT, ENGINES
 from mixserve.config import EnsembleConfig, MemberConfig, load_config
 from mixserve.bench_hop import bare_hops
+from mixserve.bench_switch import breakdown
 from mixserve.bench_http import measure_http
 from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
@@ -42,7 +43,7 @@ class Run:
     gaps_ms: list[float]  # per token after the first: time since the previous chunk / its tokens
     forwards: int
     trips: int
-    switches: int = 0  # times the member computing the text changed (ME)
+    switches: int | None = None  # times the member computing the text changed (ME); None: not seen (HTTP)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Clock:
             self.gaps += [1000 * (now - self.last) / tokens] * tokens
         self.last = now
 
-    def run(self, tokens: int, forwards: int, trips: int, switches: int = 0) -> Run:
+    def run(self, tokens: int, forwards: int, trips: int, switches: int | None = None) -> Run:
         return Run(tokens, time.perf_counter() - self.started, self.first or 0.0, self.gaps, forwards, trips,
                    switches)
 
@@ -180,6 +181,7 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
         results[name] = asyncio.run(_one_method(measure_one, name, fields, prompt_tokens, max_tokens, waves,
                                                 lambda: bar.update(1)))
 
+    switches: dict[str, dict | None] = {}
     try:
         hops = None
         for engine in engines:  # one engine's members at a time: they share the CPUs
@@ -195,6 +197,12 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
                             runners.pop("ray").close()
                             runners[runner] = build_engine(replace(on, data_plane="ray"), address=address)
                         run(name, lambda req, router=runners[runner].router: measure(router, req))
+                        if plan[name]["method"] == "me" and runner == "ray":
+                            switches[engine] = asyncio.run(breakdown(
+                                runners[runner], [GenerateRequest(prompt=prompt_text(prompt_tokens, i),
+                                                                  max_tokens=max_tokens, seed=i, method="me")
+                                                  for i in range(3)],
+                                lambda req, router=runners[runner].router: measure(router, req)))
             finally:
                 for runner in runners.values():
                     runner.close()  # frees the members' CPUs for the next engine's and the served app's
@@ -207,7 +215,7 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
     results = {name: results[name] for name in plan if name in results}  # the plan's order, not the run's
     report = summarize(config, results, dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                                              concurrency=list(concurrency), repeats=repeats, rounds=rounds,
-                                             engines=list(engines)), hops)
+                                             engines=list(engines)), hops, switches)
     write_report(report, Path(out))
     return report
 
@@ -235,7 +243,8 @@ async def _one_method(measure_one, name: str, fields: dict, prompt_tokens: int, 
             after_first = sum(r.tokens - 1 for r in runs)
             result.ms_per_token_mean = 1000 * sum(r.total_s - r.first_token_s for r in runs) / after_first \
                 if after_first > 0 else None
-            result.switches_per_token = sum(r.switches for r in runs) / max(1, tokens)
+            if all(r.switches is not None for r in runs):
+                result.switches_per_token = sum(r.switches for r in runs) / max(1, tokens)
             result.ttft_s_median = statistics.median(r.first_token_s for r in runs)
             result.forwards_per_token = sum(r.forwards for r in runs) / max(1, tokens)
             result.trips_per_token = sum(r.trips for r in runs) / max(1, tokens)
@@ -243,7 +252,7 @@ async def _one_method(measure_one, name: str, fields: dict, prompt_tokens: int, 
 
 
 def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings: dict,
-              hops: dict[str, float] | None = None) -> dict:
+              hops: dict[str, float] | None = None, switches: dict[str, dict | None] | None = None) -> dict:
     """ME's ratios on each engine, from mean ms per token (MethodResult.ms_per_token_mean): the floor
     sum(lambda_i t_i), ME over it, what one switch between members costs, and the baselines."""
     weights = config.weights
@@ -287,6 +296,7 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
             ratios[f"{engine}_me_throughput_over_{DEFAULT}_me_at_{top}"] = ratio(
                 results[row(engine, "me")].tokens_per_s.get(top), results["me"].tokens_per_s.get(top))
     return {"settings": settings, "hardware": hardware(), "weights": weights, "hops": hops or {},
+            "switch_breakdown": switches or {},
             "methods": {k: asdict(v) for k, v in results.items()}, "ratios": ratios}
 
 

@@ -42,14 +42,21 @@ def markdown(report: dict) -> str:
             f"**{_num(r[k + 'me_over_floor'], '{:.2f}')}**; one switch costs **{_num(r[k + 'switch_ms'], '{:.1f}')} ms** "
             f"({_num(r[k + 'me_switches_per_token'], '{:.2f}')} switches per token); ME with every step a Ray call "
             f"is {_num(r[k + 'me_ray_calls_over_me'], '{:.2f}')}x slower",
-            f"- {engine}: ME speedup over ce-sequential **{_num(r.get(k + 'me_speedup_over_ce_sequential'), '{:.2f}')}x**, "
-            f"over ce-parallel {_num(r[k + 'me_speedup_over_ce_parallel'], '{:.2f}')}x; throughput at {top}, "
+            f"- {engine}: ME speedup "
+            + (f"over ce-sequential **{_num(r[k + 'me_speedup_over_ce_sequential'], '{:.2f}')}x**, "
+               if k + "me_speedup_over_ce_sequential" in r else "")
+            + f"over ce-parallel {_num(r[k + 'me_speedup_over_ce_parallel'], '{:.2f}')}x; throughput at {top}, "
             f"ME / ce-parallel **{_num(r.get(f'{k}me_throughput_over_ce_parallel_at_{top}'), '{:.2f}')}x**",
         ]
     for engine, spec in ENGINES.items():
         if (value := r.get(f"{engine}_me_throughput_over_{DEFAULT}_me_at_{top}")) is not None:
             lines.append(f"- throughput at concurrency {top}, ME on {spec.label} / ME on {DEFAULT}: "
                          f"**{_num(value, '{:.2f}')}x**")
+    for engine, b in (report.get("switch_breakdown") or {}).items():
+        if b:
+            lines.append(f"- one switch on {engine}, medians of {b['switches']}: last token of one member to first of "
+                         f"the next {b['switch_ms']:.1f} ms = router {b['router_ms']:.2f} + hops {b['hops_ms']:.2f} + "
+                         f"member {b['member_ms']:.1f} (its wake-up, catch-up, one forward and sampling)")
     hops = report.get("hops") or {}
     lines += [
         f"- ME router round trips per token: {_num(report['methods'].get('me', {}).get('trips_per_token'), '{:.2f}')} "

@@ -63,6 +63,9 @@ class Router:
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
         self.eager_sync = eager_sync  # idle members catch up in the background as tokens stream
         self.ahead = ahead  # the next run opened on its member while this one decodes
+        # `mixserve bench` sets a deque here: per switch, (session, first step, member, the run before's
+        # last token in, this run's call sent, its first token in), wall clock (mixserve/bench_switch.py)
+        self.trace = None
         self.token_healing = token_healing  # the default; a request may say otherwise
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
         self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
@@ -213,15 +216,19 @@ class Router:
         during the turn before."""
         caught_up = s.step - s.cursor.get(member, 0)
         started = time.perf_counter()
-        end = s.step + steps
+        first_step, end = s.step, s.step + steps
+        prev_end, sent, first_in = s.run_ended, time.time(), None  # wall clock, for the switch trace
 
         def request(delta, fresh):
             return StepRequest(s.id, delta, s.step, end - s.step, s.params, fresh=fresh, heal=heal)
 
         async def record(part: StepResult) -> bool:
+            nonlocal first_in
+            first_in = first_in or time.time()
             s.record(member, part.tokens, part.pieces, part.finish)
             emit()
             if s.finish_reason is not None or s.step >= end:
+                s.run_ended = time.time()
                 return True
             self._sync_idle(s, idle)
             if ahead is not None:
@@ -229,6 +236,8 @@ class Router:
             return False
 
         await self._step(s, member, request, stats, record, opened.run if opened else None)
+        if self.trace is not None and prev_end and first_in:
+            self.trace.append((s.id, first_step, member, prev_end, sent, first_in))
         if self.metrics:
             self.metrics.step(member, time.perf_counter() - started, caught_up)
 

@@ -45,6 +45,7 @@ class Session:
     ):
         """`history`: the log of an earlier request on the same session, continued here (its tokens
         keep their step numbers, so 20 + 20 tokens are the same as 40 at once)."""
+        self.run_ended: float | None = None  # wall clock of the last run's last token (router's switch trace)
         self.id = uuid.uuid4().hex
         self.index = index  # which of the request's n samples
         self.prompt_ids = prompt_ids  # member -> its own prompt tokens

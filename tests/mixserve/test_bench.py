@@ -38,6 +38,8 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     assert set(report["ratios"]) >= {"floor_ms", "me_over_floor", "switch_ms", "me_speedup_over_ce_sequential",
                                      "me_throughput_over_ce_parallel_at_2", "me_http_over_me", "me_ray_calls_over_me"}
     assert report["hops"]["zmq_ms"] > 0 and report["hops"]["ray_ms"] > 0
+    switch = report["switch_breakdown"]["transformers"]
+    assert switch["switches"] > 0 and switch["member_ms"] > 0 and switch["switch_ms"] > switch["member_ms"]
     table = (out / "bench.md").read_text()
     assert table.startswith("| method | ms/token mean") and "| me |" in table and "| me-http |" in table
     assert table in done.stdout  # the CLI prints the table it wrote
