@@ -181,9 +181,10 @@ class Router:
 
     def _open_next(self, plan: Plan, policy, s: Session, member: str, end: int) -> Ahead | None:
         """Open the run after this one on its member now (docs/architecture.md, "The next run in
-        flight"): the schedule is known ahead (invariant 5), so the next member catches up while
-        this one decodes, and its run waits only for this run's last tokens. None where there is no
-        next run, it is this member's or a mixture's, or the member cannot open one now."""
+        flight"): the schedule is known ahead (invariant 5), so the next member catches up on what it
+        lacks (on its first turn, the prompt) while this one decodes, and its run waits only for this
+        run's tokens. None where there is no next run, it is this member's or a mixture's, or the
+        member cannot open one now."""
         if end >= s.step + s.remaining:
             return None
         turn = policy.plan(end, s.step + s.remaining - end)
@@ -211,8 +212,8 @@ class Router:
     async def _run(self, s: Session, member: str, steps: int, stats: Counter, emit, idle=(), heal=False,
                    opened: Ahead | None = None, ahead: Ahead | None = None) -> None:
         """One member catches up on its delta and decodes its run of steps, in one call whose tokens
-        stream back as they are sampled. `idle` members (eager_sync) get those tokens as they come,
-        and so does the run opened `ahead` on the next member; `opened` is this run, opened so
+        stream back as they are sampled. With eager_sync the `idle` members get those tokens as they
+        come, and so does the run opened `ahead` on the next member; `opened` is this run, opened so
         during the turn before."""
         caught_up = s.step - s.cursor.get(member, 0)
         started = time.perf_counter()
@@ -231,7 +232,7 @@ class Router:
                 s.run_ended = time.time()
                 return True
             self._sync_idle(s, idle)
-            if ahead is not None:
+            if ahead is not None and self.eager_sync:
                 self._feed(s, ahead)
             return False
 
