@@ -12,6 +12,7 @@ import zmq
 from mixserve.actors import wire
 from mixserve.actors.dataplane import keys
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
+from mixserve.api import build_engine
 from mixserve.router.members import RayMember
 
 
@@ -49,9 +50,15 @@ def _without_channels(engine, **request):
             member.channel = kept[name]
 
 
-@pytest.mark.parametrize("fixture", ["ensemble", "hetero"])
-def test_steps_travel_on_the_data_plane_and_give_the_texts_of_ray_calls(fixture, request):
-    engine = request.getfixturevalue(fixture)
+@pytest.fixture(params=["ensemble.yaml", "hetero.yaml"])
+def engine(request, tiny_dir, ray_local):
+    """The shared-tokenizer pair, and members with different tokenizers; each closed after its test
+    (the session's ensembles take the local Ray's CPUs)."""
+    with build_engine(tiny_dir / request.param) as engine:
+        yield engine
+
+
+def test_steps_travel_on_the_data_plane_and_give_the_texts_of_ray_calls(engine):
     channels = {name: m.channel for name, m in engine.router.members.items()}
     before = {name: (next(c.ids), c.opened) for name, c in channels.items()}
     ask = dict(prompt="the moon", max_tokens=32, seed=11)
