@@ -25,16 +25,17 @@ class LogProbs:
 
 
 async def score(members: dict, weights: dict[str, float], pieces: list[bytes], ids: list[int], prompt_tokens: int,
-                top: int) -> LogProbs:
-    """`members`: name -> RayMember | LocalMember for the members in `weights` (normalised); `ids`:
-    prompt and completion in their shared vocabulary."""
+                top: int, bound=lambda member, call: call) -> LogProbs:
+    """`members`: name -> a MemberClient for the members in `weights` (normalised); `ids`: prompt and
+    completion in their shared vocabulary. `bound(member, call)` waits for one member's answer (the
+    router's per-member bound: an error names the member that did not answer)."""
     names = list(weights)
     if len(names) == 1:
-        s = await members[names[0]].score(ids, top, False)
+        s = await bound(names[0], members[names[0]].score(ids, top, False))
         chosen = torch.from_numpy(s.token_logprobs).double()  # (L-1,)
         best_ids, best = torch.from_numpy(s.top_ids), torch.from_numpy(s.top_logprobs).double()  # (L-1, top)
     else:
-        scores = await asyncio.gather(*(members[m].score(ids, 0, True) for m in names))
+        scores = await asyncio.gather(*(bound(m, members[m].score(ids, 0, True)) for m in names))
         vocab = min(s.rows.shape[1] for s in scores)
         rows = torch.stack([torch.from_numpy(s.rows[:, :vocab]).double() + math.log(weights[m])
                             for m, s in zip(names, scores)])  # (members, L-1, vocab)

@@ -291,11 +291,15 @@ class Router:
             raise MemberFailedError(member, e) from e
 
     async def _bounded(self, member: str, call):
-        """A call's answer within retry_s (see _answered)."""
+        """A call's answer within retry_s (see _answered). A member that is down is named (several
+        members' calls may wait under one retry: log-probs)."""
         try:
             return await asyncio.wait_for(call, self.retry_s)
         except asyncio.TimeoutError:
             raise UnavailableError(f"member {member!r} did not answer within {self.retry_s:g} s") from None
+        except MemberDown as e:
+            e.member = member
+            raise
 
     async def _answered(self, member: str, parts: AsyncIterator[StepResult]) -> AsyncIterator[StepResult]:
         """The parts of one call, each within retry_s: a member that is alive but does not answer (a
@@ -342,8 +346,8 @@ class Router:
                 return await attempt()
             except (SessionLost, MemberDown) as e:
                 if time.monotonic() + delay > deadline:
-                    raise UnavailableError(f"member {member!r} is unavailable ({e}); gave up after "
-                                           f"{self.retry_s:g} s") from None
+                    raise UnavailableError(f"member {getattr(e, 'member', member)!r} is unavailable ({e}); "
+                                           f"gave up after {self.retry_s:g} s") from None
                 if isinstance(e, MemberDown):
                     await asyncio.sleep(delay)  # backoff while Ray restarts the member
                     delay = min(2 * delay, 1.0)
@@ -397,8 +401,9 @@ class Router:
         prompt = prompt_ids[next(iter(plan.weights))]
         pieces = (await self._vocab(plan)).pieces
         names = ", ".join(plan.weights)
-        return await self._retrying(names, lambda: self._bounded(names, logprobs.score(
-            self.members, plan.weights, pieces, prompt + choice.token_ids, len(prompt), plan.logprobs)))
+        return await self._retrying(names, lambda: logprobs.score(
+            self.members, plan.weights, pieces, prompt + choice.token_ids, len(prompt), plan.logprobs,
+            bound=self._bounded))
 
     async def _prompt_text(self, plan: Plan) -> str | None:
         if not isinstance(plan.prompt, list):

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from mixserve.router.members import LocalMember
+from mixserve.router.members import LocalMember, MemberDown
 from mixserve.router.openai_http import error_body
-from mixserve.router.request import GenerateRequest, MemberFailedError, RequestError
+from mixserve.router.request import GenerateRequest, MemberFailedError, RequestError, UnavailableError
 from mixserve.router.router import Router
 from tests.fakes import EOS, FakeCore
 
@@ -241,3 +241,20 @@ def test_a_member_slow_to_confirm_a_release_does_not_hold_the_request():
     started = time.monotonic()
     out = asyncio.run(run())
     assert "a" in out.choices[0].members and time.monotonic() - started < 5
+
+
+def test_a_member_down_while_scoring_log_probs_is_named_alone():
+    """Log-probs of an ensemble wait on several members at once; the 503 names the one that is down
+    (the soak could not tell which member a "member 'a, b'" error was about)."""
+    router, _ = build({"a": 0.5, "b": 0.5})
+    router.retry_s = 0.3
+
+    class Down(LocalMember):
+        def score(self, ids, top, rows):
+            done = asyncio.get_running_loop().create_future()
+            done.set_exception(MemberDown("The actor is restarting"))
+            return done
+
+    router.members["b"] = Down(router.members["b"].core)
+    with pytest.raises(UnavailableError, match=r"^member 'b' is unavailable \(The actor is restarting\)"):
+        generate(router, prompt="hi", max_tokens=6, seed=3, logprobs=1)
