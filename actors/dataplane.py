@@ -90,7 +90,6 @@ class DataPlane:
         self.feeds: dict[tuple[bytes, int], Feeds] = {}  # an open run's log so far, as the router sends it
         self.arrived: dict[tuple[bytes, int], float] = {}  # when a run's starting frame came in
         self.trace: deque = deque(maxlen=4096)  # (session, first step, frame in, first token out)
-        self.loop = asyncio.get_running_loop()
         self.server = asyncio.create_task(self._serve())
 
     async def _serve(self) -> None:

@@ -185,11 +185,11 @@ class Router:
         lacks (on its first turn, the prompt) while this one decodes, and its run waits only for this
         run's tokens. None where there is no next run, it is this member's or a mixture's, or the
         member cannot open one now."""
-        if end >= s.step + s.remaining:
+        if not self.ahead or end >= s.step + s.remaining:
             return None
         turn = policy.plan(end, s.step + s.remaining - end)
         nxt = turn.members[0]
-        if turn.weights or nxt == member or not self.ahead or not self.members[nxt].can_open():
+        if turn.weights or nxt == member or not self.members[nxt].can_open():
             return None
         fresh = nxt not in s.cursor
         delta = s.take_delta(nxt) if self._feedable(s, nxt) else ()
