@@ -52,8 +52,9 @@ ENGINES: dict[str, Engine] = {
         "batch_invariant": "vLLM's kernels are not batch-invariant; use engine: transformers",
         "max_cached_tokens": "vLLM bounds its KV cache itself: engine_options.kv_cache_space_gib (CPU) or "
                              "gpu_memory_utilization (GPU)"},
-        # Passed through to vLLM's EngineArgs (kv_cache_space_gib: the CPU KV cache, VLLM_CPU_KVCACHE_SPACE).
-        options={"tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
+        # Passed through to vLLM's EngineArgs (kv_cache_space_gib: the CPU KV cache, VLLM_CPU_KVCACHE_SPACE;
+        # streaming_input: false runs every run as a new request, actors/vllm_streams.py).
+        options={"streaming_input": bool, "tensor_parallel_size": int, "pipeline_parallel_size": int, "max_model_len": int,
                  "gpu_memory_utilization": float, "enforce_eager": bool, "block_size": int,
                  "kv_cache_space_gib": float, "max_num_batched_tokens": int, "quantization": str,
                  "distributed_executor_backend": str}),

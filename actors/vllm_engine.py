@@ -4,9 +4,12 @@ VllmEngine implements actors/protocol.py's Member, as actors/engine.py's MemberE
 cannot tell the engines apart. The session's log is kept here as token ids, each sampled token taken
 into it as the other engine takes its own (actors/sessions.py); vLLM's prefix cache is its KV. Each
 run is one vLLM request whose prompt is the log and whose max_tokens is the run's length, streamed
-back as tokens are sampled; the catch-up after another member's run is the prefix cache's miss (the
-partial last block and the new tokens); release aborts the running request; eviction is vLLM's own,
-and a session it dropped is recomputed from the log, never lost.
+back as tokens are sampled. A session's runs are chunks of one resumable request where vLLM allows
+(actors/vllm_streams.py): its KV stays in vLLM between runs and a run sends only the tokens this member
+has not seen; elsewhere the catch-up is the prefix cache's miss (the partial last block and the new
+tokens). Release aborts the session's request; eviction is vLLM's own, and a session it dropped is
+recomputed from the log, never lost. At most max_batch runs are in vLLM at once, counted here, so that
+paused streams never take a running run's place.
 
 vLLM's engine core runs in this process (LLMEngine, no engine-core child process), stepped by one
 loop in a worker thread the way MemberEngine steps its forwards: a run costs no inter-process hop,
@@ -19,6 +22,7 @@ import asyncio
 import itertools
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from .loading import ModelSource, chat_fixup, model_dir
 from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sampling import run_seed
 from .sessions import ReleasedIds, SessionBook, SessionCache, eos_ids
+from .vllm_streams import Stream, Streams
 
 # On CPU: no graph compilation (40-90 s per start on 2 cores), the smallest block the CPU attention
 # takes (prefix caching reuses whole blocks: ME's catch-up recomputes the partial last one).
@@ -46,6 +51,11 @@ class Run:
     rid: str
     kind: str  # "run" | "row" (ce distribution) | "sync" (eager sync) | "heal" (first token, constrained)
     parts: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of token ids, then None or an error
+    stream: Stream | None = None  # the session's resumable request this run is a chunk of
+    sent: list[int] = field(default_factory=list)  # the chunk's ids (a stream's)
+    want: int = 0  # tokens the chunk samples: vLLM pauses a stream there without finishing it
+    got: list[int] = field(default_factory=list)  # tokens sampled so far (a stream's)
+    added: bool = False  # in vLLM (counted against max_batch) rather than queued here
 
 
 class VllmEngine(DataPlaneMember):
@@ -53,6 +63,7 @@ class VllmEngine(DataPlaneMember):
                  max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
                  options: dict | None = None):
         options = dict(options or {})
+        streaming = options.pop("streaming_input", True)
         if options.get("tensor_parallel_size", 1) * options.get("pipeline_parallel_size", 1) > 1:
             # Workers on several GPUs, maybe nodes: Ray places them, one GPU each (cluster/placement.py).
             options.setdefault("distributed_executor_backend", "ray")
@@ -81,7 +92,8 @@ class VllmEngine(DataPlaneMember):
         # prefill's discarded sample (seeded requests fail with "CPU Generator does not use offset").
         options.setdefault("max_num_batched_tokens", max(options.get("max_model_len") or 0, 8192))
         args = EngineArgs(model=str(folder), dtype=_dtype(dtype, self.device), skip_tokenizer_init=True,
-                          enable_prefix_caching=True, max_num_seqs=max_batch, max_logprobs=-1,
+                          enable_prefix_caching=True, max_num_seqs=2 * max_batch if streaming else max_batch,
+                          max_logprobs=-1,
                           logits_processors=[vllm_capture.CaptureRows], disable_log_stats=True, **options)
         # Every vLLM call runs in this one thread: OpenMP's thread count is per calling thread, and
         # vLLM's CPU attention checks that its plan and its run saw the same count.
@@ -91,11 +103,14 @@ class VllmEngine(DataPlaneMember):
         self.capture = vllm_capture
         self.book = SessionBook(name, tokenizer, eos_ids(generation_eos + ends, tokenizer),
                                 self.vllm.model_config.max_model_len, max_sessions, max_cached_tokens)
+        # A paused stream holds one of vLLM's max_num_seqs slots: max_batch of them, beside max_batch runs.
+        self.streams = Streams(self.vllm, max_batch if streaming else 0)
+        self.max_batch = max_batch
         self.runs: dict[str, Run] = {}  # by vLLM request id
         self.by_session: dict[str, Run] = {}
         self.released = ReleasedIds()
-        self.to_add: list[tuple[str, list[int], object]] = []
-        self.to_abort: list[str] = []
+        self.queued: deque[tuple[Run, list[int], object]] = deque()  # runs not yet in vLLM, in order
+        self.to_abort: deque[str] = deque()  # appended here, taken in the vLLM thread: deque's ends are thread-safe
         self.in_vllm: set[str] = set()  # request ids added to vLLM and not finished there (vLLM thread only)
         self.loop: asyncio.Task | None = None
         self.ids = itertools.count()
@@ -121,7 +136,8 @@ class VllmEngine(DataPlaneMember):
         """Counters; compute_s is the time the vLLM thread spent in engine steps (scheduling, the
         forward, sampling: vLLM's whole step)."""
         return {"steps": self.steps, "requests": self.requests, "evictions": self.book.evictions,
-                "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s, "pid": os.getpid()}
+                "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s, "pid": os.getpid(),
+                "streams": len(self.streams.open), "streams_opened": self.streams.opened}
 
     def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
         return f"VllmEngine(name={self.book.name})"
@@ -132,6 +148,8 @@ class VllmEngine(DataPlaneMember):
         self.released.add(session)
         if (run := self.by_session.pop(session, None)) is not None:
             self._drop(run, None)
+        if (stream := self.streams.close(session)) is not None:
+            self.to_abort.append(stream.rid)
         if self.to_abort:  # this run's, or one its reader dropped when the router cancelled it
             await asyncio.get_running_loop().run_in_executor(self.thread, self._abort)
         return self.book.release(session)
@@ -146,7 +164,8 @@ class VllmEngine(DataPlaneMember):
             return
         if req.steps == 0:
             if len(s.ids) > s.cached:  # eager sync: fill the prefix cache now, off the critical path
-                await self._collect(self._submit(req, s, "sync", s.ids, self._params(max_tokens=1, temperature=0)))
+                sync = self._params(max_tokens=1, temperature=0)
+                await self._collect(self._submit(req, s, "sync", s.ids, sync, stream=True))
                 s.cached = len(s.ids)
             return
         step = req.first_step
@@ -160,7 +179,7 @@ class VllmEngine(DataPlaneMember):
                 params = self._params(req, step, 1, allowed_token_ids=allowed.tolist())
             else:
                 params = self._params(req, step, min(room, req.first_step + req.steps - step))
-            run = self._submit(req, s, "heal" if heal else "run", list(s.ids), params)
+            run = self._submit(req, s, "heal" if heal else "run", list(s.ids), params, stream=not heal)
             async for tokens in self._parts(run):
                 result = StepResult(forwards=len(tokens))
                 for token in tokens:
@@ -220,17 +239,24 @@ class VllmEngine(DataPlaneMember):
         fields.update(extra)
         return SamplingParams(**fields)
 
-    def _submit(self, req: StepRequest | None, s: SessionCache | None, kind: str, ids: list[int], params) -> Run:
-        rid = f"{kind}-{next(self.ids)}"
+    def _submit(self, req: StepRequest | None, s: SessionCache | None, kind: str, ids: list[int], params,
+                stream: bool = False) -> Run:
+        if stream and self.streams.enabled:
+            chunk, ids, closed = self.streams.chunk(req.session, ids, live=set(self.book.sessions))
+            self.to_abort.extend(closed)
+            run = Run(req, s, chunk.rid, kind, stream=chunk, sent=ids, want=params.max_tokens)
+            first = not chunk.held
+            self.requests += first
+        else:
+            run, first = Run(req, s, f"{kind}-{next(self.ids)}", kind), None
+            self.requests += 1
         if params.extra_args and self.capture.KEY in params.extra_args:
             # Keyed before vLLM's thread can take the request: set after, a row could go uncaptured.
-            params.extra_args[self.capture.KEY] = rid
-        run = Run(req, s, rid, kind)
-        self.runs[rid] = run
+            params.extra_args[self.capture.KEY] = run.rid
+        self.runs[run.rid] = run
         if req is not None:
             self.by_session[req.session] = run
-        self.to_add.append((rid, ids, params))
-        self.requests += 1
+        self.queued.append((run, ids, params, first))
         if self.loop is None:
             self.loop = asyncio.create_task(self._loop())
         return run
@@ -274,10 +300,13 @@ class VllmEngine(DataPlaneMember):
 
     def _drop(self, run: Run, item) -> None:
         """Forget a request: aborted in vLLM if it still runs, its reader told it ended."""
-        if self.runs.pop(run.rid, None) is None:
+        if self.runs.get(run.rid) is not run:
             return
+        del self.runs[run.rid]
         if self.by_session.get(run.req.session if run.req else None) is run:
             del self.by_session[run.req.session]
+        if run.stream is not None and self.streams.open.get(run.stream.session) is run.stream:
+            self.streams.close(run.stream.session)  # cut mid-chunk: what vLLM holds is unknown
         self.to_abort.append(run.rid)
         run.parts.put_nowait(item)
 
@@ -285,7 +314,8 @@ class VllmEngine(DataPlaneMember):
         try:
             while self.runs or self.to_abort:
                 try:
-                    outputs = await asyncio.get_running_loop().run_in_executor(self.thread, self._tick)
+                    adds = self._admit()
+                    outputs = await asyncio.get_running_loop().run_in_executor(self.thread, self._tick, adds)
                 except Exception as e:  # noqa: BLE001 - fail the running requests, keep serving
                     for run in list(self.runs.values()):
                         self._drop(run, e)
@@ -295,36 +325,65 @@ class VllmEngine(DataPlaneMember):
                     if (run := self.runs.get(output.request_id)) is None:
                         continue  # released meanwhile
                     run.parts.put_nowait(output)
-                    if output.finished:
-                        self.runs.pop(run.rid, None)
-                        if self.by_session.get(run.req.session if run.req else None) is run:
-                            del self.by_session[run.req.session]
-                        run.parts.put_nowait(None)
+                    if run.stream is not None and not output.finished:
+                        run.got += output.outputs[0].token_ids
+                        if len(run.got) < run.want:
+                            continue
+                        self.streams.done(run.stream, run.sent, run.got)  # paused in vLLM, not finished
+                    elif not output.finished:
+                        continue
+                    elif run.stream is not None:
+                        self.streams.close(run.stream.session)
+                    del self.runs[run.rid]
+                    if self.by_session.get(run.req.session if run.req else None) is run:
+                        del self.by_session[run.req.session]
+                    run.parts.put_nowait(None)
+                if self.streams.open:
+                    self.to_abort.extend(self.streams.crowding())
         finally:
             self.loop = None
 
-    def _tick(self) -> list:
+    def _admit(self) -> list[tuple[Run, list[int], object]]:
+        """Queued runs to send vLLM, in order, while fewer than max_batch are in it."""
+        room = self.max_batch - sum(run.added for run in self.runs.values())
+        adds = []
+        while self.queued and room > 0:
+            run, ids, params, first = self.queued.popleft()
+            if self.runs.get(run.rid) is run:  # not dropped before it started
+                run.added = True
+                adds.append((run, ids, params, first))
+                room -= 1
+        return adds
+
+    def _tick(self, adds: list) -> list:
         """One engine step, in the worker thread: the only place that touches vLLM after loading."""
         from vllm import TokensPrompt
 
-        adds, self.to_add = self.to_add, []
-        for rid, ids, params in adds:
-            if rid in self.runs:  # not dropped before it started
-                self.vllm.add_request(rid, TokensPrompt(prompt_token_ids=ids), params)
-                self.in_vllm.add(rid)
+        for run, ids, params, first in adds:
+            if self.runs.get(run.rid) is not run:
+                continue  # dropped since it was admitted
+            if first is None:
+                self.vllm.add_request(run.rid, TokensPrompt(prompt_token_ids=ids), params)
+            else:
+                self.streams.add(run.rid, ids, params, first)
+            self.in_vllm.add(run.rid)
+        # After the adds: a run dropped while it was being added is aborted now, not forgotten (an
+        # abort only reaches requests vLLM has).
         self._abort()
         if not self.vllm.has_unfinished_requests():
             return []
-        self.steps += 1
         started = time.perf_counter()
         outputs = self.vllm.step()
         self.compute_s += time.perf_counter() - started
+        self.steps += bool(outputs)  # a step with paused streams alone schedules nothing
         self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
         return outputs
 
     def _abort(self) -> None:
         """Abort the dropped requests that vLLM still runs (in the vLLM thread, like every call into it)."""
-        aborts, self.to_abort = self.to_abort, []
+        aborts = []
+        while self.to_abort:
+            aborts.append(self.to_abort.popleft())
         if aborts := [rid for rid in aborts if rid in self.in_vllm]:
             self.vllm.abort_request(aborts)
             self.in_vllm.difference_update(aborts)

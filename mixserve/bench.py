@@ -206,10 +206,11 @@ def run_bench(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, 
             finally:
                 for runner in runners.values():
                     runner.close()  # frees the members' CPUs for the next engine's and the served app's
-        with served(on_engine(config, DEFAULT)) as url, ThreadPoolExecutor(max(concurrency)) as pool:
-            def over_http(req):
-                return asyncio.get_running_loop().run_in_executor(pool, measure_http, url, config.model_name, req)
-            run("me-http", over_http)
+        if "me-http" in plan:  # the default engine's members, served: not when --engines leaves it out
+            with served(on_engine(config, DEFAULT)) as url, ThreadPoolExecutor(max(concurrency)) as pool:
+                def over_http(req):
+                    return asyncio.get_running_loop().run_in_executor(pool, measure_http, url, config.model_name, req)
+                run("me-http", over_http)
     finally:
         bar.close()
     results = {name: results[name] for name in plan if name in results}  # the plan's order, not the run's
@@ -285,8 +286,9 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
             out["me_speedup_over_ce_sequential"] = ratio(mean(row(engine, "ce-sequential")), me.ms_per_token_mean)
         return out
 
-    ratios = {**engine_ratios(DEFAULT), "me_trips_per_token_theory": 1 - sum(w * w for w in weights.values()),
-              "me_http_over_me": ratio(mean("me-http"), mean("me"))}
+    ratios = {"me_trips_per_token_theory": 1 - sum(w * w for w in weights.values())}
+    if "me" in results:  # the default engine's rows, unless --engines left it out
+        ratios.update(engine_ratios(DEFAULT), me_http_over_me=ratio(mean("me-http"), mean("me")))
     for engine in ENGINES:
         if engine != DEFAULT and row(engine, "me") in results:
             more = engine_ratios(engine)
@@ -294,7 +296,7 @@ def summarize(config: EnsembleConfig, results: dict[str, MethodResult], settings
             ratios[f"{engine}_single_over_{DEFAULT}"] = {m: ratio(mean(row(engine, f"single:{m}")), mean(f"single:{m}"))
                                                         for m in weights}
             ratios[f"{engine}_me_throughput_over_{DEFAULT}_me_at_{top}"] = ratio(
-                results[row(engine, "me")].tokens_per_s.get(top), results["me"].tokens_per_s.get(top))
+                results[row(engine, "me")].tokens_per_s.get(top), results["me"].tokens_per_s.get(top) if "me" in results else None)
     return {"settings": settings, "hardware": hardware(), "weights": weights, "hops": hops or {},
             "switch_breakdown": switches or {},
             "methods": {k: asdict(v) for k, v in results.items()}, "ratios": ratios}

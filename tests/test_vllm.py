@@ -136,6 +136,38 @@ def test_streamed_chunks_join_to_the_text_and_stop_cuts_it(ens):
     assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
 
 
+def test_runs_as_chunks_of_one_vllm_request_write_what_a_request_per_run_writes(ens, tiny_dir):
+    """A session's runs on a vLLM member are chunks of one resumable request (actors/vllm_streams.py):
+    the same texts, token for token, as the same members running each run as a new request
+    (streaming_input: false), for sampled and greedy requests and a named session's second turn;
+    and the chunks did carry the runs: a vLLM request per member session, where the other way sends
+    one per run."""
+    off = {**VLLM, "engine_options": {**VLLM["engine_options"], "streaming_input": False}}
+    config = parse_config({"members": [{"name": m, "model": m, **off} for m in "ab"]}, tiny_dir)
+    reqs = [dict(prompt="the river", max_tokens=60, seed=31, n=4, weights={"a": 1, "b": 1}),
+            dict(prompt="a small dog", max_tokens=40, seed=32, n=2, temperature=0, weights={"a": 1, "b": 1}),
+            dict(prompt="the sun", max_tokens=40, seed=33, n=2, top_p=0.9, weights={"a": 1, "b": 3})]
+    before = {m: ray.get(ens.actors[m].stats.remote(), timeout=30) for m in "ab"}
+    streamed = [texts(ens.generate(**r)) for r in reqs]
+
+    def two_turns(engine, name):  # a named session: the second turn continues the first's log
+        pair = {"a": 1, "b": 1}
+        return [texts(engine.generate(prompt="once upon", max_tokens=24, seed=34, session=name, weights=pair)),
+                texts(engine.generate(max_tokens=24, seed=35, session=name, weights=pair))]
+
+    turns = two_turns(ens, "chunks-on")
+    after = {m: ray.get(ens.actors[m].stats.remote(), timeout=30) for m in "ab"}
+    with build_engine(config) as plain:
+        assert streamed == [texts(plain.generate(**r)) for r in reqs]
+        assert turns == two_turns(plain, "chunks-off")
+        per_run = {m: ray.get(plain.actors[m].stats.remote(), timeout=30)["requests"] for m in "ab"}
+    sessions = 4 + 2 + 2 + 2  # each choice is a member session, and each turn of the named one
+    for m in "ab":
+        requests = after[m]["requests"] - before[m]["requests"]
+        assert 0 < requests <= sessions, (m, requests)
+        assert per_run[m] > 3 * sessions, (m, per_run[m])  # the runs that each sent a request there
+
+
 def test_release_leaves_no_request_running_in_vllm(ens):
     async def abandon():
         stream = ens.router.stream(GenerateRequest(prompt="the sun", max_tokens=400, seed=2, n=4,
