@@ -77,7 +77,8 @@ def markdown(report: dict) -> str:
 def _engines(ratios: dict) -> list[tuple[str, str]]:
     """(engine label, its ratio keys' prefix) for every engine in the report, the default first."""
     others = sorted(k[: -len("_me_over_floor")] for k in ratios if k.endswith("_me_over_floor") and k != "me_over_floor")
-    return [(f"{DEFAULT} engine", "")] + [(f"{e} engine", f"{e}_") for e in others]
+    default = [(f"{DEFAULT} engine", "")] if "me_over_floor" in ratios else []  # not when --engines left it out
+    return default + [(f"{e} engine", f"{e}_") for e in others]
 
 
 def plot(report: dict, path: Path) -> None:
@@ -99,9 +100,9 @@ def plot(report: dict, path: Path) -> None:
     right.bar(names, [shown[n]["ms_per_token_median"] or 0 for n in names], color="tab:blue", label="p50")
     right.scatter(names, [shown[n]["ms_per_token_p99"] or 0 for n in names], color="black", marker="_", s=300,
                   label="p99", zorder=3)
-    floor = report["ratios"]["floor_ms"]
-    if floor:
-        right.axhline(floor, color="tab:red", linestyle="--", label="floor sum(lambda t)")
+    for engine, k in _engines(report["ratios"]):
+        if floor := report["ratios"].get(k + "floor_ms"):
+            right.axhline(floor, color="tab:red", linestyle="--", label=f"floor sum(lambda t), {engine}")
     right.set(ylabel="ms / token", title="Latency at batch 1")
     right.tick_params(axis="x", labelrotation=30)
     right.legend(fontsize=8)

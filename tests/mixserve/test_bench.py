@@ -46,11 +46,11 @@ def test_bench_runs_every_method_and_writes_json_table_and_plot(tiny_dir, tmp_pa
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_vllm_rows_follow_their_own_transformers_rows_and_get_their_ratios(tiny_dir):
+def test_vllm_rows_follow_their_own_transformers_rows_and_get_their_ratios(tiny_dir, tmp_path):
     """The rows and ratios of a bench over both engines (the vLLM members themselves run in
     tests/test_vllm.py; a second bench run would only repeat them)."""
     from mixserve.bench import MethodResult, methods, summarize
-    from mixserve.bench_report import markdown
+    from mixserve.bench_report import markdown, write_report
     from mixserve.config import load_config
 
     config = load_config(tiny_dir / "ensemble.yaml")
@@ -74,3 +74,12 @@ def test_vllm_rows_follow_their_own_transformers_rows_and_get_their_ratios(tiny_
     assert r["me_ray_calls_over_me"] == 1.5 and r["vllm_me_ray_calls_over_me"] == 2.0
     assert r["vllm_me_throughput_over_transformers_me_at_4"] == 2.0
     assert "ME on vLLM / ME on transformers: **2.00x**" in markdown(report)
+
+    # `--engines vllm` alone: its rows, ratios, table and plot, none of the default engine's
+    only = {n: results[n] for n in plan if n.startswith("vllm ")}
+    alone = summarize(config, only, dict(prompt_tokens=8, max_tokens=8, concurrency=[1, 4], repeats=2, rounds=1),
+                      {"zmq_ms": 0.1, "ray_ms": 0.8})
+    assert alone["ratios"]["vllm_me_over_floor"] == 1.2 and "me_over_floor" not in alone["ratios"]
+    assert "vllm engine: floor" in markdown(alone) and "transformers engine" not in markdown(alone)
+    write_report(alone, tmp_path)
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
