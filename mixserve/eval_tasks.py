@@ -2,10 +2,16 @@
 and task YAMLs: the same files every time, and nothing is downloaded.
 
 - mixserve_arith (generate_until, exact match): two- and three-step arithmetic word problems.
+- mixserve_arith2 (generate_until, exact match): harder ones: two-digit numbers, all four operations
+  (divisions come out exact), one or two steps: where an arithmetic skill learnt on small numbers ends.
 - mixserve_facts (generate_until, exact match): word problems whose numbers are common knowledge
   ("as many as there are days in a week"): a fact and arithmetic in one answer.
 - mixserve_mc (multiple_choice, log-likelihood): opposites, capitals and number words.
 - mixserve_text (loglikelihood_rolling, bits per byte): held-out sentences written for this project.
+
+The dev split (dev_split, `mixserve models dev-split`) is drawn by the same generators from another
+seed, without the questions the eval asks: what ensemble weights are fitted on, so that the eval's
+rows stay held out.
 """
 from __future__ import annotations
 
@@ -15,9 +21,13 @@ from pathlib import Path
 
 import yaml
 
-GENERATE_TASKS = ("mixserve_arith", "mixserve_facts")
+GENERATE_TASKS = ("mixserve_arith", "mixserve_facts", "mixserve_arith2")
 SCORE_TASKS = ("mixserve_mc", "mixserve_text")  # need log-probs: one tokenizer
-MIXED = ("mixserve_arith", "mixserve_facts", "mixserve_mc")  # the mixed suite: its mean accuracy
+# The mixed suite (its mean accuracy): without mixserve_arith2, so that it means what it meant in the
+# tables measured before that task existed.
+MIXED = ("mixserve_arith", "mixserve_facts", "mixserve_mc")
+SEED = 20261125  # the eval's rows
+DEV_SEED = 20261127  # the dev split's (20261126 is the specialist's)
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"]
 THINGS = ["apples", "books", "coins", "marbles", "pencils", "shells", "stamps", "cards"]
@@ -68,6 +78,39 @@ def arithmetic(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
+def arithmetic2(n: int, rng: random.Random) -> list[dict]:
+    """One or two steps on a two-digit start: add or give away 10-99, multiply or divide by 2-9 (only
+    exact divisions, and multiplication only below 100, so answers stay under 1,000). Not folded into
+    arithmetic(): its draws, and so mixserve_arith's rows, must stay as they were."""
+    out = []
+    for _ in range(n):
+        name, thing = rng.choice(NAMES), rng.choice(THINGS)
+        total = rng.randint(10, 99)
+        text = f"{name} has {total} {thing}."
+        for _ in range(rng.choice((1, 2))):
+            divisors = [k for k in range(2, 10) if total % k == 0]
+            steps = ["add"] + ["take"] * (total > 10) + ["times"] * (total < 100) + ["split"] * bool(divisors)
+            step = rng.choice(steps)
+            if step == "add":
+                k = rng.randint(10, 99)
+                text += f" Then {name} gets {k} more."
+                total += k
+            elif step == "take":
+                k = rng.randint(10, min(99, total - 1))
+                text += f" Then {name} gives away {k}."
+                total -= k
+            elif step == "times":
+                k = rng.randint(2, 9)
+                text += f" Then {name} ends up with {k} times as many."
+                total *= k
+            else:
+                k = rng.choice(divisors)
+                text += f" Then {name} splits them into {k} equal groups and keeps one group."
+                total //= k
+        out.append({"question": f"{text} How many {thing} does {name} have now?", "answer": str(total)})
+    return out
+
+
 def facts(n: int, rng: random.Random) -> list[dict]:
     out = []
     for _ in range(n):
@@ -112,14 +155,21 @@ def multiple_choice(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
-def write_tasks(out: Path, n: int = 100, seed: int = 20261125) -> Path:
-    """JSONL data and lm-eval task YAMLs under out/; the folder to pass to TaskManager(include_path)."""
-    out.mkdir(parents=True, exist_ok=True)
+def task_rows(n: int = 100, seed: int = SEED) -> dict[str, list[dict]]:
+    """Each task's rows, n of each generated one. A task added later draws after the others, so that
+    their rows (and the tables measured on them) stay as they were."""
     rng = random.Random(seed)
     data = {"mixserve_arith": arithmetic(n, rng), "mixserve_mc": multiple_choice(n, rng),
             "mixserve_text": [{"text": t} for t in HELD_OUT]}
-    data["mixserve_facts"] = facts(n, rng)  # drawn last: the other tasks' rows stay as they were
-    for task, rows in data.items():
+    data["mixserve_facts"] = facts(n, rng)
+    data["mixserve_arith2"] = arithmetic2(n, rng)
+    return data
+
+
+def write_tasks(out: Path, n: int = 100, seed: int = SEED) -> Path:
+    """JSONL data and lm-eval task YAMLs under out/; the folder to pass to TaskManager(include_path)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for task, rows in task_rows(n, seed).items():
         (out / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = lambda task: {"task": task, "dataset_path": "json", "test_split": "train",  # noqa: E731
                            "dataset_kwargs": {"data_files": str((out / f"{task}.jsonl").resolve())}}
@@ -133,6 +183,7 @@ def write_tasks(out: Path, n: int = 100, seed: int = 20261125) -> Path:
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
     specs = {
         "mixserve_arith": word_problem,
+        "mixserve_arith2": word_problem,
         "mixserve_facts": word_problem,
         "mixserve_mc": {
             "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
@@ -145,3 +196,33 @@ def write_tasks(out: Path, n: int = 100, seed: int = 20261125) -> Path:
     for task, spec in specs.items():
         (out / f"{task}.yaml").write_text(yaml.safe_dump({**common(task), **spec}, sort_keys=False))
     return out
+
+
+def dev_split(n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
+    """Rows {task, prompt, completion} as the eval reads them: "Question: ...\\nAnswer:" and " 42\\n" for
+    the word problems, the question and its right choice for mixserve_mc. No prompt is a question of
+    the eval (at its default 100 examples a task) or repeats another. mixserve_mc has about 85 distinct
+    questions and the eval asks most of them: its dev rows are the few it does not."""
+    rng = random.Random(seed)
+    asked = {row["question"] for rows in task_rows().values() for row in rows if "question" in row}
+    word_problem = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['answer']}\n")  # noqa: E731
+    choice = lambda row: (row["question"], row["choices"][row["label"]])  # noqa: E731
+    tasks = [("mixserve_arith", arithmetic, word_problem), ("mixserve_arith2", arithmetic2, word_problem),
+             ("mixserve_facts", facts, word_problem), ("mixserve_mc", multiple_choice, choice)]
+    out = []
+    for task, generate, as_pair in tasks:
+        # a fixed number of candidates: each task's rows depend only on the seed and n_per_task
+        fresh = {row["question"]: row for row in generate(20 * n_per_task, rng) if row["question"] not in asked}
+        for row in list(fresh.values())[:n_per_task]:
+            prompt, completion = as_pair(row)
+            out.append({"task": task, "prompt": prompt, "completion": completion})
+    return out
+
+
+def write_dev(path: str | Path, n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
+    """The dev split as JSONL (one row a line); returns its rows."""
+    rows = dev_split(n_per_task, seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows

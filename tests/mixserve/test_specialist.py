@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -13,17 +14,46 @@ import torch
 
 from mixserve.actors.loading import ModelReferenceError, model_dir
 from mixserve.config import ConfigError, parse_config
-from mixserve.eval_tasks import arithmetic
-from mixserve.specialist import Settings, problems
+from mixserve.eval_tasks import arithmetic, dev_split, task_rows
+from mixserve.specialist import ADD, ASK, SPLIT, START, TAKE, TIMES, Settings, problems
 
 
-def test_training_problems_share_only_the_arithmetic_with_the_eval_task():
+def test_training_problems_share_only_the_arithmetic_with_the_eval_tasks_and_the_dev_split():
     train_qs = problems(2000, Settings().seed)
-    eval_qs = arithmetic(2000, random.Random(20261125))
-    assert not {p["question"] for p in train_qs} & {p["question"] for p in eval_qs}
-    # none of the eval task's sentences ("X has N things. Then X gets k more. ... have now?")
-    assert not any(w in p["question"] for p in train_qs for w in (" has ", "Then ", " gets ", "gives away", "have now"))
-    assert all(int(p["answer"]) >= 0 for p in train_qs)
+    eval_qs = {f"Question: {p['question']}\nAnswer:" for rows in task_rows().values() for p in rows if "question" in p}
+    eval_qs |= {f"Question: {p['question']}\nAnswer:" for p in arithmetic(2000, random.Random(20261125))}
+    dev_qs = {r["prompt"] for r in dev_split()}
+    assert not {f"Question: {p['question']}\nAnswer:" for p in train_qs} & (eval_qs | dev_qs)
+    # none of the eval's (and so the dev split's) sentences: "X has N things. Then X gets k more. Then X
+    # gives away k. Then X ends up with k times as many. Then X splits them into k equal groups and keeps
+    # one group. How many things does X have now?"
+    phrases = (" has ", "Then ", " gets ", "gives away", "ends up with", "times as many", "equal groups", "have now")
+    assert not any(w in p["question"] for p in train_qs for w in phrases)
+
+
+def test_training_answers_follow_from_the_question_across_two_digit_numbers_and_four_operations():
+    """Each sentence read back through the templates: the answer is the arithmetic's, divisions have no
+    remainder, and the problems reach two-digit numbers, all four operations and the small ones."""
+    def pattern(template: str) -> re.Pattern:
+        text = re.escape(template).replace(r"\{name\}", r"\w+").replace(r"\{thing\}", r"\w+")
+        return re.compile(text.replace(r"\{n\}", r"(\d+)").replace(r"\{k\}", r"(\d+)"))
+
+    kinds = {op: [pattern(t) for t in templates]
+             for op, templates in (("start", START), ("+", ADD), ("-", TAKE), ("*", TIMES), ("/", SPLIT), ("ask", ASK))}
+    used, starts = set(), []
+    for p in problems(2000, Settings().seed):
+        sentences = re.findall(r"[^.?]+[.?]", p["question"])
+        total = int(next(m for m in (r.fullmatch(sentences[0]) for r in kinds["start"]) if m)[1])
+        starts.append(total)
+        assert any(r.fullmatch(sentences[-1].strip()) for r in kinds["ask"])
+        for sentence in sentences[1:-1]:
+            op, k = next((op, int(m[1])) for op in "+-*/" for r in kinds[op] if (m := r.fullmatch(sentence.strip())))
+            used.add(op)
+            assert op != "/" or total % k == 0
+            total = {"+": total + k, "-": total - k, "*": total * k, "/": total // k}[op]
+            assert total >= 0
+        assert p["answer"] == str(total)
+    assert used == set("+-*/") and max(starts) >= 90 and sum(s < 10 for s in starts) > 400
 
 
 def retrain(tiny_dir, out, hash_seed: str) -> dict:
