@@ -96,7 +96,8 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         store = RayMember(actor)
     router = Router(members, infos, config.weights, config.method, config.default_member,
                     runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store,
-                    eager_sync=config.eager_sync, token_healing=config.token_healing, ahead=config.next_run_ahead)
+                    eager_sync=config.eager_sync, token_healing=config.token_healing, ahead=config.next_run_ahead,
+                    gate=config.gate)
     return Engine(config, router, actors)
 
 

@@ -79,6 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--weights", type=_weights, help="the ensemble rows' member weights instead of the "
                                                            "config's, e.g. generalist=0.3,specialist=0.7")
 
+    weights = sub.add_parser("weights", help="fit: mixture weights and a prompt gate from a dev set (README, "
+                                             "\"Weights that fit the prompt\")")
+    weights.add_argument("action", choices=["fit"])
+    weights.add_argument("--config", required=True, help="the ensemble config (members that share a tokenizer)")
+    weights.add_argument("--data", required=True, help='JSONL, one {"prompt": ..., "completion": ...} per line '
+                                                       "(`mixserve models dev-split` writes one)")
+    weights.add_argument("--out", required=True, help="the config to write: the same members with the fitted "
+                                                      "weights and gate (and FILE.fit.json beside it)")
+    weights.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+
     soak = sub.add_parser("soak", help="serve a config on loopback and drive a mixed load while members and the "
                                        "router are killed and paused; check every answer (README, Reliability)")
     soak.add_argument("--config", required=True)
@@ -103,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             _eval(args)
         elif args.command == "soak":
             _soak(args)
+        elif args.command == "weights":
+            _weights_fit(args)
         elif args.command == "serve":
             from mixserve.serve_cli import serve_forever
 
@@ -112,6 +124,19 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:  # config and request errors: say what was wrong, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def _weights_fit(args) -> None:
+    from mixserve.weights import fit
+
+    report = fit(args.config, args.data, args.out, address=args.address)
+    bits = report["bits_per_byte"]
+    print(f"bits per byte on the {report['rows']} dev rows: "
+          + ", ".join(f"{m} alone {b:.4f}" for m, b in bits["alone"].items())
+          + f", 1/{len(bits['alone'])} each {bits['uniform']:.4f}, fitted weights {bits['fixed']:.4f}, "
+          f"gate ({report['gate_clusters']} clusters) {bits['gate']:.4f}")
+    print("fitted weights: " + ", ".join(f"{m}={w:.3f}" for m, w in report["fixed_weights"].items()))
+    print(f"wrote {args.out}")
 
 
 def _soak(args) -> None:

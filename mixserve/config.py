@@ -16,6 +16,7 @@ import yaml
 
 from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve, with_adapter
 from mixserve.actors import registry
+from mixserve.router.gate import ClusterGate, GateError, parse_gate
 from mixserve.router.policies import METHODS
 from mixserve.router.snapshot import CAPACITY
 
@@ -24,7 +25,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
             "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
-            "next_run_ahead"}
+            "next_run_ahead", "gate"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = tuple(registry.ENGINES)
@@ -78,6 +79,7 @@ class EnsembleConfig:
     data_plane: str = "zmq"
     data_plane_host: str | None = None  # where members listen; default loopback or the node's IP, never all
     next_run_ahead: bool = True  # open the next member's run while this one decodes (zmq data plane only)
+    gate: ClusterGate | None = None  # weights from the prompt (router/gate.py; `mixserve weights fit` writes it)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -157,9 +159,15 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     restarts = raw.get("member_restarts", 3)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < -1:
         raise ConfigError(f"member_restarts must be an integer >= 0, or -1 for always (got {restarts!r})")
+    gate = None
+    if raw.get("gate") is not None:
+        try:
+            gate = parse_gate(raw["gate"], names)
+        except GateError as e:
+            raise ConfigError(str(e)) from None
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
-                          restarts, plane, host, raw.get("next_run_ahead", True))
+                          restarts, plane, host, raw.get("next_run_ahead", True), gate)
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:

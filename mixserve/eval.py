@@ -29,6 +29,12 @@ def rows(config: EnsembleConfig) -> dict[str, dict]:
     if len(config.members) > 1:
         out["me"] = {"model": config.model_name, "fields": {"method": "me", "token_healing": False}}
         out["ce"] = {"model": config.model_name, "fields": {"method": "ce"}}
+    if len(config.members) > 1 and config.gate is not None:
+        # me and ce above follow the gate; these keep the config's fixed weights (generated tasks only:
+        # the scored ones send lm-eval's own requests, which the gate weighs)
+        for method in ("me", "ce"):
+            out[f"{method} fixed"] = {"model": config.model_name,
+                                      "fields": {**out[method]["fields"], "weights": dict(config.weights)}}
     return out
 
 
@@ -61,7 +67,7 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
                 tasks=list(GENERATE_TASKS), task_manager=tasks, gen_kwargs=row["fields"] or None, limit=limit,
                 log_samples=False, random_seed=SEED))
             members = [row["model"]] if row["model"] in tokenizers else list(tokenizers)  # whose log-probs
-            if len({fingerprints[m] for m in members}) == 1:
+            if len({fingerprints[m] for m in members}) == 1 and "weights" not in row["fields"]:
                 results[name].update(_scores(lm_eval.simple_evaluate(
                     model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
                                                            "tokenizer": tokenizers[members[0]]},

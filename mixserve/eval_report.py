@@ -6,7 +6,9 @@ from pathlib import Path
 
 from mixserve.eval_tasks import GENERATE_TASKS, MIXED, SCORE_TASKS
 
-HEADS = {"mixserve_arith": "arithmetic (exact match)", "mixserve_facts": "facts + arithmetic (exact match)",
+HEADS = {"mixserve_arith": "arithmetic (exact match)",
+         "mixserve_arith2": "two-digit arithmetic, x and / (exact match)",
+         "mixserve_facts": "facts + arithmetic (exact match)",
          "mixserve_mc": "multiple choice (acc)", "mixserve_text": "held-out text (bits/byte, lower is better)",
          "mixed": "mixed suite (mean of the three accuracies)"}
 TASKS = (*GENERATE_TASKS, *SCORE_TASKS, "mixed")

@@ -72,7 +72,7 @@ def _usage_chunk(result: GenerateResult):
     return pb2.GenerateChunk(usage=pb2.Usage(
         prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
         member_forward_calls=u.member_forward_calls, router_round_trips=u.router_round_trips,
-        member_tokens=u.member_tokens), method=result.method)
+        member_tokens=u.member_tokens), method=result.method, weights=result.weights)
 
 
 async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio.Server:

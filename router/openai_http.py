@@ -96,7 +96,7 @@ class Shaper:
                 choice["logprobs"] = logprobs(c.logprobs, echo=result.prompt_text is not None)
             choices.append(choice)
         return self._envelope("chat.completion" if self.chat else "text_completion", choices,
-                              usage=usage(result), method=result.method, seed=result.seed)
+                              usage=usage(result), method=result.method, seed=result.seed, weights=result.weights)
 
     def chunk(self, chunk: Chunk, method: str) -> dict:
         choice = {"index": chunk.index, "finish_reason": chunk.finish_reason, "member": chunk.member,
@@ -113,7 +113,7 @@ class Shaper:
 
     def usage_chunk(self, result: GenerateResult) -> dict:
         return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [],
-                              usage=usage(result), method=result.method, seed=result.seed)
+                              usage=usage(result), method=result.method, seed=result.seed, weights=result.weights)
 
 
 def logprobs(lp: LogProbs | None, echo: bool) -> dict | None:

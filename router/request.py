@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mixserve.actors.messages import MemberInfo, SamplingParams
@@ -89,9 +89,10 @@ class Plan:
 
 
 def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float],
-             method: str, default_member: str | None) -> Plan:
+             method: str, default_member: str | None, gate: Callable[[str], dict[str, float]] | None = None) -> Plan:
     """Check everything a user can get wrong, naming the field; nothing reaches a member before this.
-    Needs only the member names, so the CLI runs it before starting any actor."""
+    Needs only the member names, so the CLI runs it before starting any actor. The weights: the
+    request's, else the gate's for the prompt's text (router/gate.py), else the config's."""
     members = list(members)
     _check_session(req)
     method = req.method or method
@@ -104,7 +105,10 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
             raise NotFoundError(f"unknown member {member!r}; members: {', '.join(members)}", "member")
         weights = {member: 1.0}
     else:
-        weights = _weights(req.weights, members) if req.weights is not None else weights
+        if req.weights is not None:
+            weights = _weights(req.weights, members)
+        elif gate is not None and (text := prompt_text(req)) is not None:
+            weights = gate(text) or weights
     params = _sampling(req)
     n = _number(req.n, "n", 1, 1 << 16, integer=True)
     if req.session is not None and n != 1:
@@ -118,6 +122,16 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
         raise RequestError("logprobs and echo score one request's tokens; leave session out", "session")
     return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo,
                 req.token_healing)
+
+
+def prompt_text(req: GenerateRequest) -> str | None:
+    """What a gate reads: the prompt, or the chat's contents; None for token ids or a continued session
+    (those keep the config's weights)."""
+    if isinstance(req.prompt, str):
+        return req.prompt
+    if isinstance(req.messages, list):
+        return "\n".join(str(m.get("content", "")) for m in req.messages if isinstance(m, dict))
+    return None
 
 
 def _check_session(req: GenerateRequest) -> None:

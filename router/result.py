@@ -38,6 +38,7 @@ class GenerateResult:
     usage: Usage
     timing: dict[str, float]
     prompt_text: str | None = None  # for echo: the prompt as text (token-id prompts decoded)
+    weights: dict[str, float] = field(default_factory=dict)  # the mixture weights used (request, gate or config)
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -46,10 +46,11 @@ class Router:
     def __init__(self, members: dict[str, MemberClient], infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
                  default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
                  retry_s: float = 120.0, store=None, eager_sync: bool = False, token_healing: bool = False,
-                 ahead: bool = True):
+                 ahead: bool = True, gate=None):
         self.members = members  # name -> a MemberClient (router/members.py)
         self.infos = infos
         self.weights = weights
+        self.gate = gate  # router/gate.py: a request's weights from its prompt, when it gives none
         self.method = method
         self.default_member = default_member
         self.runs = runs  # run-length scheduling for me (docs/architecture.md invariant 5)
@@ -76,7 +77,7 @@ class Router:
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
         """Chunks of every choice as their turns complete, then the whole GenerateResult. Closing the
         iterator early (a client went away) cancels the sessions and frees them on every member."""
-        plan = validate(req, self.infos, self.weights, self.method, self.default_member)
+        plan = validate(req, self.infos, self.weights, self.method, self.default_member, self.gate)
         if plan.method == "ce":
             check_mixable(plan.weights, self.infos)
         if isinstance(plan.prompt, list):
@@ -128,7 +129,8 @@ class Router:
         timing = {"total_s": total, "ms_per_token": 1000 * total / max(1, usage.completion_tokens),
                   "first_token_s": min((c.first_token_s or total) for c in choices)}
         prompt_text = await self._prompt_text(plan) if plan.echo else None
-        yield GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing, prompt_text)
+        yield GenerateResult(plan.method, plan.params.seed, choices, prompt_ids, usage, timing, prompt_text,
+                             dict(plan.weights))
 
     async def _sample(self, plan: Plan, s: Session, stats: Counter, emit) -> Choice:
         policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed, self.runs)

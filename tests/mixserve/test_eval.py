@@ -14,8 +14,8 @@ import sys
 import pytest
 import yaml
 
-TASKS = {"mixserve_arith", "mixserve_facts", "mixserve_mc", "mixserve_text", "mixed"}
-GENERATED = {"mixserve_arith", "mixserve_facts"}
+TASKS = {"mixserve_arith", "mixserve_arith2", "mixserve_facts", "mixserve_mc", "mixserve_text", "mixed"}
+GENERATED = {"mixserve_arith", "mixserve_arith2", "mixserve_facts"}
 
 
 def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path):

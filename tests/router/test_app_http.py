@@ -33,6 +33,7 @@ def test_completion_says_method_and_tokens_per_member(client):
     done = client.completions.create(model="mixserve", prompt="the cat", max_tokens=12, seed=3)
     extra = done.model_dump()
     assert extra["method"] == "me" and done.usage.completion_tokens == 12
+    assert set(extra["weights"]) == {"a", "b", "c"} and sum(extra["weights"].values()) == pytest.approx(1)
     assert sum(extra["usage"]["member_tokens"].values()) == 12
     assert done.choices[0].finish_reason == "length"
 
@@ -41,12 +42,12 @@ def test_streamed_chat_equals_the_whole_reply_and_takes_ensemble_controls(client
     kwargs = dict(model="mixserve", messages=[{"role": "user", "content": "a dog"}], max_tokens=20, seed=5,
                   extra_body={"method": "ce", "weights": {"a": 0.3, "b": 0.7}})
     whole = client.chat.completions.create(**kwargs)
-    assert whole.model_dump()["method"] == "ce"
+    assert whole.model_dump()["method"] == "ce" and whole.model_dump()["weights"] == {"a": 0.3, "b": 0.7}
     stream = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    assert chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].usage.completion_tokens == 20 and chunks[-1].model_dump()["weights"] == {"a": 0.3, "b": 0.7}
     assert {c.model_dump()["choices"][0]["member"] for c in chunks if c.choices} == {"mixture"}
 
 

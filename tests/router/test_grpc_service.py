@@ -31,6 +31,7 @@ def test_generate_streams_chunks_then_usage(channel):
                                                          timeout=60))
     *text_chunks, last = chunks
     assert last.usage.completion_tokens == 12 and last.method == "me"
+    assert set(last.weights) == {"a", "b", "c"} and sum(last.weights.values()) == pytest.approx(1)
     assert sum(len(c.token_ids) for c in text_chunks) == 12 and text_chunks[-1].finish_reason == "length"
     assert {c.member for c in text_chunks} <= {"a", "b", "c"}
 
@@ -49,6 +50,7 @@ def test_same_seed_same_text_over_http_grpc_and_the_cli(channel, server):
     assert grpc_text == http["choices"][0]["text"] == result["choices"][0]["text"]
     # ... and the CLI's JSON has the documented shape
     assert result["method"] == "me" and result["seed"] == 21 and set(result["prompt_token_ids"]) == {"a", "b", "c"}
+    assert set(result["weights"]) == {"a", "b", "c"}  # the weights it used
     assert set(result["usage"]) >= {"prompt_tokens", "completion_tokens", "member_forward_calls"}
     assert "total_s" in result["timing"]
     for choice in result["choices"]:
