@@ -114,8 +114,12 @@ class Streams:
 
 
 def _runner(vllm):
-    """vLLM's model runner when it lives in this process (its one-process executor), else None."""
+    """vLLM's model runner when it lives in this process (its one-process executor), else None: with
+    workers elsewhere (Ray's executor) a generator here would not be the one that samples."""
     try:
-        return vllm.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        executor = vllm.engine_core.engine_core.model_executor
+        if type(executor).__name__ != "UniProcExecutor":
+            return None
+        return executor.driver_worker.worker.model_runner
     except AttributeError:
         return None
