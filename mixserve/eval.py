@@ -75,7 +75,8 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
             if (suite := mixed(results[name])) is not None:
                 results[name]["mixed"] = suite
         one_tokenizer = len({fingerprints[m] for m in config.weights}) == 1
-        check = mixture_check(url, config.model_name, config.weights, CHECK_PROMPT, one_tokenizer, check_samples) \
+        weights = None if config.gate is not None else config.weights  # the gate's, as the server picks them
+        check = mixture_check(url, config.model_name, weights, CHECK_PROMPT, one_tokenizer, check_samples) \
             if len(config.members) > 1 else None
     report = {"config": str(config_path), "limit": limit, "examples_per_task": n, "rows": results,
               "weights": config.weights, "mixture_check": check}

@@ -53,7 +53,9 @@ def markdown(report: dict) -> str:
                       f"{check['prompt']!r}."]
     elif check:
         lines += ["", f"ME samples the mixture: {check['samples']} one-token ME samples after {check['prompt']!r} "
-                      f"against the mixture sum_i lambda_i p_i from the served log-probs, chi-square over "
+                      f"against the mixture sum_i lambda_i p_i from the served log-probs"
+                      + (f" (weights {_weights(check['weights'])}{', the gate' + chr(39) + 's for this prompt' if check.get('gated') else ''})"
+                         if check.get("weights") else "") + ", chi-square over "
                       f"{check['categories']} categories: p = {check['p_value']:.3g} "
                       f"({'passed' if check['passed'] else 'FAILED'} at alpha = {check['alpha']:g})."]
     return "\n".join(lines) + "\n"
@@ -76,3 +78,7 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _weights(weights: dict[str, float]) -> str:
+    return ", ".join(f"{m} {w:.3f}" for m, w in weights.items())
