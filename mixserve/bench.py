@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mixserve.actors.registry import DEFAULT, ENGINES
 from mixserve.config import EnsembleConfig, MemberConfig, load_config
+from mixserve.bench_clock import Clock, Run
 from mixserve.bench_hop import bare_hops
 from mixserve.bench_switch import breakdown
 from mixserve.bench_http import measure_http
@@ -31,19 +32,6 @@ from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.result import GenerateResult
 from mixserve.router.session import Chunk
-
-
-@dataclass
-class Run:
-    """One request, as a client sees it."""
-
-    tokens: int
-    total_s: float
-    first_token_s: float
-    gaps_ms: list[float]  # per token after the first: time since the previous chunk / its tokens
-    forwards: int
-    trips: int
-    switches: int | None = None  # times the member computing the text changed (ME); None: not seen (HTTP)
 
 
 @dataclass
@@ -63,28 +51,6 @@ class MethodResult:
     trips_per_token: float | None = None
     tokens_per_s: dict[int, float] = field(default_factory=dict)  # concurrency -> throughput
     skipped: str | None = None
-
-
-class Clock:
-    """One request's timings as a client sees them: time to the first token, then per token the time
-    since the previous chunk divided among the chunk's tokens."""
-
-    def __init__(self):
-        self.started = self.last = time.perf_counter()
-        self.first: float | None = None
-        self.gaps: list[float] = []
-
-    def arrived(self, tokens: int) -> None:
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = now - self.started
-        else:
-            self.gaps += [1000 * (now - self.last) / tokens] * tokens
-        self.last = now
-
-    def run(self, tokens: int, forwards: int, trips: int, switches: int | None = None) -> Run:
-        return Run(tokens, time.perf_counter() - self.started, self.first or 0.0, self.gaps, forwards, trips,
-                   switches)
 
 
 async def measure(router, req: GenerateRequest) -> Run:

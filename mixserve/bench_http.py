@@ -3,7 +3,7 @@ over loopback HTTP, on the same members and prompts as the in-process rows.
 
 The app is the one `build_app` deploys (its own member actors: the in-process rows' actors are gone by
 then, so both never share the CPUs). Each streamed event carries its token ids, so the same
-`mixserve.bench.Clock` times it as times the in-process rows.
+Clock (mixserve/bench_clock.py) times it as times the in-process rows.
 """
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import json
 
 import requests
 
+from mixserve.bench_clock import Clock, Run
 from mixserve.router.request import GenerateRequest
 
 TIMEOUT_S = 300  # one request; a hung server fails the run instead of stalling it
 
 
-def measure_http(url: str, model: str, req: GenerateRequest):
-    """One streamed /v1/completions request -> mixserve.bench.Run."""
-    from mixserve.bench import Clock
-
+def measure_http(url: str, model: str, req: GenerateRequest) -> Run:
+    """One streamed /v1/completions request."""
     body = {"model": model, "prompt": req.prompt, "max_tokens": req.max_tokens, "seed": req.seed,
             "method": req.method, "stream": True, "stream_options": {"include_usage": True}}
     clock, usage = Clock(), None
