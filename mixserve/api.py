@@ -94,10 +94,7 @@ def build_engine(config: EnsembleConfig | str | Path, *, in_process: bool = Fals
         # One that was running already (an earlier deployment's) was made with its capacity: set ours.
         ray.get(actor.resize.remote(config.max_stored_sessions))
         store = RayMember(actor)
-    router = Router(members, infos, config.weights, config.method, config.default_member,
-                    runs=config.run_length_scheduling, metrics=metrics, retry_s=config.member_retry_s, store=store,
-                    eager_sync=config.eager_sync, token_healing=config.token_healing, ahead=config.next_run_ahead,
-                    gate=config.gate)
+    router = Router(config, members, infos, metrics=metrics, store=store)
     return Engine(config, router, actors)
 
 

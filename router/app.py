@@ -31,7 +31,7 @@ class Ingress:
     async def __init__(self, config: EnsembleConfig, grpc_host: str | None = None, grpc_port: int | None = None):
         self.metrics = Metrics()
         self.engine = build_engine(config, metrics=self.metrics)
-        self.service = EnsembleService(config, self.engine.router, self.metrics)
+        self.service = EnsembleService(self.engine.router, self.metrics)
         self.grpc = await start_grpc(self.service, grpc_host, grpc_port) if grpc_port else None
 
     # Serve's proxy answers /-/healthz itself (proxy liveness); /health asks the members.

@@ -18,6 +18,7 @@ import torch
 
 from mixserve.actors.messages import MemberInfo, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick_mixture
+from mixserve.config import EnsembleConfig
 
 from . import logprobs, snapshot
 from .members import CallCancelled, LocalMember, MemberClient, MemberDown
@@ -32,6 +33,7 @@ from .vocab import EOS, SharedVocab, UnionVocab
 
 log = logging.getLogger(__name__)
 RELEASE_WAIT_S = 1.0  # how long a finished session waits for its members to confirm the release
+MAX_PARALLEL = 64  # sessions of one request (its n samples) in flight at once
 
 
 @dataclass
@@ -43,31 +45,20 @@ class Ahead:
 
 
 class Router:
-    def __init__(self, members: dict[str, MemberClient], infos: dict[str, MemberInfo], weights: dict[str, float], method: str,
-                 default_member: str | None = None, runs: bool = True, max_parallel: int = 64, metrics=None,
-                 retry_s: float = 120.0, store=None, eager_sync: bool = False, token_healing: bool = False,
-                 ahead: bool = True, gate=None):
+    def __init__(self, config: EnsembleConfig, members: dict[str, MemberClient], infos: dict[str, MemberInfo],
+                 metrics=None, store=None):
+        self.config = config  # the defaults a request may override, the scheduling and the retry bound
         self.members = members  # name -> a MemberClient (router/members.py)
         self.infos = infos
-        self.weights = weights
-        self.gate = gate  # router/gate.py: a request's weights from its prompt, when it gives none
-        self.method = method
-        self.default_member = default_member
-        self.runs = runs  # run-length scheduling for me (docs/architecture.md invariant 5)
-        self.max_parallel = max_parallel  # sessions of one request in flight at once
         self.eos_ids: dict[str, frozenset[int]] = {}
         for info in infos.values():
             self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
         self.vocabs: dict[frozenset[str], SharedVocab | UnionVocab] = {}  # ce: members' tokenizers -> vocabulary
         self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
-        self.retry_s = retry_s  # how long a session waits for a member that went down
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
-        self.eager_sync = eager_sync  # idle members catch up in the background as tokens stream
-        self.ahead = ahead  # the next run opened on its member while this one decodes
         # `mixserve bench` sets a deque here: per switch, (session, first step, member, the run before's
         # last token in, this run's call sent, its first token in), wall clock (mixserve/bench_switch.py)
         self.trace = None
-        self.token_healing = token_healing  # the default; a request may say otherwise
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
         self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
 
@@ -77,7 +68,8 @@ class Router:
     async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
         """Chunks of every choice as their turns complete, then the whole GenerateResult. Closing the
         iterator early (a client went away) cancels the sessions and frees them on every member."""
-        plan = validate(req, self.infos, self.weights, self.method, self.default_member, self.gate)
+        c = self.config
+        plan = validate(req, self.infos, c.weights, c.method, c.default_member, c.gate)
         if plan.method == "ce":
             check_mixable(plan.weights, self.infos)
         if isinstance(plan.prompt, list):
@@ -92,7 +84,7 @@ class Router:
             tokenizers[MIXTURE] = (await self._vocab(plan)).fingerprint
         stats: Counter = Counter()
         events: asyncio.Queue = asyncio.Queue()
-        gate = asyncio.Semaphore(self.max_parallel)  # n can be large: bound what waits at the members
+        gate = asyncio.Semaphore(MAX_PARALLEL)  # n can be large: bound what waits at the members
 
         async def sample(j: int) -> None:
             try:
@@ -133,7 +125,8 @@ class Router:
                              dict(plan.weights))
 
     async def _sample(self, plan: Plan, s: Session, stats: Counter, emit) -> Choice:
-        policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed, self.runs)
+        policy = make_policy(plan.method, plan.weights, plan.member, s.params.seed,
+                             self.config.run_length_scheduling)
         ahead: Ahead | None = None  # the next turn's run, opened on its member while this one decodes
         try:
             while s.finish_reason is None:
@@ -146,7 +139,7 @@ class Router:
                     opened, ahead = ahead, None
                     ahead = self._open_next(plan, policy, s, member, s.step + turn.steps)
                     idle = [m for m in plan.weights if m != member and not (ahead and ahead.member == m)] \
-                        if self.eager_sync else []
+                        if self.config.eager_sync else []
                     await self._run(s, member, turn.steps, stats, emit, idle, self._heals(plan, member),
                                     opened, ahead)
         finally:
@@ -159,7 +152,7 @@ class Router:
     def _heals(self, plan: Plan, member: str) -> bool:
         """Token healing for this member's runs. A healed token's id spans text another member wrote,
         so only a member whose tokenizer no other member shares heals (they would be sent that id)."""
-        heal = self.token_healing if plan.token_healing is None else plan.token_healing
+        heal = self.config.token_healing if plan.token_healing is None else plan.token_healing
         return heal and all(self.infos[m].tokenizer != self.infos[member].tokenizer for m in plan.weights if m != member)
 
     async def _release(self, s: Session) -> None:
@@ -187,7 +180,7 @@ class Router:
         lacks (on its first turn, the prompt) while this one decodes, and its run waits only for this
         run's tokens. None where there is no next run, it is this member's or a mixture's, or the
         member cannot open one now."""
-        if not self.ahead or end >= s.step + s.remaining:
+        if not self.config.next_run_ahead or end >= s.step + s.remaining:
             return None
         turn = policy.plan(end, s.step + s.remaining - end)
         nxt = turn.members[0]
@@ -234,7 +227,7 @@ class Router:
                 s.run_ended = time.time()
                 return True
             self._sync_idle(s, idle)
-            if ahead is not None and self.eager_sync:
+            if ahead is not None and self.config.eager_sync:
                 self._feed(s, ahead)
             return False
 
@@ -293,18 +286,19 @@ class Router:
             raise MemberFailedError(member, e) from e
 
     async def _bounded(self, member: str, call):
-        """A call's answer within retry_s (see _answered). A member that is down is named (several
+        """A call's answer within member_retry_s (see _answered). A member that is down is named (several
         members' calls may wait under one retry: log-probs)."""
         try:
-            return await asyncio.wait_for(call, self.retry_s)
+            return await asyncio.wait_for(call, self.config.member_retry_s)
         except asyncio.TimeoutError:
-            raise UnavailableError(f"member {member!r} did not answer within {self.retry_s:g} s") from None
+            raise UnavailableError(f"member {member!r} did not answer within "
+                                   f"{self.config.member_retry_s:g} s") from None
         except MemberDown as e:
             e.member = member
             raise
 
     async def _answered(self, member: str, parts: AsyncIterator[StepResult]) -> AsyncIterator[StepResult]:
-        """The parts of one call, each within retry_s: a member that is alive but does not answer (a
+        """The parts of one call, each within member_retry_s: a member that is alive but does not answer (a
         paused process, a hung device) fails the sessions waiting on it like one that stays down
         (docs/architecture.md invariant 6), where the call alone would wait for it forever."""
         async with aclosing(parts):
@@ -339,9 +333,9 @@ class Router:
                 del self.syncs[(s.id, member)]
 
     async def _retrying(self, member: str, attempt, lost=lambda: None):
-        """Run `attempt()`; a member that is down is retried with backoff for up to retry_s, then the
+        """Run `attempt()`; a member that is down is retried with backoff for up to member_retry_s, then the
         request fails with 503 / UNAVAILABLE (docs/architecture.md invariant 6). `lost` runs before each retry."""
-        deadline = time.monotonic() + self.retry_s
+        deadline = time.monotonic() + self.config.member_retry_s
         delay = 0.05
         while True:
             try:
@@ -349,7 +343,7 @@ class Router:
             except (SessionLost, MemberDown) as e:
                 if time.monotonic() + delay > deadline:
                     raise UnavailableError(f"member {getattr(e, 'member', member)!r} is unavailable ({e}); "
-                                           f"gave up after {self.retry_s:g} s") from None
+                                           f"gave up after {self.config.member_retry_s:g} s") from None
                 if isinstance(e, MemberDown):
                     await asyncio.sleep(delay)  # backoff while Ray restarts the member
                     delay = min(2 * delay, 1.0)

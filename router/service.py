@@ -8,8 +8,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from mixserve.config import EnsembleConfig
-
 from .admission import Admission, OverloadedError
 from .request import GenerateRequest, NotFoundError, RequestError
 from .result import GenerateResult, final
@@ -23,8 +21,8 @@ class UnauthorizedError(RequestError):
 
 
 class EnsembleService:
-    def __init__(self, config: EnsembleConfig, router: Router, metrics=None):
-        self.config = config
+    def __init__(self, router: Router, metrics=None):
+        self.config = config = router.config
         self.router = router
         self.metrics = metrics
         self.admission = Admission(config.max_concurrent_sessions)

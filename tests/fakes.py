@@ -12,6 +12,9 @@ import torch
 
 from mixserve.actors.messages import MemberInfo, Scores, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
+from mixserve.config import parse_config
+from mixserve.router.members import LocalMember
+from mixserve.router.router import Router
 
 EOS = 256
 VOCAB = 257
@@ -84,3 +87,12 @@ class FakeCore:
 
     def stats(self) -> dict:
         return {"steps": len(self.received)}
+
+
+def fake_router(cores: dict[str, FakeCore], weights: dict[str, float], store=None, **keys) -> Router:
+    """A router over fake members, built as build_engine builds one: from a config (these members'
+    weights and any top-level `keys`) and the members' infos."""
+    members = [{"name": m, "model": m, "weight": w} for m, w in weights.items()]
+    config = parse_config({"members": members, **keys}, resolve_models=False)
+    return Router(config, {m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
+                  store=store)

@@ -1,6 +1,8 @@
 """Under a prompt gate ME still samples the exact mixture, with the weights the gate gives that prompt
 (router/gate.py; docs/architecture.md, "Weights that fit the prompt"). Two prompts the gate weighs
 differently, each tested against its own exact mixture and, for power, against the other's weights."""
+from dataclasses import replace
+
 import pytest
 
 from mixserve.router.gate import ClusterGate
@@ -14,7 +16,7 @@ GATE = ClusterGate(("cat", "dog"), (1.0, 1.0), ((1.0, 0.0), (0.0, 1.0)), tuple(P
 
 @pytest.fixture
 def gated(ensemble, monkeypatch):
-    monkeypatch.setattr(ensemble.router, "gate", GATE)
+    monkeypatch.setattr(ensemble.router, "config", replace(ensemble.router.config, gate=GATE))
     return ensemble
 
 

@@ -4,17 +4,14 @@ import time
 
 import pytest
 
-from mixserve.router.members import LocalMember, MemberDown
+from mixserve.router.members import MemberDown
 from mixserve.router.request import GenerateRequest, UnavailableError
-from mixserve.router.router import Router
-from tests.fakes import FakeCore
+from tests.fakes import FakeCore, fake_router
 
 
 def build(retry_s=5.0):
     cores = {m: FakeCore(m) for m in ("a", "b")}
-    router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
-                    {"a": 0.5, "b": 0.5}, "me", retry_s=retry_s)
-    return router, cores
+    return fake_router(cores, {"a": 0.5, "b": 0.5}, member_retry_s=retry_s), cores
 
 
 def run(router, **fields):

@@ -8,16 +8,13 @@ import torch
 from mixserve.router.members import LocalMember, MemberDown
 from mixserve.router.openai_http import error_body
 from mixserve.router.request import GenerateRequest, MemberFailedError, RequestError, UnavailableError
-from mixserve.router.router import Router
-from tests.fakes import EOS, FakeCore
+from tests.fakes import EOS, FakeCore, fake_router
 
 
-def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0, missing=None):
+def build(weights, method="me", runs=True, tokenizers=None, eos_weight=0.0, missing=None, **keys):
     cores = {m: FakeCore(m, (tokenizers or {}).get(m, "bytes"), eos_weight, (missing or {}).get(m, ()))
              for m in weights}
-    router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
-                    weights, method, runs=runs)
-    return router, cores
+    return fake_router(cores, weights, method=method, run_length_scheduling=runs, **keys), cores
 
 
 def generate(router, **fields):
@@ -246,8 +243,7 @@ def test_a_member_slow_to_confirm_a_release_does_not_hold_the_request():
 def test_a_member_down_while_scoring_log_probs_is_named_alone():
     """Log-probs of an ensemble wait on several members at once; the 503 names the one that is down
     (the soak could not tell which member a "member 'a, b'" error was about)."""
-    router, _ = build({"a": 0.5, "b": 0.5})
-    router.retry_s = 0.3
+    router, _ = build({"a": 0.5, "b": 0.5}, member_retry_s=0.3)
 
     class Down(LocalMember):
         def score(self, ids, top, rows):

@@ -3,24 +3,19 @@ import asyncio
 
 import pytest
 
-from mixserve.config import parse_config
 from mixserve.router.admission import OverloadedError
-from mixserve.router.members import LocalMember, MemberDown
+from mixserve.router.members import MemberDown
 from mixserve.router.request import GenerateRequest
-from mixserve.router.router import Router
 from mixserve.router.service import EnsembleService, UnauthorizedError
-from tests.fakes import FakeCore
+from tests.fakes import FakeCore, fake_router
 
 
 @pytest.fixture()
-def service(tiny_dir, monkeypatch):
+def service(monkeypatch):
     monkeypatch.setenv("SERVICE_TEST_KEY", "k1")
-    config = parse_config({"members": [{"name": "a", "model": "a"}, {"name": "b", "model": "b"}],
-                           "max_concurrent_sessions": 4, "api_key_env": "SERVICE_TEST_KEY"}, tiny_dir)
     cores = {m: FakeCore(m) for m in ("a", "b")}
-    router = Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
-                    config.weights, "me")
-    return EnsembleService(config, router), cores
+    router = fake_router(cores, {"a": 1, "b": 1}, max_concurrent_sessions=4, api_key_env="SERVICE_TEST_KEY")
+    return EnsembleService(router), cores
 
 
 def test_health_is_degraded_while_a_member_does_not_answer(service):

@@ -8,18 +8,16 @@ import yaml
 
 from mixserve.router.members import LocalMember
 from mixserve.router.request import GenerateRequest, NotFoundError, RequestError
-from mixserve.router.router import Router
 from mixserve.api import build_engine
 from mixserve.config import parse_config
 from mixserve.router.snapshot import CAPACITY, STORE_ACTOR, SessionStore, dump, load
 from mixserve.router.session import Entry
-from tests.fakes import FakeCore
+from tests.fakes import FakeCore, fake_router
 
 
 def router(store):
     cores = {m: FakeCore(m) for m in ("a", "b")}
-    return Router({m: LocalMember(c) for m, c in cores.items()}, {m: c.info() for m, c in cores.items()},
-                  {"a": 0.5, "b": 0.5}, "me", store=store), cores
+    return fake_router(cores, {"a": 0.5, "b": 0.5}, store=store), cores
 
 
 def run(r, **fields):
