@@ -68,16 +68,18 @@ class Ingress:
                 body = await request.json()
             except ValueError:
                 raise RequestError("request body is not valid JSON") from None
-            req, stream, include_usage = parse(body, self.service, chat)
-            shaper = Shaper(req.member or self.service.config.model_name, chat)
+            req, stream, include_usage = parse(body, chat)
+            plan = self.service.plan(req)
+            shaper = Shaper(req.model or self.service.config.model_name, chat)
             if not stream:
-                return shaper.full(await self.service.generate(req))
-            items = self.service.stream(req)
-            first = await items.__anext__()  # bad input fails here, with a status code, not mid-stream
+                return shaper.full(await self.service.generate(plan))
+            items = self.service.stream(plan)
+            # A refusal that comes later (admission, an unknown session, a prompt past a member's
+            # context) fails here too, with its status code, not mid-stream.
+            first = await items.__anext__()
         except RequestError as e:
             return JSONResponse(error_body(e), status_code=e.status)
-        method = req.method or self.service.config.method
-        return StreamingResponse(events(first, items, shaper, method, include_usage),
+        return StreamingResponse(events(first, items, shaper, plan.method, include_usage),
                                  media_type="text/event-stream")
 
 

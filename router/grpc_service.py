@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mixserve.proto import SERVICE, pb2, pb2_grpc
 
-from .request import RequestError
+from .request import GenerateRequest, RequestError
 from .result import GenerateResult
 from .service import EnsembleService
 
@@ -26,8 +26,8 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
     async def Generate(self, request, context):
         try:
             self._authorize(context)
-            req = self.service.request_for_model(request.model or None, _fields(request))
-            async with aclosing(self.service.stream(req)) as items:
+            plan = self.service.plan(GenerateRequest(**_fields(request)))
+            async with aclosing(self.service.stream(plan)) as items:
                 async for item in items:
                     yield _usage_chunk(item) if isinstance(item, GenerateResult) else pb2.GenerateChunk(
                         index=item.index, text=item.text, token_ids=item.token_ids, member=item.member,
@@ -52,7 +52,7 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
 def _fields(request) -> dict:
     """Proto3 leaves unset scalars at zero; map zeros that mean "unset" to the request defaults."""
     s = request.sampling
-    fields = {"prompt": request.prompt or None, "method": request.method or None,
+    fields = {"prompt": request.prompt or None, "model": request.model or None, "method": request.method or None,
               "weights": dict(request.weights) or None, "n": request.n or 1,
               "messages": [{"role": m.role, "content": m.content} for m in request.messages] or None,
               "temperature": s.temperature if s.HasField("temperature") else 1.0,

@@ -12,9 +12,8 @@ import uuid
 from contextlib import aclosing
 
 from .logprobs import LogProbs
-from .request import RequestError
+from .request import GenerateRequest, RequestError
 from .result import GenerateResult
-from .service import EnsembleService
 from .session import Chunk
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
@@ -31,16 +30,17 @@ def error_body(e: RequestError) -> dict:
                       "param": e.param, "code": e.code}}
 
 
-def parse(body, service: EnsembleService, chat: bool):
-    """A JSON body -> (GenerateRequest, stream, include_usage)."""
+def parse(body, chat: bool):
+    """A JSON body -> (GenerateRequest, stream, include_usage): the OpenAI shape translated, and what
+    only this wire has (stream, the endpoint's fields) checked; the request itself is checked once,
+    by router/request.py's validate."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     unknown = sorted(set(body) - IGNORED - SAMPLING)
     if unknown:
         raise RequestError(f"unknown fields {unknown}", unknown[0])
-    for flag in ("stream", "echo"):
-        if not isinstance(body.get(flag, False), bool):
-            raise RequestError(f"{flag} must be true or false", flag)
+    if not isinstance(body.get("stream", False), bool):
+        raise RequestError("stream must be true or false", "stream")
     if chat and (body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None):
         raise RequestError("logprobs are served on /v1/completions (as `logprobs: N`), not on chat", "logprobs")
     if body.get("stream") and (body.get("logprobs") is not None or body.get("echo")):
@@ -67,7 +67,7 @@ def parse(body, service: EnsembleService, chat: bool):
         raise RequestError("messages is required", "messages")
     if not chat and fields["prompt"] is None and "session" not in fields:
         raise RequestError("prompt is required", "prompt")
-    return service.request_for_model(body.get("model"), fields), body.get("stream", False), \
+    return GenerateRequest(model=body.get("model"), **fields), body.get("stream", False), \
         bool(options.get("include_usage"))
 
 

@@ -1,4 +1,6 @@
-"""A generation request and its validation: the edge where user input becomes trusted types."""
+"""A generation request and its validation: the edge where user input becomes trusted types. The
+ingresses (router/openai_http.py, router/grpc_service.py) only translate their wire format into a
+GenerateRequest; `validate` checks it, once, and the router runs the Plan it returns unchecked."""
 from __future__ import annotations
 
 import math
@@ -69,6 +71,7 @@ class GenerateRequest:
     logprobs: int | None = None  # log-probs of each token and this many alternatives (router/logprobs.py)
     echo: bool = False  # the reply starts with the prompt (with its log-probs, given logprobs)
     token_healing: bool | None = None  # None: the config's
+    model: str | None = None  # the ensemble's name, or a member's (method single on it); None: the ensemble
 
 
 @dataclass(frozen=True)
@@ -88,23 +91,26 @@ class Plan:
     token_healing: bool | None = None
 
 
-def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float],
-             method: str, default_member: str | None, gate: Callable[[str], dict[str, float]] | None = None) -> Plan:
-    """Check everything a user can get wrong, naming the field; nothing reaches a member before this.
-    Needs only the member names, so the CLI runs it before starting any actor. The weights: the
+def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float], method: str,
+             default_member: str | None, gate: Callable[[str], dict[str, float]] | None = None, *,
+             model_name: str | None = None, infos: dict[str, MemberInfo] | None = None) -> Plan:
+    """Check everything a user can get wrong, naming the field: nothing reaches a member before this,
+    and nothing is checked again after it. `model` may name the ensemble (`model_name`) or a member.
+    What needs the members' tokenizers (ce across them, token ids in or out) is checked given their
+    `infos`: the router has them; the CLI, before any actor starts, checks the rest. The weights: the
     request's, else the gate's for the prompt's text (router/gate.py), else the config's."""
     members = list(members)
     _check_session(req)
-    method = req.method or method
+    method, member = _model(req, members, model_name, method)
     if method not in METHODS:
         raise RequestError(f"method must be one of {', '.join(METHODS)} (got {method!r})", "method")
-    member = None
     if method == "single":
-        member = req.member or default_member or members[0]
+        member = member or default_member or members[0]
         if member not in members:
             raise NotFoundError(f"unknown member {member!r}; members: {', '.join(members)}", "member")
         weights = {member: 1.0}
     else:
+        member = None
         if req.weights is not None:
             weights = _weights(req.weights, members)
         elif gate is not None and (text := prompt_text(req)) is not None:
@@ -120,6 +126,8 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
         raise RequestError("token_healing must be true or false", "token_healing")
     if req.session is not None and (logprobs is not None or req.echo):
         raise RequestError("logprobs and echo score one request's tokens; leave session out", "session")
+    if infos is not None:
+        _check_tokenizers(req, method, weights, logprobs, infos)
     return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo,
                 req.token_healing)
 
@@ -158,6 +166,18 @@ def _check_prompt(req: GenerateRequest) -> None:
                 raise RequestError(f"messages[{i}] must have string role and content", "messages")
 
 
+def _model(req: GenerateRequest, members: list[str], model_name: str | None, method: str) -> tuple[str, str | None]:
+    """(method, member) from the request: a member's name as `model` means method single on it."""
+    if req.model is None or req.model == model_name:
+        return req.method or method, req.member
+    if not isinstance(req.model, str) or req.model not in members:
+        names = ", ".join([model_name, *members] if model_name else members)
+        raise NotFoundError(f"model {req.model!r} does not exist; models: {names}", "model")
+    if req.method not in (None, "single"):
+        raise RequestError(f"model {req.model!r} is one member; method must be single (got {req.method!r})", "method")
+    return "single", req.model
+
+
 def _weights(given, members: list[str]) -> dict[str, float]:
     if not isinstance(given, dict) or not given:
         raise RequestError("weights must be a non-empty map of member name to weight", "weights")
@@ -175,24 +195,28 @@ def _weights(given, members: list[str]) -> dict[str, float]:
     return {m: given[m] / total for m in members if given.get(m, 0) > 0}
 
 
-def check_mixable(weights: dict[str, float], members: dict[str, MemberInfo]) -> None:
-    """ce mixes distributions over one vocabulary: members share a tokenizer, or each can spell plain
-    text, so that their vocabularies align on token bytes (router/vocab.py)."""
-    if len({members[name].tokenizer for name in weights}) == 1:
-        return
-    unable = [name for name in weights if TEXT_BYTES & set(members[name].missing_bytes)]
-    if unable:
-        raise RequestError(
-            f"method=ce across different tokenizers aligns vocabularies by token bytes, but members "
-            f"{unable} have no token for some bytes of plain text, so they cannot follow text the others "
-            f"write. Use method=me, or ce on members that share a tokenizer", "method")
-
-
-def check_one_tokenizer(weights: dict[str, float], members: dict[str, MemberInfo], why: str, param: str) -> None:
-    """Token ids in or out (a token-id prompt, log-probs of an ensemble) need one vocabulary."""
-    if len({members[name].tokenizer for name in weights}) > 1:
-        raise RequestError(f"{why} needs members that share a tokenizer, and {', '.join(weights)} do not; "
-                           f"ask one member (model=NAME) or send text", param)
+def _check_tokenizers(req: GenerateRequest, method: str, weights: dict[str, float], logprobs: int | None,
+                      infos: dict[str, MemberInfo]) -> None:
+    """What the members taking part must share: ce mixes distributions over one vocabulary (one
+    tokenizer, or members that each spell plain text, aligned on token bytes: router/vocab.py); token
+    ids in or out (a token-id prompt, log-probs of an ensemble) need one tokenizer."""
+    tokenizers = {infos[name].tokenizer for name in weights}
+    if method == "ce" and len(tokenizers) > 1:
+        unable = [name for name in weights if TEXT_BYTES & set(infos[name].missing_bytes)]
+        if unable:
+            raise RequestError(
+                f"method=ce across different tokenizers aligns vocabularies by token bytes, but members "
+                f"{unable} have no token for some bytes of plain text, so they cannot follow text the others "
+                f"write. Use method=me, or ce on members that share a tokenizer", "method")
+    for needs, why, param in ((isinstance(req.prompt, list), "a prompt of token ids", "prompt"),
+                              (logprobs is not None, "log-probabilities of an ensemble", "logprobs")):
+        if needs and len(tokenizers) > 1:
+            raise RequestError(f"{why} needs members that share a tokenizer, and {', '.join(weights)} do not; "
+                               f"ask one member (model=NAME) or send text", param)
+    if isinstance(req.prompt, list):
+        vocab = min(infos[name].vocab_size for name in weights)
+        if max(req.prompt) >= vocab:
+            raise RequestError(f"prompt has token id {max(req.prompt)}; the vocabulary has {vocab} tokens", "prompt")
 
 
 def _sampling(req: GenerateRequest) -> SamplingParams:

@@ -25,7 +25,7 @@ from .members import CallCancelled, LocalMember, MemberClient, MemberDown
 from .policies import make_policy
 from .logprobs import LogProbs
 from .request import (GenerateRequest, MemberFailedError, NotFoundError, Plan, RequestError, UnavailableError,
-                      check_mixable, check_one_tokenizer, validate)
+                      validate)
 from .result import Choice, GenerateResult, final, summarize
 from .session import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
@@ -62,20 +62,21 @@ class Router:
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
         self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
 
-    async def generate(self, req: GenerateRequest) -> GenerateResult:
+    def plan(self, req: GenerateRequest) -> Plan:
+        """The request checked against the config and the members' infos, the one time it is checked
+        (router/request.py's validate)."""
+        c = self.config
+        return validate(req, self.infos, c.weights, c.method, c.default_member, c.gate, model_name=c.model_name,
+                        infos=self.infos)
+
+    async def generate(self, req: GenerateRequest | Plan) -> GenerateResult:
         return await final(self.stream(req))
 
-    async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
-        """Chunks of every choice as their turns complete, then the whole GenerateResult. Closing the
+    async def stream(self, req: GenerateRequest | Plan) -> AsyncIterator[Chunk | GenerateResult]:
+        """Chunks of every choice as their turns complete, then the whole GenerateResult. A request is
+        checked first (`plan`); a Plan, which the ingress has checked, runs as it is. Closing the
         iterator early (a client went away) cancels the sessions and frees them on every member."""
-        c = self.config
-        plan = validate(req, self.infos, c.weights, c.method, c.default_member, c.gate)
-        if plan.method == "ce":
-            check_mixable(plan.weights, self.infos)
-        if isinstance(plan.prompt, list):
-            check_one_tokenizer(plan.weights, self.infos, "a prompt of token ids", "prompt")
-        if plan.logprobs is not None:
-            check_one_tokenizer(plan.weights, self.infos, "log-probabilities of an ensemble", "logprobs")
+        plan = req if isinstance(req, Plan) else self.plan(req)
         started = time.perf_counter()
         prompt_ids, history = await self._resume(plan) if plan.session else (None, [])
         prompt_ids = prompt_ids or await self._prompt_ids(plan)
@@ -369,10 +370,6 @@ class Router:
     async def _prompt_ids(self, plan: Plan) -> dict[str, list[int]]:
         names = list(plan.weights)
         if isinstance(plan.prompt, list):
-            vocab = min(self.infos[m].vocab_size for m in names)
-            if max(plan.prompt) >= vocab:
-                raise RequestError(f"prompt has token id {max(plan.prompt)}; the vocabulary has {vocab} tokens",
-                                   "prompt")
             ids = [list(plan.prompt)] * len(names)
         else:
             ids = await self._tokenize(plan, names)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from .admission import Admission, OverloadedError
-from .request import GenerateRequest, NotFoundError, RequestError
+from .request import GenerateRequest, Plan, RequestError
 from .result import GenerateResult, final
 from .router import Router
 from .session import Chunk
@@ -44,24 +44,19 @@ class EnsembleService:
         return [ensemble] + [{"id": m.name, "model": m.model, "weight": m.weight,
                               "tokenizer": self.router.infos[m.name].tokenizer} for m in self.config.members]
 
-    def request_for_model(self, model, fields: dict) -> GenerateRequest:
-        """`model` is the ensemble's name or a member's (which means method single on it)."""
-        if model is None or model == self.config.model_name:
-            return GenerateRequest(**fields)
-        if not isinstance(model, str) or model not in self.config.weights:
-            names = ", ".join([self.config.model_name, *self.config.weights])
-            raise NotFoundError(f"model {model!r} does not exist; models: {names}", "model")
-        if fields.get("method") not in (None, "single"):
-            raise RequestError(f"model {model!r} is one member; method must be single (got {fields['method']!r})",
-                               "method")
-        return GenerateRequest(**{**fields, "method": "single", "member": model})
-
-    async def stream(self, req: GenerateRequest) -> AsyncIterator[Chunk | GenerateResult]:
-        n = req.n if isinstance(req.n, int) and not isinstance(req.n, bool) and req.n > 0 else 1
+    def plan(self, req: GenerateRequest) -> Plan:
+        """The request checked, once (the router's plan); a refusal is counted."""
         try:
-            with self.admission.hold(n):
+            return self.router.plan(req)
+        except RequestError as e:
+            self._reject(str(e.status))
+            raise
+
+    async def stream(self, plan: Plan) -> AsyncIterator[Chunk | GenerateResult]:
+        try:
+            with self.admission.hold(plan.n):
                 self._gauge()
-                async with aclosing(self.router.stream(req)) as items:
+                async with aclosing(self.router.stream(plan)) as items:
                     async for item in items:
                         if isinstance(item, GenerateResult) and self.metrics:
                             self.metrics.delivered(item.usage.member_tokens)
@@ -75,8 +70,8 @@ class EnsembleService:
         finally:
             self._gauge()
 
-    async def generate(self, req: GenerateRequest) -> GenerateResult:
-        return await final(self.stream(req))
+    async def generate(self, plan: Plan) -> GenerateResult:
+        return await final(self.stream(plan))
 
     async def live_sessions(self, timeout_s: float = 2.0) -> dict[str, int] | None:
         """Sessions held per member, or None when a member does not answer (the service is degraded)."""

@@ -2,14 +2,15 @@
 import pytest
 
 from mixserve.actors.messages import MemberInfo
-from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, check_mixable, validate
+from mixserve.router.request import GenerateRequest, NotFoundError, RequestError, validate
 
 MEMBERS = {"a": MemberInfo("a", "t1", 10, 100, (0,)), "b": MemberInfo("b", "t1", 10, 100, (0,)),
            "c": MemberInfo("c", "t2", 10, 100, (0,)), "d": MemberInfo("d", "t3", 10, 100, (0,), (0x41,))}
 
 
-def check(**fields):
-    return validate(GenerateRequest(**fields), MEMBERS, {"a": 0.5, "b": 0.5}, "me", None)
+def check(infos=None, **fields):
+    return validate(GenerateRequest(**fields), MEMBERS, {"a": 0.5, "b": 0.5}, "me", None, model_name="ens",
+                    infos=infos)
 
 
 @pytest.mark.parametrize("fields, param, message", [
@@ -40,12 +41,35 @@ def test_bad_fields_are_named(fields, param, message):
 
 
 def test_ce_across_tokenizers_needs_members_that_spell_every_byte():
-    plan = check(prompt="x", method="ce", weights={"a": 1, "b": 1, "c": 1})
-    check_mixable(plan.weights, MEMBERS)  # they spell plain text: aligned by token bytes
-    check_mixable({"a": 0.5, "b": 0.5}, MEMBERS)  # one shared tokenizer: no alignment needed
+    check(MEMBERS, prompt="x", method="ce", weights={"a": 1, "b": 1, "c": 1})  # aligned by token bytes
+    check(MEMBERS, prompt="x", method="ce")  # one shared tokenizer: no alignment needed
     with pytest.raises(RequestError, match=r"members \['d'\] have no token for some bytes of plain text") as e:
-        check_mixable({"a": 0.5, "c": 0.2, "d": 0.3}, MEMBERS)
+        check(MEMBERS, prompt="x", method="ce", weights={"a": 0.5, "c": 0.2, "d": 0.3})
     assert e.value.param == "method"
+
+
+@pytest.mark.parametrize("fields, param, message", [
+    ({"prompt": [1, 2], "weights": {"a": 1, "c": 1}}, "prompt", "a prompt of token ids needs members that share"),
+    ({"prompt": "x", "logprobs": 1, "weights": {"a": 1, "c": 1}}, "logprobs", "log-probabilities of an ensemble"),
+    ({"prompt": [1, 10]}, "prompt", "token id 10; the vocabulary has 10 tokens"),
+])
+def test_what_needs_the_members_tokenizers_is_checked_given_their_infos(fields, param, message):
+    check(**fields)  # the CLI, before any member starts, cannot tell yet
+    with pytest.raises(RequestError, match=message) as e:
+        check(MEMBERS, **fields)
+    assert e.value.param == param
+    check(MEMBERS, **{**fields, "weights": {"a": 1, "b": 1}, "prompt": [1, 9]})  # a and b share one tokenizer
+
+
+def test_a_member_named_as_the_model_is_method_single_on_it():
+    assert check(prompt="x", model="ens").method == "me"
+    plan = check(prompt="x", model="c")
+    assert (plan.method, plan.member, plan.weights) == ("single", "c", {"c": 1.0})
+    with pytest.raises(NotFoundError, match=r"model 'gpt-5' does not exist; models: ens, a, b, c, d") as e:
+        check(prompt="x", model="gpt-5")
+    assert (e.value.param, e.value.status) == ("model", 404)
+    with pytest.raises(RequestError, match=r"model 'c' is one member; method must be single \(got 'me'\)"):
+        check(prompt="x", model="c", method="me")
 
 
 def test_unknown_single_member_is_not_found():
