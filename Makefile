@@ -61,7 +61,7 @@ specialist: models
 	$(PY) -m mixserve models train-specialist --out adapters/smollm2-arith
 
 # Mixture weights and a prompt gate for a pair that shares a tokenizer, fitted on a dev split of questions
-# like the eval's (none of them), written back into the config (README, "Weights that fit the prompt").
+# like the eval's (none of them), written back into the config (docs/evaluation.md, "Weights that fit the prompt").
 FIT_CONFIG ?= cluster/specialist.yaml
 weights: models
 	$(PY) -m mixserve models dev-split --out eval-out/dev.jsonl
@@ -73,7 +73,7 @@ eval: models
 	$(PY) -m mixserve eval --config $(CONFIG) --out eval-out $(EVAL_ARGS)
 
 # Ten minutes of load with members killed and paused, router replicas killed and streams dropped, every
-# answer checked against a quiet server (README, Reliability); on each engine in turn.
+# answer checked against a quiet server (docs/deploy.md, "Reliability"); on each engine in turn.
 SOAK_ENGINES ?= transformers vllm
 SOAK_ARGS ?=
 models/tiny/ensemble.yaml: mixserve/tiny.py $(VENV)/.installed

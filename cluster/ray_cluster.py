@@ -7,7 +7,7 @@ import os
 # (a put, a raylet round trip, a get). A ce step returns a whole next-token distribution, 4 bytes per
 # token (196 KiB for a 49k vocabulary, 1 MiB for Gemma's 262k), past Ray's 100 KiB default. Inline,
 # two members' distributions cost 2.9 instead of 5.3 ms per step on 2 cores. A joined cluster takes
-# it from RAY_max_direct_call_object_size on each node (README, "Running on a cluster").
+# it from RAY_max_direct_call_object_size on each node (docs/deploy.md, "Running on a cluster").
 INLINE_BYTES = 4 << 20
 
 

@@ -1,4 +1,4 @@
-"""bench.json, bench.md (the table README shows) and bench.png from one `mixserve bench` report."""
+"""bench.json, bench.md (the table docs/performance.md shows) and bench.png from one `mixserve bench` report."""
 from __future__ import annotations
 
 import json

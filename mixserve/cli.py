@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--weights", type=_weights, help="the ensemble rows' member weights instead of the "
                                                            "config's, e.g. generalist=0.3,specialist=0.7")
 
-    weights = sub.add_parser("weights", help="fit: mixture weights and a prompt gate from a dev set (README, "
+    weights = sub.add_parser("weights", help="fit: mixture weights and a prompt gate from a dev set (docs/evaluation.md, "
                                              "\"Weights that fit the prompt\")")
     weights.add_argument("action", choices=["fit"])
     weights.add_argument("--config", required=True, help="the ensemble config (members that share a tokenizer)")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     weights.add_argument("--address", help="join this Ray cluster instead of starting a local one")
 
     soak = sub.add_parser("soak", help="serve a config on loopback and drive a mixed load while members and the "
-                                       "router are killed and paused; check every answer (README, Reliability)")
+                                       "router are killed and paused; check every answer (docs/deploy.md, "Reliability")")
     soak.add_argument("--config", required=True)
     soak.add_argument("--duration", type=float, default=600, help="seconds of faults, after the warm-up")
     soak.add_argument("--warmup", type=float, default=30, help="seconds of load without faults first")

@@ -49,7 +49,7 @@ class MemberConfig:
     # Bit-identical tokens whatever the batch (docs/architecture.md invariant 3) at the price of speed:
     # matrix products in fixed tiles of rows (actors/invariant.py), attention one query at a time.
     batch_invariant: bool = False
-    engine: str = registry.DEFAULT  # the member's forward: our transformers engine, or vLLM (README "Engines")
+    engine: str = registry.DEFAULT  # the member's forward: our transformers engine, or vLLM (docs/configuration.md, "Engines")
     engine_options: dict = field(default_factory=dict)  # the engine's own, passed through (actors/registry.py)
 
     @property
@@ -70,8 +70,8 @@ class EnsembleConfig:
     max_concurrent_sessions: int = 64  # past this, requests are refused at once (429), never queued
     api_key_env: str | None = None  # if set and that variable is non-empty, clients must send the key
     member_retry_s: float = 120.0  # how long a session waits for a member that went down to come back
-    eager_sync: bool = False  # after a run, send its tokens to the idle members at once (see README)
-    token_healing: bool = False  # a member taking over mid-word re-spells the word's start (see README)
+    eager_sync: bool = False  # after a run, send its tokens to the idle members at once (docs/performance.md)
+    token_healing: bool = False  # a member taking over mid-word re-spells the word's start (docs/architecture.md, "Members with different tokenizers")
     max_stored_sessions: int = CAPACITY  # named sessions' snapshots kept; past it the least recently used go
     member_restarts: int = 3  # times Ray restarts a crashed member (-1: always); past it the member stays down
     # How steps reach the members (docs/architecture.md, "Data plane"): "zmq", one authenticated socket per

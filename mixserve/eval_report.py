@@ -1,4 +1,4 @@
-"""eval.json, eval.md (the table README shows) and eval.png from one `mixserve eval` report."""
+"""eval.json, eval.md (the table docs/evaluation.md shows) and eval.png from one `mixserve eval` report."""
 from __future__ import annotations
 
 import json

@@ -197,7 +197,7 @@ class Soak:
     async def _turn_reference(self, out: Outcome, turns: list[Outcome], extra: list[Outcome] = ()) -> Outcome:
         """A session's turn, quiet: the same turns replayed on a fresh session, this one last. (Across
         tokenizers a continued session is not one longer request: members rebuild their caches from
-        the log's text in one pass, README "Failures"; replaying the turns is the same request.)"""
+        the log's text in one pass, docs/deploy.md "Failures"; replaying the turns is the same request.)"""
         fresh = f"quiet-{uuid.uuid4().hex}"
         before = [t for t in turns if t.status == 200 and t.spec["i"] < out.spec["i"]] + list(extra)
         ref = None

@@ -83,7 +83,7 @@ def test_member_killed_under_ce_restarts_and_the_text_is_unchanged(engine):
 def test_member_killed_across_tokenizers_completes_and_the_sent_text_stands(engine):
     """a and c have different tokenizers: the replay sends c its own tokens as fixed ids and a's text
     re-tokenized per stretch, where c had built them up merging its last token with a's text, so its
-    context, and so the rest of the text, can differ from the uncut run's (README, "Failures").
+    context, and so the rest of the text, can differ from the uncut run's (docs/deploy.md, "Failures").
     What holds: the request completes, the text up to the kill is the uncut run's, and everything
     streamed stands."""
     req = GenerateRequest(prompt="the river", max_tokens=80, seed=11, n=8, weights={"a": 1, "c": 1})

@@ -1,4 +1,4 @@
-"""The short soak (README, "Reliability"): 60 s of `mixserve soak` on an ensemble mixing a vLLM member with
+"""The short soak (docs/deploy.md, "Reliability"): 60 s of `mixserve soak` on an ensemble mixing a vLLM member with
 two transformers members, its own Ray on loopback ports, members killed and paused and streams
 dropped under a load twice what admission takes. It fails on any wrong text, unexplained error,
 leaked session, memory growth past 10% or Prometheus counter that disagrees with the clients."""

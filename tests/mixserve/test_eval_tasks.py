@@ -30,7 +30,7 @@ def test_arithmetic_answers_follow_from_the_question(tmp_path):
 
 
 def test_a_new_task_leaves_the_rows_of_the_earlier_ones_as_they_were(tmp_path):
-    # The README's tables were measured on these files (100 examples a task); a task added later must
+    # docs/evaluation.md's tables were measured on these files (100 examples a task); a task added later must
     # draw its rows after theirs.
     before = {"mixserve_arith": "b624955d3ca52643ea8cc0335ccc6ba2ce3419d732fee51535c5136f87fec96a",
               "mixserve_facts": "396577307f6487ab28af272a569f999ea5b8035e09d3925aacc410b57c501edc",

@@ -2,7 +2,7 @@
 and gRPC: while Ray restarts it, requests that need it wait up to member_retry_s, then get 503 /
 UNAVAILABLE; once it is back they get the same text as before; killed past its restarts it stays
 down, requests that need it fail within about member_retry_s, the other member still answers alone,
-and /health says degraded (README "Failures"; docs/architecture.md invariant 6)."""
+and /health says degraded (docs/deploy.md "Failures"; docs/architecture.md invariant 6)."""
 import os
 import signal
 import time
