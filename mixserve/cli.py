@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     weights.add_argument("--address", help="join this Ray cluster instead of starting a local one")
 
     soak = sub.add_parser("soak", help="serve a config on loopback and drive a mixed load while members and the "
-                                       "router are killed and paused; check every answer (docs/deploy.md, "Reliability")")
+                                       "router are killed and paused; check every answer (docs/deploy.md, "
+                                       "\"Reliability\")")
     soak.add_argument("--config", required=True)
     soak.add_argument("--duration", type=float, default=600, help="seconds of faults, after the warm-up")
     soak.add_argument("--warmup", type=float, default=30, help="seconds of load without faults first")
