@@ -12,6 +12,7 @@ HEADS = {"mixserve_arith": "arithmetic (exact match)",
          "mixserve_mc": "multiple choice (acc)", "mixserve_text": "held-out text (bits/byte, lower is better)",
          "mixed": "mixed suite (mean of the three accuracies)"}
 TASKS = (*GENERATE_TASKS, *SCORE_TASKS, "mixed")
+FIXED_ROWS = {"me fixed", "ce fixed"}  # mixserve/eval.py's rows with the config's weights beside a gate
 
 
 def mixed(scores: dict) -> dict | None:
@@ -44,8 +45,12 @@ def markdown(report: dict) -> str:
     lines = ["| row | " + " | ".join(HEADS[t] for t in TASKS) + " |", "|---|" + "---|" * len(TASKS)]
     for name, scores in report["rows"].items():
         lines.append(f"| {name} | " + " | ".join(cell(scores.get(t)) for t in TASKS) + " |")
-    if any(t not in scores for scores in report["rows"].values() for t in TASKS):
+    missing = {name for name, scores in report["rows"].items() if any(t not in scores for t in TASKS)}
+    if missing - FIXED_ROWS:
         lines += ["", "n/a: the scored tasks need log-probs over one tokenizer; these members have different ones."]
+    if missing & FIXED_ROWS:
+        lines += ["", "n/a in the fixed rows: they run the generated tasks only (lm-eval's scoring requests carry no "
+                      "weights, so the gate would weigh them)."]
     lines += ["", "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
     check = report.get("mixture_check")
     if check and check["p_value"] is None:
