@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -270,7 +271,7 @@ def _bench(args) -> None:
 def _generate(args) -> None:
     from mixserve.api import build_engine
     from mixserve.config import load_config
-    from mixserve.router.request import GenerateRequest, validate
+    from mixserve.router.request import GenerateRequest, check_members, validate
 
     request = GenerateRequest(
         prompt=None if args.chat else args.prompt,
@@ -279,11 +280,15 @@ def _generate(args) -> None:
         top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens, stop=tuple(args.stop),
         seed=args.seed, n=args.n, token_healing=args.token_healing)
     config = load_config(args.config)
-    validate(request, config.weights, config.weights, config.method, config.default_member)  # fail before Ray
+    # Checked before any actor starts (a mistake costs no start-up), but for what needs the members'
+    # tokenizers, checked once they are up; the router then runs the plan unchecked.
+    plan = validate(request, config.weights, config.weights, config.method, config.default_member, config.gate,
+                    model_name=config.model_name)
     if not args.json:
         print("loading members...", file=sys.stderr, flush=True)
     with build_engine(config, address=args.address) as engine:
-        result = engine.generate(request)
+        check_members(plan, engine.router.infos)
+        result = asyncio.run(engine.router.generate(plan))
     if args.json:
         print(json.dumps(result.to_dict()))
         return

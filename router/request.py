@@ -126,10 +126,17 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
         raise RequestError("token_healing must be true or false", "token_healing")
     if req.session is not None and (logprobs is not None or req.echo):
         raise RequestError("logprobs and echo score one request's tokens; leave session out", "session")
-    if infos is not None:
-        _check_tokenizers(req, method, weights, logprobs, infos)
-    return Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo,
+    plan = Plan(method, weights, member, params, int(n), req.prompt, req.messages, req.session, logprobs, req.echo,
                 req.token_healing)
+    if infos is not None:
+        check_members(plan, infos)
+    return plan
+
+
+def check_members(plan: Plan, infos: dict[str, MemberInfo]) -> None:
+    """The part of the check that needs the members' infos, on a plan made without them (the CLI makes
+    its plan before any actor starts, and checks this once they are up: each check runs once)."""
+    _check_tokenizers(plan, plan.method, plan.weights, plan.logprobs, infos)
 
 
 def prompt_text(req: GenerateRequest) -> str | None:
@@ -195,7 +202,7 @@ def _weights(given, members: list[str]) -> dict[str, float]:
     return {m: given[m] / total for m in members if given.get(m, 0) > 0}
 
 
-def _check_tokenizers(req: GenerateRequest, method: str, weights: dict[str, float], logprobs: int | None,
+def _check_tokenizers(req: GenerateRequest | Plan, method: str, weights: dict[str, float], logprobs: int | None,
                       infos: dict[str, MemberInfo]) -> None:
     """What the members taking part must share: ce mixes distributions over one vocabulary (one
     tokenizer, or members that each spell plain text, aligned on token bytes: router/vocab.py); token
