@@ -109,7 +109,7 @@ class VllmEngine(DataPlaneMember):
         self.runs: dict[str, Run] = {}  # by vLLM request id
         self.by_session: dict[str, Run] = {}
         self.released = ReleasedIds()
-        self.queued: deque[tuple[Run, list[int], object]] = deque()  # runs not yet in vLLM, in order
+        self.queued: deque[tuple[Run, list[int], object, bool | None]] = deque()  # runs not yet in vLLM, in order
         self.to_abort: deque[str] = deque()  # appended here, taken in the vLLM thread: deque's ends are thread-safe
         self.in_vllm: set[str] = set()  # request ids added to vLLM and not finished there (vLLM thread only)
         self.loop: asyncio.Task | None = None
@@ -242,7 +242,7 @@ class VllmEngine(DataPlaneMember):
     def _submit(self, req: StepRequest | None, s: SessionCache | None, kind: str, ids: list[int], params,
                 stream: bool = False) -> Run:
         if stream and self.streams.enabled:
-            chunk, ids, closed = self.streams.chunk(req.session, ids, live=set(self.book.sessions))
+            chunk, ids, closed = self.streams.chunk(req.session, ids, live=self.book.sessions)
             self.to_abort.extend(closed)
             run = Run(req, s, chunk.rid, kind, stream=chunk, sent=ids, want=params.max_tokens)
             first = not chunk.held
@@ -302,13 +302,17 @@ class VllmEngine(DataPlaneMember):
         """Forget a request: aborted in vLLM if it still runs, its reader told it ended."""
         if self.runs.get(run.rid) is not run:
             return
-        del self.runs[run.rid]
-        if self.by_session.get(run.req.session if run.req else None) is run:
-            del self.by_session[run.req.session]
+        self._forget(run)
         if run.stream is not None and self.streams.open.get(run.stream.session) is run.stream:
             self.streams.close(run.stream.session)  # cut mid-chunk: what vLLM holds is unknown
         self.to_abort.append(run.rid)
         run.parts.put_nowait(item)
+
+    def _forget(self, run: Run) -> None:
+        """The run is no longer ours to read from vLLM (finished, paused at its chunk's end, or dropped)."""
+        del self.runs[run.rid]
+        if self.by_session.get(run.req.session if run.req else None) is run:
+            del self.by_session[run.req.session]
 
     async def _loop(self) -> None:
         try:
@@ -334,16 +338,14 @@ class VllmEngine(DataPlaneMember):
                         continue
                     elif run.stream is not None:
                         self.streams.close(run.stream.session)
-                    del self.runs[run.rid]
-                    if self.by_session.get(run.req.session if run.req else None) is run:
-                        del self.by_session[run.req.session]
+                    self._forget(run)
                     run.parts.put_nowait(None)
                 if self.streams.open:
                     self.to_abort.extend(self.streams.crowding())
         finally:
             self.loop = None
 
-    def _admit(self) -> list[tuple[Run, list[int], object]]:
+    def _admit(self) -> list[tuple[Run, list[int], object, bool | None]]:
         """Queued runs to send vLLM, in order, while fewer than max_batch are in it."""
         room = self.max_batch - sum(run.added for run in self.runs.values())
         adds = []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 KV_SHARE = 0.5  # paused streams are closed while vLLM's KV cache is fuller than this
@@ -51,12 +52,13 @@ class Streams:
         self.open: OrderedDict[str, Stream] = OrderedDict()  # least recently used first
         self.ids = itertools.count()
         self.opened = 0  # streams opened, for stats: runs that found theirs open did not open one
+        self.tasks = None  # vLLM's supported tasks, asked once (in the vLLM thread) for every chunk
 
     @property
     def enabled(self) -> bool:
         return self.runner is not None and self.cap > 0
 
-    def chunk(self, session: str, ids: list[int], live: set[str]) -> tuple[Stream, list[int], list[str]]:
+    def chunk(self, session: str, ids: list[int], live: Container[str]) -> tuple[Stream, list[int], list[str]]:
         """The session's stream for a run on the log `ids`, what to send it, and the request ids of the
         streams to close (aborted by the caller): the session's own when it holds something else than a
         prefix of `ids` (a replayed or healed log), the least recently used past `cap`, and those whose
@@ -85,7 +87,7 @@ class Streams:
 
     def crowding(self) -> list[str]:
         """Paused streams to close now, least recently used first, while the KV cache is fuller than
-        KV_SHARE (vLLM thread: reads the scheduler)."""
+        KV_SHARE (the member's loop, between engine steps: one float read from vLLM's scheduler)."""
         usage = self.vllm.engine_core.engine_core.scheduler.kv_cache_manager.usage
         if usage <= KV_SHARE:
             return []
@@ -96,9 +98,11 @@ class Streams:
         """Send a chunk (vLLM thread)."""
         from vllm import TokensPrompt
 
+        if self.tasks is None:
+            self.tasks = self.vllm.get_supported_tasks()
         processor = self.vllm.input_processor
         req = processor.process_inputs(request_id=rid, prompt=TokensPrompt(prompt_token_ids=ids), params=params,
-                                       supported_tasks=self.vllm.get_supported_tasks(), resumable=True)
+                                       supported_tasks=self.tasks, resumable=True)
         req.external_req_id = rid
         mine = copy.copy(req)
         mine.prompt_token_ids = list(req.prompt_token_ids)  # not the scheduler's list: see the module's doc

@@ -188,26 +188,28 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
     order = np.random.default_rng(0).permutation(len(scored))  # seeded halves, whatever the file's order
     halves = ([scored[i] for i in order[0::2]], [scored[i] for i in order[1::2]])
 
+    fitted = [em(half, uniform) for half in halves]  # each half's fixed weights, which every candidate starts from
+
     def held_out(make) -> float:
-        """Bits per byte on each half of a weighting fitted on the other half, pooled over both."""
+        """Bits per byte on each half of a weighting `make(train, its fixed weights)` fitted on the
+        other half, pooled over both."""
         nats = 0.0
-        for train, test in (halves, halves[::-1]):
-            weights_of = make(train)
-            nats += mixture_bits(test, weights_of) * LN2 * sum(r.bytes for r in test)
+        for (train, test), w in zip((halves, halves[::-1]), fitted):
+            nats += mixture_bits(test, make(train, w)) * LN2 * sum(r.bytes for r in test)
         return nats / LN2 / sum(r.bytes for r in scored)
 
-    candidates = {"uniform": held_out(lambda train: lambda r: uniform),
-                  "configured": held_out(lambda train: lambda r: configured),
-                  "fixed": held_out(lambda train: (lambda w: lambda r: w)(em(train, uniform)))}
+    candidates = {"uniform": held_out(lambda train, w: lambda r: uniform),
+                  "configured": held_out(lambda train, w: lambda r: configured),
+                  "fixed": held_out(lambda train, w: lambda r: w)}
 
     def cluster_weights(gate: ClusterGate):
         return lambda r: np.array([gate.weights[gate.cluster(r.prompt)][n] for n in names])
 
     for k in KS:
         candidates[f"clusters k={k}"] = held_out(
-            lambda train, k=k: cluster_weights(fit_clusters(train, names, em(train, uniform), k)))
+            lambda train, w, k=k: cluster_weights(fit_clusters(train, names, w, k)))
     for beta in BETAS:
-        candidates[f"posterior beta={beta}"] = held_out(lambda train, beta=beta: posterior(em(train, uniform), beta))
+        candidates[f"posterior beta={beta}"] = held_out(lambda train, w, beta=beta: posterior(w, beta))
     best_k = min(KS, key=lambda k: candidates[f"clusters k={k}"])
     gate = replace(fit_clusters(scored, names, fixed, best_k), default={n: float(w) for n, w in zip(names, fixed)})
     say("held-out bits per byte (two-fold on the dev rows):")

@@ -16,6 +16,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 WORD = re.compile(r"[a-z]+|\d+")
 
@@ -36,23 +37,30 @@ class ClusterGate:
 
     kind = "clusters"
 
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Word -> its place in the vocabulary, built once per gate, not per request."""
+        return {t: i for i, t in enumerate(self.vocabulary)}
+
     def vector(self, text: str) -> dict[int, float]:
         """The prompt's tf-idf vector (sparse, unit length) over the gate's vocabulary."""
-        index = {t: i for i, t in enumerate(self.vocabulary)}
-        counts = Counter(index[t] for t in terms(text) if t in index)
+        counts = Counter(self.index[t] for t in terms(text) if t in self.index)
         vec = {i: c * self.idf[i] for i, c in counts.items()}
         norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
         return {i: v / norm for i, v in vec.items()}
 
     def cluster(self, text: str) -> int:
-        vec = self.vector(text)
+        return self._nearest(self.vector(text))
+
+    def _nearest(self, vec: dict[int, float]) -> int:
         scores = [sum(v * c[i] for i, v in vec.items()) for c in self.centroids]
         return max(range(len(scores)), key=lambda k: (scores[k], -k))  # ties: the first cluster
 
     def __call__(self, text: str) -> dict[str, float] | None:
         """The prompt's weights (None: the config's); a member given nothing is left out, as a zero
         request weight is. A prompt with none of the gate's words is in no cluster: `default`."""
-        weights = self.weights[self.cluster(text)] if self.vector(text) else self.default
+        vec = self.vector(text)
+        weights = self.weights[self._nearest(vec)] if vec else self.default
         return None if weights is None else {m: w for m, w in weights.items() if w > 0}
 
     def to_dict(self) -> dict:
