@@ -65,13 +65,13 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
             results[name] = _scores(lm_eval.simple_evaluate(
                 model="local-completions", model_args={**base, "tokenizer_backend": None, "tokenized_requests": False},
                 tasks=list(GENERATE_TASKS), task_manager=tasks, gen_kwargs=row["fields"] or None, limit=limit,
-                log_samples=False, random_seed=SEED))
+                log_samples=True, random_seed=SEED))
             members = [row["model"]] if row["model"] in tokenizers else list(tokenizers)  # whose log-probs
             if len({fingerprints[m] for m in members}) == 1 and "weights" not in row["fields"]:
                 results[name].update(_scores(lm_eval.simple_evaluate(
                     model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
                                                            "tokenizer": tokenizers[members[0]]},
-                    tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=False, random_seed=SEED)))
+                    tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=True, random_seed=SEED)))
             if (suite := mixed(results[name])) is not None:
                 results[name]["mixed"] = suite
         one_tokenizer = len({fingerprints[m] for m in config.weights}) == 1
@@ -92,7 +92,8 @@ def _member_tokenizers(url: str) -> dict[str, str]:
 
 
 def _scores(evaluated: dict) -> dict[str, dict]:
-    """task -> {metric, value, stderr, n} from lm-eval's results."""
+    """task -> {metric, value, stderr, n, and per_doc for accuracies} from lm-eval's results. per_doc
+    (each question's score, by doc id) is what the report's paired differences are computed from."""
     out = {}
     for task, metrics in evaluated["results"].items():
         for key, value in metrics.items():
@@ -101,4 +102,7 @@ def _scores(evaluated: dict) -> dict[str, dict]:
                 stderr = metrics.get(f"{metric}_stderr,{flt}")
                 out[task] = {"metric": metric, "value": value, "n": evaluated["n-samples"][task]["effective"],
                              "stderr": stderr if isinstance(stderr, (int, float)) else None}
+                samples = [s for s in evaluated.get("samples", {}).get(task, []) if s.get("filter", flt) == flt]
+                if metric != "bits_per_byte" and samples:  # bits per byte is a ratio of sums, not a mean
+                    out[task]["per_doc"] = [float(s[metric]) for s in sorted(samples, key=lambda s: s["doc_id"])]
     return out

@@ -26,6 +26,29 @@ def mixed(scores: dict) -> dict | None:
             "n": sum(p["n"] for p in parts)}
 
 
+def paired(a: dict, b: dict) -> dict[str, dict]:
+    """Row a minus row b, question by question: task -> {diff, stderr, n}, for every accuracy task both
+    rows scored on the same questions, and the mixed suite (the mean of its tasks' differences). Both
+    rows answer the same questions, so the interval of the difference is what says whether one is
+    above the other: it is much narrower than the two rows' own intervals when they agree on most
+    questions, which two rows sharing a member do."""
+    out = {}
+    for task in (*GENERATE_TASKS, "mixserve_mc"):
+        x, y = a.get(task, {}).get("per_doc"), b.get(task, {}).get("per_doc")
+        if not x or not y or len(x) != len(y):
+            continue
+        d = [p - q for p, q in zip(x, y)]
+        n, mean = len(d), sum(d) / len(d)
+        var = sum((v - mean) ** 2 for v in d) / (n - 1) if n > 1 else 0.0
+        out[task] = {"diff": mean, "stderr": (var / n) ** 0.5, "n": n}
+    if all(t in out for t in MIXED):
+        parts = [out[t] for t in MIXED]
+        out["mixed"] = {"diff": sum(p["diff"] for p in parts) / len(parts),
+                        "stderr": sum(p["stderr"] ** 2 for p in parts) ** 0.5 / len(parts),
+                        "n": sum(p["n"] for p in parts)}
+    return out
+
+
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
@@ -52,6 +75,7 @@ def markdown(report: dict) -> str:
         lines += ["", "n/a in the fixed rows: they run the generated tasks only (lm-eval's scoring requests carry no "
                       "weights, so the gate would weigh them)."]
     lines += ["", "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
+    lines += _paired_lines(report)
     check = report.get("mixture_check")
     if check and check["p_value"] is None:
         lines += ["", f"ME samples the mixture: not checked, the members share no likely next token after "
@@ -64,6 +88,31 @@ def markdown(report: dict) -> str:
                       f"{check['categories']} categories: p = {check['p_value']:.3g} "
                       f"({'passed' if check['passed'] else 'FAILED'} at alpha = {check['alpha']:g})."]
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(report: dict) -> list[str]:
+    """The ensemble rows minus each member, question by question (paired()), where both have them."""
+    members = [m for m in report.get("weights") or {} if m in report["rows"]]
+    pairs = [(name, m, paired(scores, report["rows"][m])) for name, scores in report["rows"].items()
+             if name not in members for m in members]
+    pairs = [p for p in pairs if p[2]]
+    if not pairs:
+        return []
+    tasks = [t for t in (*GENERATE_TASKS, "mixserve_mc", "mixed") if any(t in d for _, _, d in pairs)]
+    lines = ["", "Paired differences (the same questions asked of both rows; ± the half-width of the 95% "
+                 "interval of the difference; above means the interval excludes zero):", "",
+             "| rows | " + " | ".join(HEADS[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, member, diffs in pairs:
+        lines.append(f"| {name} − {member} | " + " | ".join(_diff_cell(diffs.get(t)) for t in tasks) + " |")
+    return lines
+
+
+def _diff_cell(d: dict | None) -> str:
+    if d is None:
+        return "n/a"
+    half = 1.96 * d["stderr"]
+    verdict = " above" if d["diff"] - half > 0 else " below" if d["diff"] + half < 0 else ""
+    return f"{d['diff']:+.3f} ± {half:.3f}{verdict}"
 
 
 def plot(report: dict, path: Path) -> None:

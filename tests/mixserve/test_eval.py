@@ -34,6 +34,9 @@ def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path):
         assert set(tasks) == (TASKS if name in "abc" else GENERATED), name
         assert all(t["n"] == 2 for k, t in tasks.items() if k != "mixed"), name
         assert 0 <= tasks["mixserve_arith"]["value"] <= 1
+        for task in set(tasks) - {"mixserve_text", "mixed"}:  # each question's score, for paired differences
+            per_doc = tasks[task]["per_doc"]
+            assert len(per_doc) == 2 and sum(per_doc) / 2 == pytest.approx(tasks[task]["value"]), (name, task)
     a = report["rows"]["a"]  # the mixed suite: the mean of the three accuracy tasks
     assert a["mixed"]["value"] == pytest.approx(sum(a[t]["value"] for t in ("mixserve_arith", "mixserve_facts", "mixserve_mc")) / 3)
     # ME's samples against the mixture: across three tokenizers the members' top texts may share too
@@ -41,5 +44,6 @@ def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path):
     assert report["mixture_check"]["samples"] == 300 and report["mixture_check"]["passed"] is not False
     table = (tmp_path / "eval.md").read_text()
     assert table.startswith("| row | arithmetic") and table in done.stdout
+    assert "| me − a |" in table and "| ce − c |" in table and "| a − b |" not in table
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "tasks" / "mixserve_arith.jsonl").read_text().count("\n") == 4
