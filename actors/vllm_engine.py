@@ -115,6 +115,7 @@ class VllmEngine(DataPlaneMember):
         self.loop: asyncio.Task | None = None
         self.ids = itertools.count()
         self.steps = 0  # engine steps run by the loop
+        self.shared_steps = 0  # of those, the ones that advanced two or more requests (batching at work)
         self.requests = 0  # vLLM requests added
         self.compute_s = 0.0
 
@@ -135,7 +136,7 @@ class VllmEngine(DataPlaneMember):
     def stats(self) -> dict:
         """Counters; compute_s is the time the vLLM thread spent in engine steps (scheduling, the
         forward, sampling: vLLM's whole step)."""
-        return {"steps": self.steps, "requests": self.requests, "evictions": self.book.evictions,
+        return {"steps": self.steps, "shared_steps": self.shared_steps, "requests": self.requests, "evictions": self.book.evictions,
                 "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s, "pid": os.getpid(),
                 "streams": len(self.streams.open), "streams_opened": self.streams.opened}
 
@@ -378,6 +379,7 @@ class VllmEngine(DataPlaneMember):
         outputs = self.vllm.step()
         self.compute_s += time.perf_counter() - started
         self.steps += bool(outputs)  # a step with paused streams alone schedules nothing
+        self.shared_steps += len(outputs) > 1
         self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
         return outputs
 

@@ -77,6 +77,11 @@ def steps(engine, members):
     return sum(ray.get(engine.actors[m].stats.remote(), timeout=30)["steps"] for m in members)
 
 
+def shared_steps(engine, members):
+    """vLLM engine steps the members have run that advanced two or more requests at once."""
+    return sum(ray.get(engine.actors[m].stats.remote(), timeout=30)["shared_steps"] for m in members)
+
+
 def wait_idle(engine, members, within_s=10.0):
     """No session held and no vLLM request running on `members`, polled with a bound (a run whose
     reader went away is aborted at the member loop's next engine step)."""
@@ -207,18 +212,21 @@ def test_concurrent_requests_and_disconnects_on_vllm_each_text_equals_its_run_al
     that rounding of a boundary, an argmax at any near-tie: so this samples."""
     reqs = crowd(12, seed=0, max_tokens=40, weights={"a": 1, "b": 1})
     gone = crowd(4, seed=1, max_tokens=400, n=2, weights={"a": 1, "b": 1})
-    before = steps(ens, "ab")
+    before = shared_steps(ens, "ab")
 
     async def together():
         streams = (text_of(ens, r, stream=i % 2 == 0) for i, r in enumerate(reqs))
         return await asyncio.wait_for(asyncio.gather(*streams, *(abandon(ens, r) for r in gone)), timeout=120)
 
     got = asyncio.run(together())[: len(reqs)]
-    shared = steps(ens, "ab") - before
+    shared = shared_steps(ens, "ab") - before
     assert wait_idle(ens, "ab") == {"a": (0, 0), "b": (0, 0)}
     alone = [ens.generate(r) for r in reqs]
     assert got == [texts(r) for r in alone]
-    assert shared < sum(len(r.choices[0].token_ids) for r in alone), "the sessions never shared a vLLM step"
+    # Not "fewer steps than tokens", as this asked until 2026-11-30: a switch's catch-up is a step of
+    # its own, so how many steps 20 sessions take depends on how their runs interleave in time (675
+    # steps for 426 tokens in one run, 561 in the next); that they share steps does not (93 of them).
+    assert shared > 0, "the sessions never shared a vLLM step"
 
 
 def test_a_vllm_member_with_max_batch_2_under_8_sessions_writes_each_text_alone(tiny_dir, ray_local):
