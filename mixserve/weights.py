@@ -6,10 +6,10 @@ token given the prompt and the tokens before it). Then:
   compute-best-mix): lambda_i <- mean over tokens of lambda_i p_i / sum_j lambda_j p_j. Each step
   cannot lower the likelihood; the bits per byte of every step are printed.
 - a clusters gate (router/gate.py): the dev prompts in k clusters (tf-idf, spherical k-means), and each
-  cluster's weights by the same EM, pulled toward the fixed weights by ALPHA tokens' worth of them so
+  cluster's weights by the same EM, pulled toward the fixed weights by alpha tokens' worth of them so
   that a small cluster cannot drive a member to zero.
 - a posterior gate, measured as the other kind: lambda_i proportional to lambda_i p_i(prompt)^beta.
-k and beta are chosen by two-fold cross-validation on the dev rows (fit on one half, score the other),
+k, alpha and beta are chosen by two-fold cross-validation on the dev rows (fit on one half, score the other),
 and the report gives every candidate's held-out bits per byte beside the fixed weights' and 1/n each.
 
 The mixture is per token, so the members must share a tokenizer: members that do not are refused,
@@ -30,8 +30,10 @@ import yaml
 
 from mixserve.router.gate import ClusterGate, terms
 
-ALPHA = 20.0  # pseudo-tokens of the fixed weights in each cluster's EM
-KS = (2, 3, 4, 6, 8)  # cluster counts tried
+# Pseudo-tokens of the fixed weights in each cluster's EM, tried. Per token, not per row: a cluster of
+# one-word answers (multiple choice) has few tokens, and 20 of the prior's once outweighed them.
+ALPHAS = (1.0, 4.0, 20.0)
+KS = (2, 4, 8, 16, 24, 32)  # cluster counts tried
 BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # posterior sharpness tried
 VOCABULARY = 300  # most frequent prompt words kept (those in at least two prompts)
 LN2 = math.log(2)
@@ -104,8 +106,8 @@ def mixture_bits(rows: list[Scored], weights_of) -> float:
 
 
 def em(rows: list[Scored], start: np.ndarray, iterations: int = 200, prior: np.ndarray | None = None,
-       tol: float = 1e-7, report=None) -> np.ndarray:
-    """Weights maximising the mixture's likelihood of the rows' references (with `prior`: ALPHA
+       alpha: float = 20.0, tol: float = 1e-7, report=None) -> np.ndarray:
+    """Weights maximising the mixture's likelihood of the rows' references (with `prior`: alpha
     pseudo-tokens of it added to every update). `report(step, bits per byte)` sees each step."""
     w = np.asarray(start, dtype=np.float64)
     if not rows:
@@ -124,12 +126,13 @@ def em(rows: list[Scored], start: np.ndarray, iterations: int = 200, prior: np.n
         last = bits
         counts = np.exp(joint - lse).sum(axis=1)
         if prior is not None:
-            counts = counts + ALPHA * prior
+            counts = counts + alpha * prior
         w = counts / counts.sum()
     return w
 
 
-def fit_clusters(rows: list[Scored], names: list[str], fixed: np.ndarray, k: int, seed: int = 0) -> ClusterGate:
+def fit_clusters(rows: list[Scored], names: list[str], fixed: np.ndarray, k: int, seed: int = 0,
+                 alpha: float = 20.0) -> ClusterGate:
     docs = [terms(r.prompt) for r in rows]
     df = Counter(t for d in docs for t in set(d))
     vocabulary = tuple(t for t, c in sorted(df.items(), key=lambda x: (-x[1], x[0])) if c >= 2)[:VOCABULARY]
@@ -144,7 +147,7 @@ def fit_clusters(rows: list[Scored], names: list[str], fixed: np.ndarray, k: int
     weights = []
     for c in range(len(centroids)):
         members = [r for r, lab in zip(rows, labels) if lab == c]
-        w = em(members, fixed, prior=fixed) if members else fixed
+        w = em(members, fixed, prior=fixed, alpha=alpha) if members else fixed
         weights.append({n: float(v) for n, v in zip(names, w)})
     return ClusterGate(vocabulary, idf, tuple(tuple(float(v) for v in c) for c in centroids), tuple(weights))
 
@@ -206,21 +209,40 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
         return lambda r: np.array([gate.weights[gate.cluster(r.prompt)][n] for n in names])
 
     for k in KS:
-        candidates[f"clusters k={k}"] = held_out(
-            lambda train, w, k=k: cluster_weights(fit_clusters(train, names, w, k)))
+        for alpha in ALPHAS:
+            candidates[f"clusters k={k} alpha={alpha:g}"] = held_out(
+                lambda train, w, k=k, alpha=alpha: cluster_weights(fit_clusters(train, names, w, k, alpha=alpha)))
     for beta in BETAS:
         candidates[f"posterior beta={beta}"] = held_out(lambda train, w, beta=beta: posterior(w, beta))
-    best_k = min(KS, key=lambda k: candidates[f"clusters k={k}"])
-    gate = replace(fit_clusters(scored, names, fixed, best_k), default={n: float(w) for n, w in zip(names, fixed)})
+    best_k, best_alpha = min(((k, a) for k in KS for a in ALPHAS), key=lambda c: candidates[f"clusters k={c[0]} alpha={c[1]:g}"])
+    gate = replace(fit_clusters(scored, names, fixed, best_k, alpha=best_alpha),
+                   default={n: float(w) for n, w in zip(names, fixed)})
     say("held-out bits per byte (two-fold on the dev rows):")
     for name, bits in sorted(candidates.items(), key=lambda x: x[1]):
         say(f"  {bits:.5f}  {name}")
-    return {"members": names, "rows": len(scored), "bytes": sum(r.bytes for r in scored),
+    leads = leading(scored, names, say)
+    return {"members": names, "rows": len(scored), "bytes": sum(r.bytes for r in scored), "leads": leads,
             "fixed_weights": {n: float(w) for n, w in zip(names, fixed)},
             "bits_per_byte": {"alone": alone, "uniform": mixture_bits(scored, lambda r: uniform),
                               "fixed": mixture_bits(scored, lambda r: fixed),
                               "gate": mixture_bits(scored, cluster_weights(gate))},
-            "held_out_bits_per_byte": candidates, "gate_clusters": best_k, "gate": gate.to_dict()}
+            "held_out_bits_per_byte": candidates, "gate_clusters": best_k, "gate_alpha": best_alpha,
+            "gate": gate.to_dict()}
+
+
+def leading(scored: list[Scored], names: list[str], say=print, dominant: float = 0.9) -> dict[str, int]:
+    """How many dev rows each member gives the highest likelihood, said, with a warning where one
+    member leads on nearly all: weights fitted for the mixture's likelihood then all but pick that
+    member, and on prompts like these no weighting, fixed or gated, can do much better than it alone
+    (an ensemble pays where each member leads on some kind of prompt: docs/evaluation.md)."""
+    best = Counter(names[int(np.argmax(r.logp.sum(axis=1)))] for r in scored)
+    leads = {n: best.get(n, 0) for n in names}
+    say("rows each member scores best: " + ", ".join(f"{n} {c}" for n, c in leads.items()))
+    top = max(names, key=leads.__getitem__)
+    if leads[top] >= dominant * len(scored):
+        say(f"note: {top} scores {leads[top]} of the {len(scored)} rows best; on prompts like these the "
+            f"ensemble can do little better than {top} alone, whatever its weights")
+    return leads
 
 
 def write_config(config_path: str | Path, out_path: str | Path, report: dict) -> None:

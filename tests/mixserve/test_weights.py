@@ -10,7 +10,7 @@ import yaml
 
 from mixserve.config import parse_config
 from mixserve.router.gate import ClusterGate, GateError, parse_gate, terms
-from mixserve.weights import FitError, Scored, choose, em, fit_clusters, mixture_bits, read_rows, write_config
+from mixserve.weights import FitError, Scored, choose, em, fit_clusters, leading, mixture_bits, read_rows, write_config
 
 V = 64
 
@@ -54,13 +54,24 @@ def test_a_clusters_gate_learns_which_prompts_each_member_should_write():
     said = []
     report = choose(rows, ["general", "maths"], np.array([0.5, 0.5]), say=said.append)
     held = report["held_out_bits_per_byte"]
-    assert held["clusters k=2"] < min(held["fixed"], held["configured"]) - 0.1  # the truth is 0.5, 0.5 overall
+    assert held["clusters k=2 alpha=20"] < min(held["fixed"], held["configured"]) - 0.1  # the truth is 0.5, 0.5 overall
     assert report["bits_per_byte"]["gate"] < report["bits_per_byte"]["fixed"]
     gate = parse_gate(report["gate"], ["general", "maths"])
     assert gate("Question: what is 12 plus 40? Answer:")["maths"] > 0.8
     assert gate("The capital of country q is")["general"] > 0.8
     assert gate("nothing it has seen") == pytest.approx(report["fixed_weights"], abs=1e-6)  # no gate word: the fixed weights
-    assert any("step" in line for line in said) and any("clusters k=2" in line for line in said)
+    assert any("step" in line for line in said) and any("clusters k=2 alpha=1" in line for line in said)
+    assert min(report["leads"].values()) > 40 and not any(line.startswith("note") for line in said)
+
+
+def test_the_fit_says_when_one_member_scores_nearly_every_row_best():
+    """Then no weighting can do much better than that member alone: the fit says so, and by name."""
+    p = members(6)
+    rows = rows_from(p, lambda _: np.array([0.0, 1.0]), [f"row {i}" for i in range(30)], 20, seed=7)
+    said = []
+    assert leading(rows, ["general", "maths"], say=said.append) == {"general": 0, "maths": 30}
+    assert said[0] == "rows each member scores best: general 0, maths 30"
+    assert said[1].startswith("note: maths scores 30 of the 30 rows best")
 
 
 def test_a_small_cluster_cannot_zero_a_member():
