@@ -1,4 +1,5 @@
 """The served app over gRPC through a stub generated from proto/mixserve.proto, on loopback."""
+import asyncio
 import json
 import os
 import subprocess
@@ -7,11 +8,14 @@ import time
 
 import grpc
 import pytest
+import ray
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mixserve.proto import SERVICE, pb2, pb2_grpc
+from mixserve.router.grpc_service import EnsembleServicer
+from mixserve.router.service import EnsembleService
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +76,54 @@ def test_errors_map_to_status_codes(channel):
         assert e.value.code() == code and message in e.value.details()
 
 
-def test_cancel_mid_stream_frees_every_member(channel, server):
+def test_a_cancelled_generate_frees_every_member_at_once(ensemble):
+    """What gRPC does when its client cancels: it cancels the handler's task, wherever that awaits.
+    The request's two samples then end at once, and their sessions are freed on every member before
+    the handler is done."""
+    servicer = EnsembleServicer(EnsembleService(ensemble.router))
+
+    class Context:  # the servicer context's part that Generate uses
+        def __init__(self):
+            self.chunks = asyncio.Queue()
+
+        def invocation_metadata(self):
+            return ()
+
+        async def write(self, chunk):
+            self.chunks.put_nowait(chunk)
+
+    def rows():  # rows the members' forwards computed
+        return sum(ray.get(ensemble.actors[m].stats.remote(), timeout=30)["rows"] for m in "ab")
+
+    async def cancel_after_the_first_chunk():
+        context = Context()
+        handler = asyncio.create_task(servicer.Generate(request(prompt="the moon", max_tokens=4096, seed=2, n=2),
+                                                        context))
+        first = await asyncio.wait_for(context.chunks.get(), 60)
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(handler, 10)
+        return first, await ensemble.router.live_sessions()
+
+    before = rows()
+    first, live = asyncio.run(cancel_after_the_first_chunk())
+    assert first.text and live == {"a": 0, "b": 0}
+    # Uncancelled, the request computes 1077 rows (one sample runs 1022 tokens, the other 55).
+    assert rows() - before < 500
+
+
+def test_cancel_mid_stream_ends_the_call_and_frees_every_member(channel, server):
+    """End to end. gRPC's server learns of a client's cancel at once most times, but at times only when
+    the request would have ended (docs/serving.md, "Errors"), so the bound is the request's own end:
+    what this catches is a session held after it."""
     call = pb2_grpc.EnsembleStub(channel).Generate(request(prompt="the moon", max_tokens=4096, seed=2, n=2),
                                                    timeout=120)
     next(call)
     call.cancel()
-    deadline = time.monotonic() + 3.0  # uncancelled, the two samples would run on to the 1024-token context
+    with pytest.raises(grpc.RpcError) as e:
+        list(call)
+    assert e.value.code() == grpc.StatusCode.CANCELLED
+    deadline = time.monotonic() + 60.0  # both samples to the 1024-token context take about 4 s here
     while any((live := requests.get(server.http + "/health", timeout=5).json()["live_sessions"]).values()):
         assert time.monotonic() < deadline, live
         time.sleep(0.05)
