@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -78,9 +79,13 @@ def test_errors_map_to_status_codes(channel):
 
 def test_a_cancelled_generate_frees_every_member_at_once(ensemble):
     """What gRPC does when its client cancels: it cancels the handler's task, wherever that awaits.
-    The request's two samples then end at once, and their sessions are freed on every member before
-    the handler is done."""
-    servicer = EnsembleServicer(EnsembleService(ensemble.router))
+    The handler runs on gRPC's loop and the request on the router's (router/grpc_service.py), as in
+    the server; the request's two samples then end at once, and their sessions are freed on every
+    member."""
+    home = asyncio.new_event_loop()
+    thread = threading.Thread(target=home.run_forever, daemon=True)
+    thread.start()
+    servicer = EnsembleServicer(EnsembleService(ensemble.router), home)
 
     class Context:  # the servicer context's part that Generate uses
         def __init__(self):
@@ -95,27 +100,40 @@ def test_a_cancelled_generate_frees_every_member_at_once(ensemble):
     def rows():  # rows the members' forwards computed
         return sum(ray.get(ensemble.actors[m].stats.remote(), timeout=30)["rows"] for m in "ab")
 
+    async def live():
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ensemble.router.live_sessions(), home))
+
     async def cancel_after_the_first_chunk():
+        """Checked while gRPC's loop still runs: a request left going would go on there."""
         context = Context()
+        before = rows()
         handler = asyncio.create_task(servicer.Generate(request(prompt="the moon", max_tokens=4096, seed=2, n=2),
                                                         context))
         first = await asyncio.wait_for(context.chunks.get(), 60)
         handler.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(handler, 10)
-        return first, await ensemble.router.live_sessions()
+        deadline = time.monotonic() + 10.0
+        while any((held := await live()).values()):
+            assert time.monotonic() < deadline, held
+            await asyncio.sleep(0.02)
+        return first, rows() - before
 
-    before = rows()
-    first, live = asyncio.run(cancel_after_the_first_chunk())
-    assert first.text and live == {"a": 0, "b": 0}
+    try:
+        first, computed = asyncio.run(cancel_after_the_first_chunk())
+    finally:
+        home.call_soon_threadsafe(home.stop)
+        thread.join(10)
+        home.close()
+    assert first.text
     # Uncancelled, the request computes 1077 rows (one sample runs 1022 tokens, the other 55).
-    assert rows() - before < 500
+    assert computed < 500
 
 
 def test_cancel_mid_stream_ends_the_call_and_frees_every_member(channel, server):
-    """End to end. gRPC's server learns of a client's cancel at once most times, but at times only when
-    the request would have ended (docs/serving.md, "Errors"), so the bound is the request's own end:
-    what this catches is a session held after it."""
+    """End to end, through Serve. How soon the sessions are freed is measured, not asserted
+    (docs/serving.md, "Errors": almost always within 0.04 s, once in 30 tries 1.2 s), so the bound
+    is the request's own end: what this catches is a session held after it."""
     call = pb2_grpc.EnsembleStub(channel).Generate(request(prompt="the moon", max_tokens=4096, seed=2, n=2),
                                                    timeout=120)
     next(call)
