@@ -26,9 +26,9 @@ STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTI
 
 
 class EnsembleServicer(pb2_grpc.EnsembleServicer):
-    def __init__(self, service: EnsembleService, home: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, service: EnsembleService, home: asyncio.AbstractEventLoop):
         self.service = service
-        self.home = home  # the router's loop, when gRPC has a loop of its own (None: the same one)
+        self.home = home  # the router's loop
 
     async def Generate(self, request, context):
         """Chunks written with context.write from one coroutine: when the client cancels, gRPC cancels
@@ -48,11 +48,6 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
     async def _stream(self, plan):
         """The service's stream of the plan, run on the router's loop; closing this closes it there."""
         here = asyncio.get_running_loop()
-        if self.home is None or self.home is here:
-            async with aclosing(self.service.stream(plan)) as items:
-                async for item in items:
-                    yield item
-            return
         arrived: asyncio.Queue = asyncio.Queue()
 
         def put(item) -> None:
