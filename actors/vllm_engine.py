@@ -88,6 +88,8 @@ class VllmEngine(DataPlaneMember):
         if self.device == "cpu":
             longest = getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", None) or CPU_MAX_MODEL_LEN
             options = {**CPU_DEFAULTS, "max_model_len": min(longest, CPU_MAX_MODEL_LEN), **options}
+            if options["enforce_eager"]:
+                _no_compile()
         # One prefill chunk holds a whole context: vLLM's CPU generators cannot rewind a partial
         # prefill's discarded sample (seeded requests fail with "CPU Generator does not use offset").
         options.setdefault("max_num_batched_tokens", max(options.get("max_model_len") or 0, 8192))
@@ -118,6 +120,7 @@ class VllmEngine(DataPlaneMember):
         self.shared_steps = 0  # of those, the ones that advanced two or more requests (batching at work)
         self.requests = 0  # vLLM requests added
         self.compute_s = 0.0
+        self.thread.submit(self._warm).result()
 
     # -- the member interface ------------------------------------------------------------------
 
@@ -383,6 +386,27 @@ class VllmEngine(DataPlaneMember):
         self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
         return outputs
 
+    def _warm(self) -> None:
+        """Each sampling path vLLM treats apart, once alone and once together, before the member says
+        it is ready (in the vLLM thread). What a path does the first time it runs (torch.compile of
+        vLLM's sampler helpers where compilation is on, lazy imports, first allocations) then happens
+        here and not under a request, where it would hold up every run on this member
+        (docs/studies/vllm-first-use.md). Four prompt ids fill no KV block: nothing stays cached."""
+        from vllm import SamplingParams, TokensPrompt
+
+        ids = list(range(1, 5))
+        paths = [dict(temperature=0), dict(seed=0), dict(temperature=0.8, top_p=0.9, top_k=5, seed=0),
+                 dict(seed=0, logprobs=2), dict(temperature=0, prompt_logprobs=1),
+                 dict(temperature=0, prompt_logprobs=-1), dict(seed=0, allowed_token_ids=ids[:2]),
+                 dict(temperature=0, extra_args={self.capture.KEY: "warm"})]
+        for n, batch in enumerate([[p] for p in paths] + [paths]):
+            for i, path in enumerate(batch):
+                params = SamplingParams(max_tokens=2, detokenize=False, ignore_eos=True, **path)
+                self.vllm.add_request(f"warm-{n}-{i}", TokensPrompt(prompt_token_ids=ids), params)
+            while self.vllm.has_unfinished_requests():
+                self.vllm.step()
+        self.capture.ROWS.pop("warm", None)
+
     def _abort(self) -> None:
         """Abort the dropped requests that vLLM still runs (in the vLLM thread, like every call into it)."""
         aborts = []
@@ -414,6 +438,18 @@ def _environment() -> str:
     # Ray already gave this member its CPUs; vLLM's own binding would pin every member to the same cores.
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return "cpu"
+
+
+def _no_compile() -> None:
+    """torch.compile off in this process. A member that runs eager on CPU (CPU_DEFAULTS) would compile
+    only vLLM's sampler helpers (the rank count behind every log-prob), with a C++ compiler, in the
+    vLLM thread, under the first request that asks for log-probs: 10.5 s on an idle 2-core machine
+    with an empty cache, 21 s beside a loaded test suite, every run on the member waiting behind it
+    (docs/studies/vllm-first-use.md). Run eagerly, that first request takes 4 ms."""
+    import torch._dynamo
+
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"  # for anything this process starts
+    torch._dynamo.config.disable = True
 
 
 def _threads(threads: int) -> None:
