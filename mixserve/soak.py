@@ -1,7 +1,7 @@
 """`mixserve soak`: serve a config on loopback, drive a mixed load while faults land, then check every
 answer against a quiet server and count what leaked (docs/architecture.md invariants 1, 3, 6, 7).
 
-Phases: warm-up (the load, no faults), the soak (the load with member kills,
+Phases: warm-up (one request of each kind, then the load, no faults), the soak (the load with member kills,
 pauses and router-replica kills on their own seeded timelines, and clients that drop streams), the
 drain (the server back, every session freed), the quiet replay of every answered request, the
 named sessions' last continuation, then the oracle (mixserve/soak_oracle.py) and the report.
@@ -95,6 +95,9 @@ class Soak:
         setup = await self._setup()
         mix = Mix(self.seed, setup.members, self.config.model_name)
         limit = int(50 * (duration_s + warmup_s))  # a bound on requests, far above what 2 cores serve
+        for spec in mix.primer():
+            self.outcomes.append(out := await self.client.send(spec))
+            mix.finished(out)
         await drive(self.client, mix, self.clock() + warmup_s, workers, self.outcomes, limit)
         await self._drained()
         warm_end = self.clock()

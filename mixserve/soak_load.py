@@ -46,6 +46,7 @@ class Mix:
     and which streams the client drops mid-way."""
 
     def __init__(self, seed: int, members: dict[str, str], model_name: str, disconnect_rate: float = 0.4):
+        self.seed = seed
         self.rng = random.Random(seed)
         self.members = members  # name -> tokenizer fingerprint
         self.model_name = model_name
@@ -53,25 +54,50 @@ class Mix:
         self.count = 0
         self.open_sessions: list[dict] = []  # finished turns that may be continued: {"session", "seed", ...}
 
-    def _weights(self) -> dict[str, float] | None:
-        r = self.rng
+    def _weightings(self, weight) -> list[dict[str, float] | None]:
+        """The weightings a request may carry: the config's, all members, the members that share a
+        tokenizer, one member of each tokenizer (ME across tokenizers, each at `weight()`)."""
         shared = [m for m in self.members if sum(t == self.members[m] for t in self.members.values()) > 1]
-        choices = [None, None, {m: 1.0 for m in self.members}]
+        choices = [None, {m: 1.0 for m in self.members}]
         if len(shared) > 1:
             choices.append({m: (1.0 if m in shared else 0.0) for m in self.members})
-        if len(set(self.members.values())) > 1:  # one member of each tokenizer: ME across tokenizers
+        if len(set(self.members.values())) > 1:
             firsts = {t: m for m, t in reversed(list(self.members.items()))}
-            choices.append({m: (r.choice([1.0, 2.0]) if m in firsts.values() else 0.0) for m in self.members})
-        return r.choice(choices)
+            choices.append({m: (weight() if m in firsts.values() else 0.0) for m in self.members})
+        return choices
 
-    def next(self) -> dict:
+    def _weights(self) -> dict[str, float] | None:
+        r = self.rng
+        return r.choice([None, *self._weightings(lambda: r.choice([1.0, 2.0]))])  # the config's twice as often
+
+    def primer(self) -> list[dict]:
+        """One request of each kind next() draws, for the warm-up to send first and one at a time: no
+        kind reaches the server for the first time under faults. Each member alone, CE and ME over
+        each weighting, greedy, top-p, n > 1, a stop string, chat, streams over HTTP and gRPC, a named
+        session, log-probs with and without echo on each member and on an ensemble of one tokenizer."""
+        kinds = [dict(method="single", member=m, temperature=0.0) for m in self.members]
+        weightings = self._weightings(lambda: 1.0)
+        kinds += [dict(method=method, weights=w) for method in ("ce", "me") for w in weightings]
+        kinds += [dict(method="me", temperature=0.8, top_p=0.9, n=2), dict(method="me", stop=[WORDS[0][:2]]),
+                  dict(method="me", chat=True), dict(method="me", stream=True),
+                  dict(method="me", proto="grpc", stream=True), dict(method="me", session=f"soak-primer-{self.seed}")]
+        for echo in (False, True):
+            kinds += [dict(method="single", member=m, logprobs=2, echo=echo) for m in self.members]
+            kinds += [dict(method="me", weights=w, logprobs=2, echo=echo) for w in weightings if self._one_tokenizer(w)]
+        return [{**self._spec(), "proto": "http", **kind} for kind in kinds]
+
+    def _spec(self) -> dict:
         r = self.rng
         self.count += 1
-        spec = {"i": self.count, "proto": "grpc" if r.random() < 0.3 else "http", "seed": r.randrange(1 << 30),
+        return {"i": self.count, "proto": "grpc" if r.random() < 0.3 else "http", "seed": r.randrange(1 << 30),
                 "max_tokens": r.randint(4, 40), "n": 1, "temperature": 1.0, "top_p": 1.0, "stop": [],
                 "method": None, "member": None, "weights": None, "chat": False, "stream": False,
                 "logprobs": None, "echo": False, "session": None, "continues": None, "disconnect_after": None,
                 "prompt": " ".join(r.choice(WORDS) for _ in range(r.randint(1, 8)))}
+
+    def next(self) -> dict:
+        r = self.rng
+        spec = self._spec()
         if self.open_sessions and r.random() < 0.08:
             return self._continue(spec, self.open_sessions.pop(r.randrange(len(self.open_sessions))))
         kind = r.random()
