@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -162,12 +163,27 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     gate = None
     if raw.get("gate") is not None:
         try:
-            gate = parse_gate(raw["gate"], names)
+            gate = parse_gate(_gate_fields(raw["gate"], base_dir), names)
         except GateError as e:
             raise ConfigError(str(e)) from None
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
                           restarts, plane, host, raw.get("next_run_ahead", True), gate)
+
+
+def _gate_fields(gate, base_dir):
+    """`gate:` is the path of a fitted gate's JSON file, relative to the config's folder (what `mixserve
+    weights fit` writes: a config is for people, a fit's thousands of numbers are an artifact), or the
+    gate's fields themselves."""
+    if not isinstance(gate, str):
+        return gate
+    path = Path(base_dir) / gate
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"gate: cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"gate: {path} is not JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:

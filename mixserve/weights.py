@@ -246,7 +246,8 @@ def leading(scored: list[Scored], names: list[str], say=print, dominant: float =
 
 
 def write_config(config_path: str | Path, out_path: str | Path, report: dict) -> None:
-    """The config as written, with the fitted weights and gate; paths relative to the new file's folder."""
+    """The config as written, with the fitted weights and the gate's file named; paths relative to the new
+    file's folder. Beside it: FILE.gate.json (the gate) and FILE.fit.json (the whole report)."""
     src, out = Path(config_path).resolve().parent, Path(out_path).resolve()
     raw = yaml.safe_load(Path(config_path).read_text())
     for m in raw["members"]:
@@ -255,8 +256,10 @@ def write_config(config_path: str | Path, out_path: str | Path, report: dict) ->
             value = m.get(key)
             if isinstance(value, str) and ":" not in value and not os.path.isabs(value):
                 m[key] = os.path.relpath(src / value, out.parent)
-    raw["gate"] = report["gate"]
+    gate = out.with_suffix(".gate.json")  # beside the config, which names it: a fit's numbers are no reading
+    raw["gate"] = gate.name
     out.parent.mkdir(parents=True, exist_ok=True)
+    gate.write_text(json.dumps(report["gate"], indent=1) + "\n")
     kept = [line for line in Path(config_path).read_text().splitlines() if line.startswith("#")]
     kept = [line for line in kept if not line.startswith(FITTED)]  # a refit says its own numbers
     head = "".join(line + "\n" for line in kept) + (f"{FITTED} on {report['rows']} dev rows: bits per byte "

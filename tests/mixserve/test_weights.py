@@ -99,6 +99,7 @@ def test_the_written_config_parses_with_the_gate_and_its_paths_rebased(tmp_path)
     write_config(src / "pair.yaml", out, report)
     raw = yaml.safe_load(out.read_text())
     assert raw["members"][1]["adapter"] == "../../adapters/arith"  # the same folder, from the new file
+    assert raw["gate"] == "pair.gate.json" and len(out.read_text().splitlines()) < 15  # the fit's numbers beside it
     config = parse_config(raw, out.parent, resolve_models=False)
     assert config.weights == {"g": 0.4, "s": 0.6} and config.gate("a cat") == {"g": 0.2, "s": 0.8}
     assert json.loads(out.with_suffix(".fit.json").read_text())["rows"] == 10
