@@ -66,3 +66,29 @@ def test_a_member_that_stays_down_fails_its_sessions_in_bounded_time_and_others_
     assert e.value.status == 503 and time.monotonic() - started < 3
     assert run(router, method="single", member="a").choices[0].finish_reason == "length"
     assert cores["a"].live_sessions() == 0
+
+
+def test_a_member_back_just_before_the_bound_still_serves_the_request(monkeypatch):
+    """The last try is at member_retry_s itself. On a fake clock: the member is down until 5.75 s of a
+    6 s bound, after the backoff's last full step (tries at 4.55 and 5.55 s, the next 1 s step past
+    the bound)."""
+    from mixserve.router import router as router_module
+
+    now = [0.0]
+
+    async def sleep(seconds):
+        now[0] += seconds
+
+    monkeypatch.setattr(router_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(router_module.asyncio, "sleep", sleep)
+    router, _ = build(retry_s=6.0)
+    tries = []
+
+    async def attempt():
+        tries.append(now[0])
+        if now[0] < 5.75:
+            raise MemberDown("restarting")
+        return "served"
+
+    assert asyncio.run(router._retrying("a", attempt)) == "served"
+    assert tries[-1] == pytest.approx(6.0)  # not given up at 5.55 s with the member back at 5.75
