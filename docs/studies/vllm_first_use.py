@@ -41,14 +41,14 @@ async def main() -> None:
     async def run(name, make):
         for attempt in ("first", "again"):
             t = time.perf_counter()
-            await make(attempt)
+            await make()
             print(f"{name:28s} {attempt}: {time.perf_counter() - t:7.3f} s")
 
     n = iter(range(1000))
-    await run("decode 4 (seeded)", lambda a: engine.whole(StepRequest(f"s{next(n)}", (Segment(tuple(ids)),), 0, 4, sampled, fresh=True)))
-    await run("ce row", lambda a: engine.whole(StepRequest(f"s{next(n)}", (Segment(tuple(ids)),), 0, 0, sampled, distribution=True, fresh=True)))
-    await run("score, top 2", lambda a: engine.score(ids, top=2))
-    await run("score, whole rows", lambda a: engine.score(ids, rows=True))
+    await run("decode 4 (seeded)", lambda: engine.whole(StepRequest(f"s{next(n)}", (Segment(tuple(ids)),), 0, 4, sampled, fresh=True)))
+    await run("ce row", lambda: engine.whole(StepRequest(f"s{next(n)}", (Segment(tuple(ids)),), 0, 0, sampled, distribution=True, fresh=True)))
+    await run("score, top 2", lambda: engine.score(ids, top=2))
+    await run("score, whole rows", lambda: engine.score(ids, rows=True))
     print(f"python {sys.version.split()[0]}, pid {os.getpid()}")
 
 
