@@ -20,12 +20,14 @@ import inspect
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import zmq
 import zmq.asyncio
 import zmq.auth.asyncio
 
 from . import wire
+from .mailbox import Mailbox
 from .messages import StepRequest
 
 log = logging.getLogger(__name__)
@@ -47,25 +49,17 @@ class _OnlyRouter:
         return key == self.public
 
 
+@dataclass
 class Feeds:
-    """An open run's feeds: (delta, fresh, final) as they come, taken together when several wait."""
+    """An open run's feeds, (delta, fresh, final) as the router sends them."""
+    session: str
+    box: Mailbox[tuple] = field(default_factory=Mailbox)
 
-    def __init__(self, session: str):
-        self.session = session
-        self.waiting: list[tuple] = []
-        self.ready = asyncio.Event()
 
-    def put(self, feed) -> None:
-        self.waiting.append(feed)
-        self.ready.set()
-
-    async def take(self) -> tuple[tuple, bool, bool]:
-        while not self.waiting:
-            self.ready.clear()
-            await self.ready.wait()
-        feeds, self.waiting = self.waiting, []
-        # Segments append one after another: several deltas are one. `fresh` only ever comes first.
-        return sum((d for d, _, _ in feeds), ()), feeds[0][1], feeds[-1][2]
+def merged(feeds: list[tuple]) -> tuple[tuple, bool, bool]:
+    """Feeds that piled up during a catch-up, as one: segments append one after another, so several
+    deltas are one; `fresh` only ever comes first."""
+    return sum((d for d, _, _ in feeds), ()), feeds[0][1], feeds[-1][2]
 
 
 class DataPlane:
@@ -108,7 +102,7 @@ class DataPlane:
                 continue
             if kind == "feed":
                 if (feeds := self.feeds.get((peer, rid))) is not None:
-                    feeds.put(body)
+                    feeds.box.put(body)
                     if body[2]:
                         self.arrived[(peer, rid)] = time.time()
                 continue
@@ -149,17 +143,15 @@ class DataPlane:
         (docs/architecture.md, "The next run in flight"). The log arrives in feeds as the other
         member's tokens do; each is caught up at once in this member's batches (what piled up during
         a catch-up goes in one), and the last feed starts the run, which answers on this call's id."""
-        feeds = self.feeds[(peer, rid)]
+        feeds = self.feeds[(peer, rid)].box
         try:
             delta, fresh, final = req.delta, req.fresh, False
-            while True:
-                if final:
-                    break
+            while not final:
                 if delta or fresh:
                     sync = StepRequest(req.session, delta, req.first_step, 0, req.sampling, fresh=fresh)
                     async for _ in self.member.step(sync):
                         pass
-                delta, fresh, final = await feeds.take()
+                delta, fresh, final = merged(await feeds.drain())
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the router replays the session the usual way

@@ -10,13 +10,15 @@ MemberEngine implements actors/protocol.py's Member, as the vLLM engine (actors/
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .dataplane import DataPlaneMember
+from .mailbox import Mailbox
 from .member import MemberCore, SessionCache
 from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sessions import ReleasedIds
@@ -28,34 +30,16 @@ class Job:
     cache: SessionCache
     next_step: int
     forwards: int = 0  # run since the last part was pushed
-    parts: deque = field(default_factory=deque)  # StepResult parts, then None (the end) or an error
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    parts: Mailbox[StepResult] = field(default_factory=Mailbox)  # closed when the run ends
 
     @property
     def done(self) -> bool:
         return self.next_step >= self.req.first_step + self.req.steps
 
-    def push(self, item: StepResult | Exception | None) -> None:
-        self.parts.append(item)
-        self.ready.set()
-
     async def stream(self) -> AsyncIterator[StepResult]:
         """The parts as they come; what piled up while the caller was reading goes as one part."""
-        while True:
-            await self.ready.wait()
-            self.ready.clear()
-            merged = None
-            while self.parts:
-                item = self.parts.popleft()
-                if item is None or isinstance(item, Exception):
-                    if merged is not None:
-                        yield merged
-                    if item is None:
-                        return
-                    raise item
-                merged = join(merged, item)
-            if merged is not None:
-                yield merged
+        while parts := await self.parts.drain():
+            yield functools.reduce(join, parts)
 
 
 class MemberEngine(DataPlaneMember):
@@ -97,7 +81,7 @@ class MemberEngine(DataPlaneMember):
         self.released.add(session)
         job = self.jobs.pop(session, None)
         if job is not None:
-            job.push(None)
+            job.parts.close()
         return self.core.release(session)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
@@ -171,11 +155,13 @@ class MemberEngine(DataPlaneMember):
         job.forwards = 0
         if finish or job.done:
             return self._finish(job, part)
-        job.push(part)
+        job.parts.put(part)
 
     def _finish(self, job: Job, part: StepResult | Exception) -> None:
         del self.jobs[job.req.session]
-        job.push(part)
-        if not isinstance(part, Exception):
-            job.push(None)
+        if isinstance(part, Exception):
+            job.parts.fail(part)
+        else:
+            job.parts.put(part)
+            job.parts.close()
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from .dataplane import DataPlaneMember
 from .loading import ModelSource, chat_fixup, model_dir
+from .mailbox import Mailbox
 from .messages import MemberInfo, Scores, StepRequest, StepResult, join
 from .sampling import run_seed
 from .sessions import ReleasedIds, SessionBook, SessionCache, eos_ids
@@ -50,7 +51,7 @@ class Run:
     cache: SessionCache
     rid: str
     kind: str  # "run" | "row" (ce distribution) | "sync" (eager sync) | "heal" (first token, constrained)
-    parts: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of token ids, then None or an error
+    parts: Mailbox = field(default_factory=Mailbox)  # vLLM's outputs, then the end or an error
     stream: Stream | None = None  # the session's resumable request this run is a chunk of
     sent: list[int] = field(default_factory=list)  # the chunk's ids (a stream's)
     want: int = 0  # tokens the chunk samples: vLLM pauses a stream there without finishing it
@@ -268,10 +269,8 @@ class VllmEngine(DataPlaneMember):
     async def _outputs(self, run: Run) -> AsyncIterator:
         """The request's outputs as vLLM produces them; dropped from vLLM when the reader stops."""
         try:
-            while (item := await run.parts.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
+            async for output in run.parts:
+                yield output
         finally:
             self._drop(run, None)
 
@@ -302,15 +301,18 @@ class VllmEngine(DataPlaneMember):
         s.cached = len(s.ids)
         return torch.softmax(logits[: self.book.vocab_size].double(), dim=-1).float().numpy()
 
-    def _drop(self, run: Run, item) -> None:
-        """Forget a request: aborted in vLLM if it still runs, its reader told it ended."""
+    def _drop(self, run: Run, error: Exception | None) -> None:
+        """Forget a request: aborted in vLLM if it still runs, its reader told it ended (or failed)."""
         if self.runs.get(run.rid) is not run:
             return
         self._forget(run)
         if run.stream is not None and self.streams.open.get(run.stream.session) is run.stream:
             self.streams.close(run.stream.session)  # cut mid-chunk: what vLLM holds is unknown
         self.to_abort.append(run.rid)
-        run.parts.put_nowait(item)
+        if error is None:
+            run.parts.close()
+        else:
+            run.parts.fail(error)
 
     def _forget(self, run: Run) -> None:
         """The run is no longer ours to read from vLLM (finished, paused at its chunk's end, or dropped)."""
@@ -332,7 +334,7 @@ class VllmEngine(DataPlaneMember):
                 for output in outputs:
                     if (run := self.runs.get(output.request_id)) is None:
                         continue  # released meanwhile
-                    run.parts.put_nowait(output)
+                    run.parts.put(output)
                     if run.stream is not None and not output.finished:
                         run.got += output.outputs[0].token_ids
                         if len(run.got) < run.want:
@@ -343,7 +345,7 @@ class VllmEngine(DataPlaneMember):
                     elif run.stream is not None:
                         self.streams.close(run.stream.session)
                     self._forget(run)
-                    run.parts.put_nowait(None)
+                    run.parts.close()
                 if self.streams.open:
                     self.to_abort.extend(self.streams.crowding())
         finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-from collections import deque
 from collections.abc import AsyncIterator
 
 import zmq
@@ -20,34 +19,17 @@ import zmq.asyncio
 
 from mixserve.actors import wire
 from mixserve.actors.dataplane import keys
+from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
 
 from .members import MemberDown, _ray_errors
-
-
-class Inbox:
-    """One call's frames as they arrive (the reader puts, the caller takes)."""
-
-    def __init__(self):
-        self.items: deque = deque()
-        self.ready = asyncio.Event()
-
-    def put(self, item) -> None:
-        self.items.append(item)
-        self.ready.set()
-
-    async def get(self):
-        while not self.items:
-            self.ready.clear()
-            await self.ready.wait()
-        return self.items.popleft()
 
 
 class OpenRun:
     """A run opened ahead on a member: `feed` sends it the log as it grows, `run` the last of it,
     and yields the run's parts; `cancel` drops it (the run before it ended the text)."""
 
-    def __init__(self, channel: Channel, sock, rid: int, inbox: Inbox):
+    def __init__(self, channel: Channel, sock, rid: int, inbox: Mailbox):
         self.channel, self.sock, self.rid, self.inbox = channel, sock, rid, inbox
         self.started = False
 
@@ -74,7 +56,7 @@ class Channel:
         self.endpoint = ""  # the member's address, once connected
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connecting: asyncio.Task | None = None
-        self.pending: dict[int, Inbox] = {}
+        self.pending: dict[int, Mailbox] = {}
         self.ids = itertools.count()
         self.opened = 0  # runs opened ahead (tests, bench)
 
@@ -95,16 +77,16 @@ class Channel:
         """The session's next run on this member, opened now and started by its last feed
         (actors/dataplane.py's `_open`). Only when can_open()."""
         rid = next(self.ids)
-        inbox = self.pending[rid] = Inbox()
+        inbox = self.pending[rid] = Mailbox()
         self._post(self.sock, "open", rid, req)
         self.opened += 1
         return OpenRun(self, self.sock, rid, inbox)
 
-    async def _parts(self, sock, rid: int, inbox: Inbox) -> AsyncIterator[StepResult]:
+    async def _parts(self, sock, rid: int, inbox: Mailbox) -> AsyncIterator[StepResult]:
         done = False
         try:
             while True:
-                kind, body = await inbox.get()
+                kind, body = await anext(inbox)
                 if kind == "part":
                     yield body
                     continue
@@ -113,8 +95,6 @@ class Channel:
                     yield body
                 elif kind == "error":
                     raise wire.error(*body)
-                elif kind == "down":
-                    raise body
                 return
         finally:
             self.pending.pop(rid, None)
@@ -133,13 +113,11 @@ class Channel:
     async def _answer(self, kind: str, body):
         _, rid, inbox = await self._send(kind, body)
         try:
-            kind, body = await inbox.get()
+            kind, body = await anext(inbox)
         finally:
             self.pending.pop(rid, None)
         if kind == "error":
             raise wire.error(*body)
-        if kind == "down":
-            raise body
         return body
 
     def close(self) -> None:
@@ -147,10 +125,10 @@ class Channel:
             self.sock.close(0)
         self.sock = None
 
-    async def _send(self, kind: str, body) -> tuple[zmq.asyncio.Socket, int, Inbox]:
+    async def _send(self, kind: str, body) -> tuple[zmq.asyncio.Socket, int, Mailbox]:
         sock = await self._ready()
         rid = next(self.ids)
-        inbox = self.pending[rid] = Inbox()
+        inbox = self.pending[rid] = Mailbox()
         await sock.send(wire.dumps([kind, rid, body]), copy=False)
         return sock, rid, inbox
 
@@ -209,7 +187,7 @@ class Channel:
             sock.close(0)
         pending, self.pending = self.pending, {}
         for inbox in pending.values():
-            inbox.put(("down", error))
+            inbox.fail(error)
 
 
 def _detached(remote, *args):

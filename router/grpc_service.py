@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mixserve.actors.mailbox import Mailbox
 from mixserve.proto import SERVICE, pb2, pb2_grpc
 
 from .request import GenerateRequest, RequestError
@@ -23,6 +24,9 @@ from .service import EnsembleService
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
           503: grpc.StatusCode.UNAVAILABLE}
+# Chunks the router may be ahead of a slow client by: past it the request waits for the client, as
+# an HTTP stream waits on its socket, instead of piling its text up in this replica's memory.
+CHUNKS_AHEAD = 64
 
 
 class EnsembleServicer(pb2_grpc.EnsembleServicer):
@@ -47,26 +51,20 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
 
     async def _stream(self, plan):
         """The service's stream of the plan, run on the router's loop; closing this closes it there."""
-        here = asyncio.get_running_loop()
-        arrived: asyncio.Queue = asyncio.Queue()
-
-        def put(item) -> None:
-            here.call_soon_threadsafe(arrived.put_nowait, item)
+        arrived = Mailbox(bound=CHUNKS_AHEAD)
 
         async def pump() -> None:  # on the router's loop
             try:
                 async with aclosing(self.service.stream(plan)) as items:
                     async for item in items:
-                        put(item)
-                put(_END)
+                        await arrived.send(item)
+                arrived.close()
             except Exception as e:  # noqa: BLE001 - raised on gRPC's side (a RequestError is answered)
-                put(e)
+                arrived.fail(e)
 
         pumping = asyncio.run_coroutine_threadsafe(pump(), self.home)
         try:
-            while (item := await arrived.get()) is not _END:
-                if isinstance(item, Exception):
-                    raise item
+            async for item in arrived:
                 yield item
         finally:
             pumping.cancel()  # a client gone: the router's stream closes, its samples end, sessions freed
@@ -109,9 +107,6 @@ def _usage_chunk(result: GenerateResult):
         prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
         member_forward_calls=u.member_forward_calls, router_round_trips=u.router_round_trips,
         member_tokens=u.member_tokens), method=result.method, weights=result.weights)
-
-
-_END = object()
 
 
 async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio.Server:
