@@ -94,16 +94,16 @@ class MemberCore(SessionBook):
         Each session attends only to itself (actors/packed.py). With batch_invariant every matrix
         product has the same shape (actors/invariant.py) and each query attends alone, so a session's
         numbers are the same alone, in any batch, or replayed in one prefill."""
-        segments, ids, positions, last = [], [], [], []
+        spans, ids, positions, last = [], [], [], []
         for s in rows:
             if s.cached == len(s.ids):
                 s.cached -= 1  # everything is cached but we need the last position's logits again
             tail = s.ids[s.cached :]
-            segments.append(packed.Segment(s.kv, s.cached, len(ids), len(tail)))
+            spans.append(packed.Span(s.kv, s.cached, len(ids), len(tail)))
             positions.extend(range(s.cached, len(s.ids)))
             ids.extend(tail)
             last.append(len(ids) - 1)
-        logp = self._logp(segments, ids, positions, last)
+        logp = self._logp(spans, ids, positions, last)
         self.rows += len(rows)
         for s in rows:
             s.cached = len(s.ids)
@@ -113,7 +113,7 @@ class MemberCore(SessionBook):
     def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
         """Teacher-forced log-probs of ids[1:], each given the ids before it (echo, logprobs), in one
         forward that touches no session. `rows`: every position's whole row, for a mixture."""
-        logp = self._logp([packed.Segment(packed.KV(), 0, 0, len(ids))], ids, list(range(len(ids))),
+        logp = self._logp([packed.Span(packed.KV(), 0, 0, len(ids))], ids, list(range(len(ids))),
                           list(range(len(ids) - 1)))  # (L-1, vocab)
         targets = torch.tensor(ids[1:], dtype=torch.long)
         chosen = logp.gather(1, targets[:, None])[:, 0]  # (L-1,)
@@ -122,9 +122,9 @@ class MemberCore(SessionBook):
         best = logp.topk(min(top, self.vocab_size), dim=-1)  # (L-1, top) each
         return Scores(chosen.numpy(), best.indices.numpy(), best.values.numpy())
 
-    def _logp(self, segments: list, ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
+    def _logp(self, spans: list, ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
         """One packed model call; log-probs (len(keep), vocab) at the positions in `keep`."""
-        with packed.packing(tuple(segments), per_query=self.batch_invariant), \
+        with packed.packing(tuple(spans), per_query=self.batch_invariant), \
                 invariant.tiles() if self.batch_invariant else contextlib.nullcontext():
             out = self.model(input_ids=torch.tensor([ids], device=self.device),
                              position_ids=torch.tensor([positions], device=self.device), use_cache=False,

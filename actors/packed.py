@@ -45,16 +45,18 @@ class KV:
 
 
 @dataclass(frozen=True)
-class Segment:
+class Span:
+    """One session's new tokens in the packed batch (not a message's Segment: that is unseen log)."""
+
     kv: KV
-    start: int  # position of the segment's first token in its session
+    start: int  # position of the span's first token in its session
     offset: int  # where its tokens sit in the packed batch
     length: int
 
 
 @dataclass(frozen=True)
 class Pack:
-    segments: tuple[Segment, ...]
+    spans: tuple[Span, ...]
     per_query: bool  # every query alone, as in decode: a replayed prefill gives bit-identical numbers
 
 
@@ -62,8 +64,8 @@ _PACK: contextvars.ContextVar[Pack] = contextvars.ContextVar("mixserve_pack")
 
 
 @contextlib.contextmanager
-def packing(segments: tuple[Segment, ...], per_query: bool = False):
-    token = _PACK.set(Pack(segments, per_query))
+def packing(spans: tuple[Span, ...], per_query: bool = False):
+    token = _PACK.set(Pack(spans, per_query))
     try:
         yield
     finally:
@@ -72,14 +74,14 @@ def packing(segments: tuple[Segment, ...], per_query: bool = False):
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, sliding_window=None, softcap=None,
                      **kwargs):
-    """query (1, heads, tokens, dim); key and value (1, kv_heads, tokens, dim): every segment's new
-    tokens. Each segment attends to its own session only, so a session's numbers never depend on
+    """query (1, heads, tokens, dim); key and value (1, kv_heads, tokens, dim): every span's new
+    tokens. Each span attends to its own session only, so a session's numbers never depend on
     who shares the batch."""
     if softcap is not None:
         raise NotImplementedError("attention logit soft-capping (Gemma 2) is not supported")
     pack = _PACK.get()
     outputs = []
-    for seg in pack.segments:
+    for seg in pack.spans:
         span = slice(seg.offset, seg.offset + seg.length)
         k, v = seg.kv.write(module.layer_idx, seg.start, key[0, :, span], value[0, :, span])
         if seg.length == 1 or pack.per_query:

@@ -4,8 +4,8 @@ The config (mixserve/config.py), placement (cluster/placement.py), build_engine 
 the bench ask this table what an engine is; none of them names one. Adding an engine (SGLang, say) is
 its actor in one file beside these, implementing actors/protocol.py's Member, and one row:
 
-    "sglang": Engine("SGLang", "sglang_engine:SglangEngine", options={"mem_fraction_static": float},
-                     library="sglang"),
+    "sglang": EngineKind("SGLang", "sglang_engine:SglangEngine", options={"mem_fraction_static": float},
+                         library="sglang"),
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ DEFAULT = "transformers"
 
 
 @dataclass(frozen=True)
-class Engine:
+class EngineKind:
+    """What an engine is to the config, placement and the bench (not the member engine itself)."""
+
     label: str  # its name in messages ("vLLM")
     actor: str  # "module:Class" in mixserve.actors: the member's Ray actor, imported only where it starts
     core: str | None = None  # "module:Class": the same member in the router's process (tests, ce-sequential)
@@ -45,10 +47,10 @@ class Engine:
         return dict(own, options=dict(member.engine_options)) if self.options else own
 
 
-ENGINES: dict[str, Engine] = {
-    "transformers": Engine("transformers", "engine:MemberEngine", core="member:MemberCore",
+ENGINES: dict[str, EngineKind] = {
+    "transformers": EngineKind("transformers", "engine:MemberEngine", core="member:MemberCore",
                            keys=("max_cached_tokens", "batch_invariant")),
-    "vllm": Engine("vLLM", "vllm_engine:VllmEngine", library="vllm", spans_devices=True, refusals={
+    "vllm": EngineKind("vLLM", "vllm_engine:VllmEngine", library="vllm", spans_devices=True, refusals={
         "batch_invariant": "vLLM's kernels are not batch-invariant; use engine: transformers",
         "max_cached_tokens": "vLLM bounds its KV cache itself: engine_options.kv_cache_space_gib (CPU) or "
                              "gpu_memory_utilization (GPU)"},
