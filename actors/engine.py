@@ -15,66 +15,31 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
+from .batching import BatchingEngine, Job
 from .dataplane import DataPlaneMember
-from .mailbox import Mailbox
-from .member import MemberCore, SessionCache
-from .messages import MemberInfo, Scores, StepRequest, StepResult, join
-from .sessions import ReleasedIds
+from .member import MemberCore
+from .messages import Scores, StepRequest, StepResult, join
 
 
-@dataclass
-class Job:
-    req: StepRequest
-    cache: SessionCache
-    next_step: int
-    forwards: int = 0  # run since the last part was pushed
-    parts: Mailbox[StepResult] = field(default_factory=Mailbox)  # closed when the run ends
-
-    @property
-    def done(self) -> bool:
-        return self.next_step >= self.req.first_step + self.req.steps
-
-    async def stream(self) -> AsyncIterator[StepResult]:
-        """The parts as they come; what piled up while the caller was reading goes as one part."""
-        while parts := await self.parts.drain():
-            yield functools.reduce(join, parts)
-
-
-class MemberEngine(DataPlaneMember):
+class MemberEngine(BatchingEngine, DataPlaneMember):
     def __init__(self, max_batch: int = 16, **core_args):
         self.core = MemberCore(**core_args)
+        super().__init__(self.core.book)
         self.max_batch = max_batch
         self.jobs: OrderedDict[str, Job] = OrderedDict()  # by session, in turn order
-        self.released = ReleasedIds()
         self.loop: asyncio.Task | None = None
         self.batches = 0  # forwards run by the loop, for metrics and tests
         self.compute_s = 0.0  # seconds in forwards (stats)
-
-    def info(self) -> MemberInfo:
-        return self.core.info()
-
-    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
-        return self.core.prompt_ids(prompt, messages)
-
-    def pieces(self) -> list[bytes]:
-        return self.core.pieces()
 
     async def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
         """Off the batching loop (it needs every position's logits), in its own thread."""
         return await asyncio.to_thread(self.core.score, ids, top, rows)
 
-    def live_sessions(self) -> int:
-        return self.core.live_sessions()
-
     def stats(self) -> dict:
         """The core's counters; compute_s is the time the engine thread spent in forwards (the rest of
         a token's time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
         return {**self.core.stats(), "compute_s": self.compute_s, "pid": os.getpid()}
-
-    def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
-        return f"MemberEngine(name={self.core.name})"
 
     def release(self, session: str) -> bool:
         """Free the session and end its run, if one is going (the client went away)."""
@@ -82,14 +47,14 @@ class MemberEngine(DataPlaneMember):
         job = self.jobs.pop(session, None)
         if job is not None:
             job.parts.close()
-        return self.core.release(session)
+        return self.book.release(session)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """The step's tokens, streamed as they are sampled (a caller asks with num_returns="streaming")."""
         if req.session in self.released:
             return
-        job = Job(req, self.core.begin(req, busy=frozenset(self.jobs)), req.first_step)
-        if req.steps and not req.distribution and self.core.full(job.cache):
+        job = Job(req, self.book.begin(req, busy=frozenset(self.jobs)), next_step=req.first_step)
+        if req.steps and not req.distribution and self.book.full(job.cache):
             yield StepResult(finish="length")
             return
         if req.steps == 0 and not req.distribution and job.cache.cached == len(job.cache.ids):
@@ -98,19 +63,11 @@ class MemberEngine(DataPlaneMember):
         if self.loop is None:
             self.loop = asyncio.create_task(self._run())
         try:
-            async for part in job.stream():
-                yield part
+            while parts := await job.parts.drain():  # what piled up while the caller read goes as one
+                yield functools.reduce(join, parts)
         finally:
             if self.jobs.get(req.session) is job:
                 del self.jobs[req.session]
-
-    async def whole(self, req: StepRequest) -> StepResult:
-        """The step as one result, for steps with one part (a ce distribution, a one-token run): a
-        plain call's reply costs less than a stream's item (router/members.py)."""
-        result = StepResult()
-        async for part in self.step(req):
-            result = join(result, part)
-        return result
 
     async def _run(self) -> None:
         try:
@@ -153,7 +110,7 @@ class MemberEngine(DataPlaneMember):
         job.next_step += 1
         part = StepResult([token], [piece], finish, forwards=job.forwards)
         job.forwards = 0
-        if finish or job.done:
+        if finish or job.next_step >= req.first_step + req.steps:
             return self._finish(job, part)
         job.parts.put(part)
 

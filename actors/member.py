@@ -15,13 +15,14 @@ from . import invariant, packed
 from .loading import ModelSource, load
 from .messages import Scores, StepRequest, StepResult
 from .sampling import pick
-from .sessions import SessionBook, SessionCache, eos_ids
+from .sessions import BookFront, SessionBook, SessionCache, eos_ids
 
 
-class MemberCore(SessionBook):
-    """One model and its sessions. `begin` applies a step request's delta, `forward` runs any number
-    of sessions in one packed model call, `advance` samples a session's next token from its row: the
-    batching engine (actors/engine.py) and the whole-run `step` below are both made of these."""
+class MemberCore(BookFront):
+    """One model and its sessions' book. The book's `begin` applies a step request's delta, `forward`
+    runs any number of sessions in one packed model call, `advance` samples a session's next token
+    from its row: the batching engine (actors/engine.py) and the whole-run `step` below are both made
+    of these."""
 
     def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
                  max_sessions: int | None = None, max_cached_tokens: int | None = None,
@@ -33,9 +34,9 @@ class MemberCore(SessionBook):
         self.model, tokenizer = load(source, dtype, self.device)
         packed.register()
         self.model.set_attn_implementation(packed.ATTENTION)
-        super().__init__(name, tokenizer, eos_ids(self.model.generation_config.eos_token_id, tokenizer),
-                         int(getattr(self.model.config, "max_position_embeddings", 1 << 20)),
-                         max_sessions, max_cached_tokens)
+        self.book = SessionBook(name, tokenizer, eos_ids(self.model.generation_config.eos_token_id, tokenizer),
+                                int(getattr(self.model.config, "max_position_embeddings", 1 << 20)),
+                                max_sessions, max_cached_tokens)
         self.batch_invariant = batch_invariant
         self.forwards = 0  # model calls
         self.rows = 0  # sessions advanced, summed over model calls
@@ -43,7 +44,7 @@ class MemberCore(SessionBook):
     def step(self, req: StepRequest) -> StepResult:
         """A whole step in this thread, one session per forward (in-process members and the
         ce-sequential baseline). Same numbers as the batched engine: see `forward`."""
-        s = self.begin(req)
+        s = self.book.begin(req)
         if req.distribution:
             return StepResult(probs=self.forward([s])[0].exp().numpy(), forwards=1)
         tokens: list[int] = []
@@ -51,7 +52,7 @@ class MemberCore(SessionBook):
         finish = ""
         forwards = 0
         while len(tokens) < req.steps:
-            if self.full(s):
+            if self.book.full(s):
                 finish = "length"
                 break
             forwards += 1
@@ -70,7 +71,10 @@ class MemberCore(SessionBook):
         return self.step(req)
 
     def stats(self) -> dict:
-        return {"forwards": self.forwards, "rows": self.rows, "evictions": self.evictions}
+        return {"forwards": self.forwards, "rows": self.rows, "evictions": self.book.evictions}
+
+    def release(self, session: str) -> bool:
+        return self.book.release(session)
 
     def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int,
                 more: bool) -> tuple[int, bytes, str] | None:
@@ -78,13 +82,13 @@ class MemberCore(SessionBook):
         (SessionBook.accept: its piece, and why the run ends; None when token healing kept the word's
         end, and the caller samples the same step again after feeding it). `more`: the run wants
         tokens after this one."""
-        heal, allowed = self.healing(s)
+        heal, allowed = self.book.healing(s)
         if allowed is not None:
             mask = torch.full_like(logp, float("-inf"))
             mask[allowed] = 0.0
             logp = logp + mask
         token = pick(logp, sampling, step)
-        out = self.accept(s, token, heal, more)
+        out = self.book.accept(s, token, heal, more)
         return None if out is None else (token, *out)
 
     @torch.inference_mode()
@@ -119,7 +123,7 @@ class MemberCore(SessionBook):
         chosen = logp.gather(1, targets[:, None])[:, 0]  # (L-1,)
         if rows:
             return Scores(chosen.numpy(), rows=logp.numpy())
-        best = logp.topk(min(top, self.vocab_size), dim=-1)  # (L-1, top) each
+        best = logp.topk(min(top, self.book.vocab_size), dim=-1)  # (L-1, top) each
         return Scores(chosen.numpy(), best.indices.numpy(), best.values.numpy())
 
     def _logp(self, spans: list, ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
@@ -130,5 +134,5 @@ class MemberCore(SessionBook):
                              position_ids=torch.tensor([positions], device=self.device), use_cache=False,
                              logits_to_keep=torch.tensor(keep, device=self.device))
         self.forwards += 1
-        logits = out.logits[0, :, : self.vocab_size].float()
+        logits = out.logits[0, :, : self.book.vocab_size].float()
         return torch.log_softmax(logits, dim=-1).cpu()

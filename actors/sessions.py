@@ -3,8 +3,9 @@
 Both engines keep the same book: the router's deltas turned into this member's token ids (text from
 another tokenizer re-tokenized at the seam, token healing's backed-off token), each sampled token taken
 into the log the same way (its piece, the end of the run, healing's first token), least recently used
-sessions evicted past the configured bounds. The transformers engine (actors/member.py) adds its own
-KV buffers; the vLLM engine (actors/vllm_engine.py) hands the log to vLLM, whose prefix cache is the KV.
+sessions evicted past the configured bounds. Each engine holds a book (BookFront answers the calls it
+alone answers): the transformers core (actors/member.py) keeps its own KV buffers beside it; the vLLM
+engine (actors/vllm_engine.py) hands the log to vLLM, whose prefix cache is the KV.
 """
 from __future__ import annotations
 
@@ -26,23 +27,6 @@ class SessionCache:
     fixed: int = 0  # ids[:fixed] arrived as ids (prompt, shared tokenizer): never re-tokenized; the
     # member's own tokens, sampled or replayed, stay past it (its last one may merge with later text)
     heal: bytes = b""  # token healing: the next token must start with these bytes, already in the log
-
-
-class ReleasedIds:
-    """Recently released session ids. An async actor may run calls out of order: a step that arrives
-    after its session's release is dropped. Bounded: the oldest ids are forgotten."""
-
-    def __init__(self, kept: int = 4096):
-        self.ids: OrderedDict[str, None] = OrderedDict()
-        self.kept = kept
-
-    def add(self, session: str) -> None:
-        self.ids[session] = None
-        while len(self.ids) > self.kept:
-            self.ids.popitem(last=False)
-
-    def __contains__(self, session: str) -> bool:
-        return session in self.ids
 
 
 class SessionBook:
@@ -158,6 +142,28 @@ class SessionBook:
                 s.ids.pop()
                 s.cached = min(s.cached, len(s.ids))
         s.ids.extend(new)
+
+
+class BookFront:
+    """The member calls answered from the session book alone (actors/protocol.py's Member), for every
+    engine and core: each holds its book in `book`, none is one."""
+
+    book: SessionBook
+
+    def info(self) -> MemberInfo:
+        return self.book.info()
+
+    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        return self.book.prompt_ids(prompt, messages)
+
+    def pieces(self) -> list[bytes]:
+        return self.book.pieces()
+
+    def live_sessions(self) -> int:
+        return self.book.live_sessions()
+
+    def __repr__(self) -> str:  # Ray names an actor by it in logs and its state API
+        return f"{type(self).__name__}(name={self.book.name})"
 
 
 def eos_ids(generation_eos, tokenizer) -> tuple[int, ...]:

@@ -41,6 +41,15 @@ class Stream:
     busy: bool = False  # a chunk is in vLLM
 
 
+@dataclass
+class Chunk:
+    """One run's part of a session's stream: the ids it sent and the tokens vLLM sampled so far."""
+    stream: Stream
+    sent: list[int]
+    want: int  # tokens the chunk samples: vLLM pauses a stream there without finishing it
+    got: list[int] = field(default_factory=list)
+
+
 class Streams:
     """The open streams of one vLLM member, by session. Kept by the member's event loop; the calls
     into vLLM (`add`) run in its vLLM thread."""
@@ -77,10 +86,10 @@ class Streams:
         self.opened += 1
         return s, list(ids), closed
 
-    def done(self, s: Stream, sent: list[int], sampled: list[int]) -> None:
+    def done(self, chunk: Chunk) -> None:
         """A chunk ran to its end: vLLM holds what it was sent and what it sampled but the last."""
-        s.held += sent + sampled[:-1]
-        s.busy = False
+        chunk.stream.held += chunk.sent + chunk.got[:-1]
+        chunk.stream.busy = False
 
     def close(self, session: str) -> Stream | None:
         return self.open.pop(session, None)

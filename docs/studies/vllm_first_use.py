@@ -26,11 +26,11 @@ async def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     from mixserve.actors.loading import resolve
     from mixserve.actors.messages import SamplingParams, Segment, StepRequest
-    from mixserve.actors import vllm_engine
+    from mixserve.actors import vllm_setup
     from mixserve.actors.vllm_engine import VllmEngine
 
     if args.compile:
-        vllm_engine._no_compile = lambda: None
+        vllm_setup.no_compile = lambda: None
 
     started = time.perf_counter()
     engine = VllmEngine("a", resolve(args.model), options={"kv_cache_space_gib": 0.25})

@@ -78,7 +78,7 @@ def test_release_ends_a_run_in_flight_and_a_late_step_is_dropped(engine):
 def test_a_distribution_request_is_one_row_of_the_batch(engine):
     req = StepRequest("dist", opening(engine, "dist", "the cat", 0, 0).delta, 0, 0, SamplingParams(), True, True)
     (part,) = asyncio.run(collect(engine, req))
-    assert part.probs.shape == (engine.core.vocab_size,) and abs(part.probs.sum() - 1) < 1e-4
+    assert part.probs.shape == (engine.book.vocab_size,) and abs(part.probs.sum() - 1) < 1e-4
     engine.release("dist")
 
 

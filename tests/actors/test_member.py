@@ -25,7 +25,7 @@ def reference_logp(member, ids):
     member.model.set_attn_implementation("sdpa")
     try:
         with torch.inference_mode():
-            logits = member.model(torch.tensor([ids])).logits[0, -1, : member.vocab_size]
+            logits = member.model(torch.tensor([ids])).logits[0, -1, : member.book.vocab_size]
     finally:
         member.model.set_attn_implementation(packed.ATTENTION)
     return torch.log_softmax(logits.float(), -1)
@@ -57,15 +57,15 @@ def test_text_from_another_tokenizer_is_retokenized_at_the_boundary(member):
     prompt = member.prompt_ids("the")
     out = step(member, "t", [Segment(ids=tuple(prompt))], 0, 2, seed=5)
     step(member, "t", [Segment(text=" moon river".encode()), Segment(text="é".encode()[:1])], 2, 1, seed=5)
-    ids = member.sessions["t"].ids
-    text = b"".join(member.codec.piece(i) for i in ids[len(prompt):-1])
-    assert text == b"".join(member.codec.piece(i) for i in out.tokens) + " moon river".encode() + b"\xc3"
+    ids = member.book.sessions["t"].ids
+    text = b"".join(member.book.codec.piece(i) for i in ids[len(prompt):-1])
+    assert text == b"".join(member.book.codec.piece(i) for i in out.tokens) + " moon river".encode() + b"\xc3"
     assert ids[: len(prompt)] == prompt  # the prompt is never re-tokenized
     member.release("t")
 
 
 def test_full_context_finishes_with_length(member):
-    out = step(member, "c", [Segment(ids=(5,) * (member.context_length - 1))], 0, 5, seed=1)
+    out = step(member, "c", [Segment(ids=(5,) * (member.book.context_length - 1))], 0, 5, seed=1)
     assert out.finish == "length" and len(out.tokens) == 1
     member.release("c")
 
@@ -79,7 +79,7 @@ def test_least_recently_used_sessions_are_evicted_past_max_sessions(tiny_dir):
     small = MemberCore("a", resolve(str(tiny_dir / "a")), max_sessions=2)
     for name in ("x", "y", "z"):
         step(small, name, [Segment(ids=(5, 6))], 0, 1, seed=1)
-    assert list(small.sessions) == ["y", "z"] and small.evictions == 1
+    assert list(small.book.sessions) == ["y", "z"] and small.book.evictions == 1
     with pytest.raises(SessionLost):
         step(small, "x", (), 1, 1)
 
@@ -94,34 +94,34 @@ def test_score_gives_each_tokens_log_prob_given_the_ones_before(member):
         assert abs(float(scores.token_logprobs[t - 1]) - float(ref[ids[t]])) < 1e-4
         assert scores.top_ids[t - 1].tolist() == torch.topk(ref, 3).indices.tolist()
     rows = member.score(ids, rows=True).rows
-    assert rows.shape == (len(ids) - 1, member.vocab_size)
+    assert rows.shape == (len(ids) - 1, member.book.vocab_size)
     assert member.live_sessions() == live  # scoring opens no session
 
 
 @pytest.mark.parametrize("prefix", [b" th", b"e", b"\xff", b"zzzzzz"])
 def test_extending_finds_every_token_that_starts_with_the_bytes(member, prefix):
-    expected = sorted(i for i, p in enumerate(member.codec.pieces) if p.startswith(prefix))
-    assert sorted(member.codec.extending(prefix).tolist()) == expected
+    expected = sorted(i for i, p in enumerate(member.book.codec.pieces) if p.startswith(prefix))
+    assert sorted(member.book.codec.extending(prefix).tolist()) == expected
 
 
 def test_token_healing_respells_the_word_another_tokenizer_left_open(member):
     prompt = tuple(member.prompt_ids("the cat"))
     text = b" the r"  # written by another member, ending mid-word
-    own = member.codec.encode(text)  # how this member spells the other's text: its last token is backed off
+    own = member.book.codec.encode(text)  # how this member spells the other's text: its last token is backed off
     extended = 0
     for seed in range(8):
         plain = member.step(StepRequest("plain", (Segment(ids=prompt), Segment(text=text)), 0, 3,
                                         SamplingParams(seed=seed), fresh=True))
         healed = member.step(StepRequest("healed", (Segment(ids=prompt), Segment(text=text)), 0, 3,
                                          SamplingParams(seed=seed), fresh=True, heal=True))
-        first = member.sessions["healed"].ids[len(prompt) + len(own) - 1]  # the healed token, in its place
+        first = member.book.sessions["healed"].ids[len(prompt) + len(own) - 1]  # the healed token, in its place
         # It starts with the backed-off bytes: either the same token (the word ends there) or a longer one.
-        assert member.codec.piece(first).startswith(member.codec.piece(own[-1]))
-        extended += member.codec.piece(first) != member.codec.piece(own[-1])
+        assert member.book.codec.piece(first).startswith(member.book.codec.piece(own[-1]))
+        extended += member.book.codec.piece(first) != member.book.codec.piece(own[-1])
         # Either way the session's tokens spell exactly the log: prompt, the other's text, our tokens.
         for name, out in (("plain", plain), ("healed", healed)):
-            ids = member.sessions[name].ids
-            assert b"".join(member.codec.piece(i) for i in ids[len(prompt):]) == text + b"".join(out.pieces)
+            ids = member.book.sessions[name].ids
+            assert b"".join(member.book.codec.piece(i) for i in ids[len(prompt):]) == text + b"".join(out.pieces)
         member.release("plain")
         member.release("healed")
     assert extended  # some seeds re-spelt the word with a longer token: healing did something
@@ -136,7 +136,7 @@ def test_a_healed_step_always_writes_new_text(member):
         out = member.step(StepRequest(f"h{seed}", (Segment(ids=prompt), Segment(text=b" the")), 0, 2,
                                       SamplingParams(seed=seed), fresh=True, heal=True))
         assert len(out.tokens) == 2 and out.forwards >= 2
-        assert out.pieces[0] or out.tokens[0] in member.eos_ids, seed
+        assert out.pieces[0] or out.tokens[0] in member.book.eos_ids, seed
         resampled += out.forwards > 2
         member.release(f"h{seed}")
     assert resampled > 0  # the case under test happened

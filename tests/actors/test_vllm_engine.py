@@ -1,5 +1,6 @@
-"""A fresh vLLM member (actors/vllm_engine.py) compiles nothing under its first requests: whatever a
-sampling path does the first time happens before the member is ready (docs/studies/vllm-first-use.md).
+"""A fresh vLLM member (actors/vllm_engine.py, started by actors/vllm_setup.py) compiles nothing under
+its first requests: whatever a sampling path does the first time happens before the member is ready
+(docs/studies/vllm-first-use.md).
 
 Each check runs the engine in a Ray actor of its own, so that what the engine sets for its process
 (torch.compile off on CPU, vLLM's environment) stays out of the test process, and with an empty
@@ -28,11 +29,11 @@ class FirstRequests:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         import torch._dynamo
 
-        from mixserve.actors import vllm_engine
+        from mixserve.actors import vllm_engine, vllm_setup
         from mixserve.actors.loading import resolve
 
         if compile_on:  # as on a GPU, where the member keeps torch.compile
-            vllm_engine._no_compile = lambda: None
+            vllm_setup.no_compile = lambda: None
         engine = vllm_engine.VllmEngine("a", resolve(model), options={"kv_cache_space_gib": 0.25})
         loaded = torch._dynamo.utils.counters["frames"]["ok"]
         asyncio.run(_each_kind(engine))
