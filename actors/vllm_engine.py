@@ -245,7 +245,7 @@ class VllmEngine(BatchingEngine, DataPlaneMember):
             job.parts.fail(error)
 
     def _forget(self, job: Job) -> None:
-        """The run is no longer ours to read from vLLM (finished, paused at its chunk's end, or dropped)."""
+        """The job is no longer ours to read from vLLM (finished, paused at its chunk's end, or dropped)."""
         del self.jobs[job.rid]
         if self.by_session.get(job.req.session if job.req else None) is job:
             del self.by_session[job.req.session]
