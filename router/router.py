@@ -21,13 +21,13 @@ from mixserve.actors.sampling import pick_mixture
 from mixserve.config import EnsembleConfig
 
 from . import logprobs, snapshot
-from .members import CallCancelled, LocalMember, MemberClient, MemberDown
+from .clients import CallCancelled, LocalMember, MemberClient, MemberDown
 from .policies import make_policy
 from .logprobs import LogProbs
 from .request import (GenerateRequest, MemberFailedError, NotFoundError, Plan, RequestError, UnavailableError,
                       validate)
 from .result import Choice, GenerateResult, final, summarize
-from .session import MIXTURE, Chunk, Session
+from .session_log import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
 from .vocab import EOS, SharedVocab, UnionVocab
 
@@ -48,7 +48,7 @@ class Router:
     def __init__(self, config: EnsembleConfig, members: dict[str, MemberClient], infos: dict[str, MemberInfo],
                  metrics=None, store=None):
         self.config = config  # the defaults a request may override, the scheduling and the retry bound
-        self.members = members  # name -> a MemberClient (router/members.py)
+        self.members = members  # name -> a MemberClient (router/clients.py)
         self.infos = infos
         self.eos_ids: dict[str, frozenset[int]] = {}
         for info in infos.values():
@@ -160,7 +160,7 @@ class Router:
         """Free the session on every member that saw it (docs/architecture.md invariant 7), even when the request
         is being cancelled. The calls are sent before the first await, so no cancellation can drop
         them, and as no request's child, so Ray's recursive cancellation cannot either
-        (router/members.py). The wait for their answers runs under a shield and for RELEASE_WAIT_S
+        (router/clients.py). The wait for their answers runs under a shield and for RELEASE_WAIT_S
         at most: a member restarting or paused answers later (a restarted one holds nothing), and
         the request, with its admission slots, must not wait for it (the soak saw gone clients'
         slots held through a member's restart, refusing others with 429).

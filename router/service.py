@@ -12,7 +12,7 @@ from .admission import Admission, OverloadedError
 from .request import GenerateRequest, Plan, RequestError
 from .result import GenerateResult, final
 from .router import Router
-from .session import Chunk
+from .session_log import Chunk
 
 
 class UnauthorizedError(RequestError):

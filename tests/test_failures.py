@@ -13,7 +13,7 @@ import yaml
 from mixserve.api import build_engine
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest, UnavailableError
-from mixserve.router.session import Chunk
+from mixserve.router.session_log import Chunk
 
 
 def config(tiny_dir, member_extra=None, **extra):

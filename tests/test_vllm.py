@@ -19,7 +19,7 @@ from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.api import build_engine
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest
-from mixserve.router.session import Chunk
+from mixserve.router.session_log import Chunk
 from mixserve.tiny import WORDS
 from tests.conftest import _deploy
 from tests.exact import outcome_probs, p_value, two_token_tables
@@ -304,7 +304,7 @@ def _http_and_grpc(server):
 
 def _disconnects(server):
     """Clients that go away mid-stream leave no session on the vLLM member: Serve cancels the
-    request, its runs with it, and the releases still reach the member (router/members.py)."""
+    request, its runs with it, and the releases still reach the member (router/clients.py)."""
     for seed in range(5):
         body = {"model": "a", "prompt": "the river", "max_tokens": 900, "stream": True, "seed": seed, "n": 2}
         with requests.post(server.http + "/v1/completions", json=body, stream=True, timeout=60) as r:

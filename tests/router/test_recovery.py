@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from mixserve.router.members import MemberDown
+from mixserve.router.clients import MemberDown
 from mixserve.router.request import GenerateRequest, UnavailableError
 from tests.fakes import FakeCore, fake_router
 

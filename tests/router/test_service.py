@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from mixserve.router.admission import OverloadedError
-from mixserve.router.members import MemberDown
+from mixserve.router.clients import MemberDown
 from mixserve.router.request import GenerateRequest
 from mixserve.router.service import EnsembleService, UnauthorizedError
 from tests.fakes import FakeCore, fake_router
