@@ -11,12 +11,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from typing import TYPE_CHECKING
 
-from mixserve.actors.messages import SessionLost, StepRequest, StepResult, Segment
+from mixserve.actors.messages import Segment, SessionLost, StepRequest, StepResult
 
 from .clients import CallCancelled, MemberClient, MemberDown
 from .request import MemberFailedError, RequestError, UnavailableError
 from .session_log import Session
+
+if TYPE_CHECKING:
+    from .dataplane import OpenRun
 
 log = logging.getLogger(__name__)
 RELEASE_WAIT_S = 1.0  # how long a finished session waits for its members to confirm the release
@@ -28,6 +32,8 @@ OnPart = Callable[[StepResult], Awaitable[bool]]
 
 
 class MemberCalls:
+    """The router's calls to its members, bounded and retried; one per router."""
+
     def __init__(self, members: dict[str, MemberClient], retry_s: float, metrics=None):
         self.members = members  # name -> a MemberClient (router/clients.py), the router's own dict
         self.retry_s = retry_s  # member_retry_s: the bound on every answer and on the retries
@@ -36,12 +42,12 @@ class MemberCalls:
         self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
 
     async def run(self, s: Session, member: str, request: Request, stats: Counter, on_part: OnPart | None = None,
-                  opened=None) -> StepResult:
+                  opened: OpenRun | None = None) -> StepResult:
         """One run's call that survives the member losing the session (eviction, restart): the log is
         replayed from the prompt (docs/architecture.md invariant 1). `on_part(part)` sees each streamed
         part and returns True when no more are wanted; a retry asks only for the steps still missing.
-        `opened`: the run opened ahead on the member (router/dataplane.py's OpenRun; the first attempt
-        starts it with the rest of the log)."""
+        `opened`: the run opened ahead on the member (the first attempt starts it with the rest of
+        the log)."""
         last = StepResult()
 
         async def attempt():
@@ -50,8 +56,8 @@ class MemberCalls:
                 await sync  # the background catch-up went first: its tokens are off the delta
             fresh = member not in s.cursor  # before take_delta marks the log as seen
             stats.update(trips=1)
-            ahead, opened = opened, None
-            parts = ahead.run(s.take_delta(member), fresh) if ahead is not None else \
+            run, opened = opened, None
+            parts = run.run(s.take_delta(member), fresh) if run is not None else \
                 self.members[member].stream(request(s.take_delta(member), fresh))
             async for part in self.answered(member, parts):
                 stats.update(forwards=part.forwards)

@@ -18,6 +18,8 @@ from .vocab import EOS, SharedVocab, UnionVocab
 
 
 class Prompts:
+    """What a router's requests start from; one per router, its vocabularies cached across requests."""
+
     def __init__(self, infos: dict[str, MemberInfo], calls: MemberCalls, store):
         self.infos = infos
         self.calls = calls

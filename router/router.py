@@ -49,7 +49,7 @@ class Sampling:
     """One session being sampled: what each of its turns needs besides the turn itself."""
 
     plan: Plan
-    s: Session
+    session: Session
     policy: Policy
     stats: Counter  # the request's forwards and router -> member trips
     emit: Callable[[], None]  # streams what is new in the session's text
@@ -165,7 +165,7 @@ class Router:
         lacks (on its first turn, the prompt) while this one decodes, and its run waits only for this
         run's tokens. None where there is no next run, it is this member's or a mixture's, or the
         member cannot open one now."""
-        s = job.s
+        s = job.session
         if not self.config.next_run_ahead or end >= s.step + s.remaining:
             return None
         turn = job.policy.turn(end, s.step + s.remaining - end)
@@ -195,7 +195,7 @@ class Router:
         call whose tokens stream back as they are sampled. With eager_sync the idle members get those
         tokens as they come, and so does the run opened `ahead` on the next member; `opened` is this
         run, opened so during the turn before."""
-        s, member = job.s, turn.members[0]
+        s, member = job.session, turn.members[0]
         idle = [m for m in job.plan.weights if m != member and not (ahead and ahead.member == m)] \
             if self.config.eager_sync else []
         heal = self._heals(job.plan, member)
@@ -228,7 +228,7 @@ class Router:
 
     async def _mix(self, job: Sampling, turn: Turn) -> None:
         """ce: every member's distribution, in parallel; sample from their weighted mixture."""
-        s = job.s
+        s = job.session
         results = await asyncio.gather(*(self.calls.run(s, m, lambda delta, fresh: StepRequest(
             s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh), job.stats) for m in turn.members))
         vocab = self.prompts.vocabs[frozenset(s.tokenizers[m] for m in turn.members)]
