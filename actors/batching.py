@@ -60,7 +60,7 @@ class BatchingEngine(BookFront):
 
     async def whole(self, req: StepRequest) -> StepResult:
         """The step as one result, for steps with one part (a ce distribution, a one-token run): a
-        plain call's reply costs less than a stream's item (router/members.py)."""
+        plain call's reply costs less than a stream's item (router/clients.py)."""
         result = StepResult()
         async for part in self.step(req):
             result = join(result, part)

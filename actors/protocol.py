@@ -18,7 +18,7 @@ class Member(Protocol):
 
     An implementation may define any of them as `async def` (an async generator for `step`): a Ray
     actor's caller awaits a plain and an async method alike. A core called in the router's process
-    (router/members.py's LocalMember) answers `step` whole, with one StepResult, as `whole` does.
+    (router/clients.py's LocalMember) answers `step` whole, with one StepResult, as `whole` does.
     """
 
     def info(self) -> MemberInfo:

@@ -16,7 +16,7 @@ from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
 from mixserve.router.dataplane import Channel
-from mixserve.router.members import LocalMember, RayMember
+from mixserve.router.clients import LocalMember, RayMember
 from mixserve.router.request import GenerateRequest
 from mixserve.router.result import GenerateResult
 from mixserve.router.router import Router

@@ -31,7 +31,7 @@ from mixserve.bench_http import measure_http
 from mixserve.served import served
 from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.result import GenerateResult
-from mixserve.router.session import Chunk
+from mixserve.router.session_log import Chunk
 
 
 @dataclass

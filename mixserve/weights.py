@@ -73,7 +73,7 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 async def score_rows(members: dict, rows: list[dict], progress: bool = True, parallel: int = 8) -> list[Scored]:
-    """Every member's log-probs of every reference; `members` are router/members.py clients of one tokenizer."""
+    """Every member's log-probs of every reference; `members` are router/clients.py clients of one tokenizer."""
     from tqdm import tqdm
 
     names = list(members)

@@ -1,1 +1,1 @@
-"""The router: sessions, policies and the step loop (docs/architecture.md, "router")."""
+"""The router: sessions, policies and the turn loop (docs/architecture.md, "router")."""

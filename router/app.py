@@ -69,7 +69,7 @@ class Ingress:
             except ValueError:
                 raise RequestError("request body is not valid JSON") from None
             req, stream, include_usage = parse(body, chat)
-            plan = self.service.plan(req)
+            plan = self.service.validate(req)
             shaper = Shaper(req.model or self.service.config.model_name, chat)
             if not stream:
                 return shaper.full(await self.service.generate(plan))

@@ -22,7 +22,7 @@ from mixserve.actors.dataplane import keys
 from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
 
-from .members import MemberDown, _ray_errors
+from .clients import MemberDown, _ray_errors
 
 
 class OpenRun:
@@ -192,7 +192,7 @@ class Channel:
 
 def _detached(remote, *args):
     """A Ray call made as no request's child: Serve cancels a gone client's request with
-    ray.cancel(recursive=True), which would cancel the channel's calls too (router/members.py)."""
+    ray.cancel(recursive=True), which would cancel the channel's calls too (router/clients.py)."""
     return contextvars.Context().run(remote, *args)
 
 

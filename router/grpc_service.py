@@ -40,7 +40,7 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
         sessions on every member (tests/router/test_grpc_service.py cancels it as gRPC does)."""
         try:
             self._authorize(context)
-            plan = self.service.plan(GenerateRequest(**_fields(request)))
+            plan = self.service.validate(GenerateRequest(**_fields(request)))
             async with aclosing(self._stream(plan)) as items:
                 async for item in items:
                     await context.write(_usage_chunk(item) if isinstance(item, GenerateResult) else pb2.GenerateChunk(

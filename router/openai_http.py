@@ -14,7 +14,7 @@ from contextlib import aclosing
 from .logprobs import LogProbs
 from .request import GenerateRequest, RequestError
 from .result import GenerateResult
-from .session import Chunk
+from .session_log import Chunk
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                429: "rate_limit_error", 500: "server_error", 503: "server_error"}

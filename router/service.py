@@ -12,7 +12,7 @@ from .admission import Admission, OverloadedError
 from .request import GenerateRequest, Plan, RequestError
 from .result import GenerateResult, final
 from .router import Router
-from .session import Chunk
+from .session_log import Chunk
 
 
 class UnauthorizedError(RequestError):
@@ -44,10 +44,10 @@ class EnsembleService:
         return [ensemble] + [{"id": m.name, "model": m.model, "weight": m.weight,
                               "tokenizer": self.router.infos[m.name].tokenizer} for m in self.config.members]
 
-    def plan(self, req: GenerateRequest) -> Plan:
-        """The request checked, once (the router's plan); a refusal is counted."""
+    def validate(self, req: GenerateRequest) -> Plan:
+        """The request checked, once (the router's validate); a refusal is counted."""
         try:
-            return self.router.plan(req)
+            return self.router.validate(req)
         except RequestError as e:
             self._reject(str(e.status))
             raise

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import msgpack
 
-from .session import Entry
+from .session_log import Entry
 
 VERSION = 1
 STORE_ACTOR = "mixserve_sessions"

@@ -13,7 +13,7 @@ import torch
 from mixserve.actors.messages import MemberInfo, Scores, SessionLost, StepRequest, StepResult
 from mixserve.actors.sampling import pick
 from mixserve.config import parse_config
-from mixserve.router.members import LocalMember
+from mixserve.router.clients import LocalMember
 from mixserve.router.router import Router
 
 EOS = 256

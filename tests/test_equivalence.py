@@ -21,7 +21,7 @@ ALPHA = 1e-9
 class PerSequence(MixtureEnsemble):
     """Deliberately wrong: one member for the whole continuation."""
 
-    def plan(self, step, remaining):
+    def turn(self, step, remaining):
         return Turn((self.choose(0),), remaining)
 
 

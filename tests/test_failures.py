@@ -13,7 +13,7 @@ import yaml
 from mixserve.api import build_engine
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest, UnavailableError
-from mixserve.router.session import Chunk
+from mixserve.router.session_log import Chunk
 
 
 def config(tiny_dir, member_extra=None, **extra):
@@ -45,7 +45,7 @@ def run_killing(engine, req, member):
     the kill lands with nearly the whole generation still to go, so sessions must be replayed into
     the restarted member (checked: its pid changed and the router counted replays into it).
     Returns the text each choice streamed before the kill and in all, and the final result."""
-    victim, replays = pid(engine, member), engine.router.replays[member]
+    victim, replays = pid(engine, member), engine.router.calls.replays[member]
 
     async def run():
         before, streamed, final = None, {}, None
@@ -59,7 +59,7 @@ def run_killing(engine, req, member):
         return before, streamed, final
 
     before, streamed, final = asyncio.run(run())
-    assert engine.router.replays[member] > replays, "the kill landed after the member's last call"
+    assert engine.router.calls.replays[member] > replays, "the kill landed after the member's last call"
     assert pid(engine, member) != victim, "the member was not restarted"
     assert engine.live_sessions() == {"a": 0, "b": 0, "c": 0}
     return before, streamed, final

@@ -19,7 +19,7 @@ from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.api import build_engine
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest
-from mixserve.router.session import Chunk
+from mixserve.router.session_log import Chunk
 from mixserve.tiny import WORDS
 from tests.conftest import _deploy
 from tests.exact import outcome_probs, p_value, two_token_tables
@@ -254,7 +254,7 @@ def test_killed_vllm_member_restarts_and_the_sent_text_stands(ens):
     """On vLLM a run's draws are seeded from its first step, so a run cut by a crash and replayed
     continues differently from the uncut run: what was sent stays, and the request completes."""
     req = GenerateRequest(prompt="the stone", max_tokens=60, seed=12, n=2, weights={"a": 1, "b": 1})
-    victim, replays = pid(ens, "a"), ens.router.replays["a"]
+    victim, replays = pid(ens, "a"), ens.router.calls.replays["a"]
 
     async def kill_after_first_chunk():
         sent, final = {}, None
@@ -269,7 +269,7 @@ def test_killed_vllm_member_restarts_and_the_sent_text_stands(ens):
     sent, final = asyncio.run(kill_after_first_chunk())
     for choice in final.choices:
         assert choice.text == sent[choice.index] and len(choice.token_ids) == 60
-    assert ens.router.replays["a"] > replays, "the kill landed after a's last call"
+    assert ens.router.calls.replays["a"] > replays, "the kill landed after a's last call"
     assert pid(ens, "a") != victim
     assert ens.live_sessions()["a"] == 0
 
@@ -304,7 +304,7 @@ def _http_and_grpc(server):
 
 def _disconnects(server):
     """Clients that go away mid-stream leave no session on the vLLM member: Serve cancels the
-    request, its runs with it, and the releases still reach the member (router/members.py)."""
+    request, its runs with it, and the releases still reach the member (router/clients.py)."""
     for seed in range(5):
         body = {"model": "a", "prompt": "the river", "max_tokens": 900, "stream": True, "seed": seed, "n": 2}
         with requests.post(server.http + "/v1/completions", json=body, stream=True, timeout=60) as r:

@@ -6,7 +6,7 @@ from .base import Turn
 
 class ConventionalEnsemble:
     def __init__(self, weights: dict[str, float]):
-        self.turn = Turn(tuple(weights), 1, tuple(weights.values()))
+        self.every = Turn(tuple(weights), 1, tuple(weights.values()))  # the one turn, at every step
 
-    def plan(self, step: int, remaining: int) -> Turn:
-        return self.turn
+    def turn(self, step: int, remaining: int) -> Turn:
+        return self.every

@@ -21,7 +21,7 @@ class MixtureEnsemble:
         u = uniform(self.seed, step, CHOICE) * self.bounds[-1]
         return self.names[min(bisect.bisect_right(self.bounds, u), len(self.names) - 1)]
 
-    def plan(self, step: int, remaining: int) -> Turn:
+    def turn(self, step: int, remaining: int) -> Turn:
         member = self.choose(step)
         steps = 1
         # Fixed weights do not depend on the text, so the whole run of steps this member owns is

@@ -8,5 +8,5 @@ class SingleMember:
     def __init__(self, member: str):
         self.member = member
 
-    def plan(self, step: int, remaining: int) -> Turn:
+    def turn(self, step: int, remaining: int) -> Turn:
         return Turn((self.member,), remaining)

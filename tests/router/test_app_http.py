@@ -86,7 +86,7 @@ def test_bad_requests_get_openai_style_errors(server, body, status, param, messa
 def test_a_client_that_disconnects_mid_stream_frees_every_member(server):
     # Ten times: Serve cancels the request's member calls with it, and a release caught in that
     # cancellation left a session held for good (first at the 1st, 11th, 37th disconnect in three
-    # runs here; router/members.py).
+    # runs here; router/clients.py).
     for seed in range(10):
         body = {"prompt": "the river", "max_tokens": 4096, "stream": True, "seed": seed, "n": 3}
         with post(server, "/v1/completions", body, stream=True) as r:

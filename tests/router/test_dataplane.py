@@ -13,7 +13,7 @@ from mixserve.actors import wire
 from mixserve.actors.dataplane import keys
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.api import build_engine
-from mixserve.router.members import RayMember
+from mixserve.router.clients import RayMember
 
 
 def _ask(sock: zmq.Socket, session: str, timeout_ms: int):

@@ -1,6 +1,6 @@
 """Catching up in the background through real member actors, and the text the same as without it: the
 next run opened ahead on its member (router/router.py `_open_next`), and eager_sync, which catches
-every idle member up (`_sync_idle`)."""
+every idle member up (router/calls.py `MemberCalls.sync_idle`)."""
 import asyncio
 import time
 

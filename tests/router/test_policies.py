@@ -16,7 +16,7 @@ def test_me_runs_cover_exactly_the_per_step_choices():
     runs = make_policy("me", {"a": 0.5, "b": 0.5}, None, seed=9, runs=True)
     step, seen = 0, []
     while step < 2000:
-        turn = runs.plan(step, 2000 - step)
+        turn = runs.turn(step, 2000 - step)
         assert all(runs.choose(t) == turn.members[0] for t in range(step, step + turn.steps))
         seen.append(turn.steps)
         step += turn.steps
@@ -24,11 +24,11 @@ def test_me_runs_cover_exactly_the_per_step_choices():
     # Equal weights: turns per token is 1 - sum(w^2) = 0.5, sd 0.011 at 2000 steps; 0.075 is 6.7 sd.
     assert 0.425 < len(seen) / 2000 < 0.575
     no_runs = make_policy("me", {"a": 0.5, "b": 0.5}, None, seed=9, runs=False)
-    assert no_runs.plan(0, 2000).steps == 1
+    assert no_runs.turn(0, 2000).steps == 1
 
 
 def test_single_and_ce_turns():
-    assert make_policy("single", {"b": 1.0}, "b", seed=0, runs=True).plan(3, 7).members == ("b",)
-    assert make_policy("single", {"b": 1.0}, "b", seed=0, runs=True).plan(3, 7).steps == 7
-    turn = make_policy("ce", {"a": 0.25, "b": 0.75}, None, seed=0, runs=True).plan(0, 5)
+    assert make_policy("single", {"b": 1.0}, "b", seed=0, runs=True).turn(3, 7).members == ("b",)
+    assert make_policy("single", {"b": 1.0}, "b", seed=0, runs=True).turn(3, 7).steps == 7
+    turn = make_policy("ce", {"a": 0.25, "b": 0.75}, None, seed=0, runs=True).turn(0, 5)
     assert turn.members == ("a", "b") and turn.weights == (0.25, 0.75) and turn.steps == 1

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from mixserve.router.members import MemberDown
+from mixserve.router.clients import MemberDown
 from mixserve.router.request import GenerateRequest, UnavailableError
 from tests.fakes import FakeCore, fake_router
 
@@ -72,15 +72,15 @@ def test_a_member_back_just_before_the_bound_still_serves_the_request(monkeypatc
     """The last try is at member_retry_s itself. On a fake clock: the member is down until 5.75 s of a
     6 s bound, after the backoff's last full step (tries at 4.55 and 5.55 s, the next 1 s step past
     the bound)."""
-    from mixserve.router import router as router_module
+    from mixserve.router import calls as calls_module
 
     now = [0.0]
 
     async def sleep(seconds):
         now[0] += seconds
 
-    monkeypatch.setattr(router_module.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(router_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr(calls_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(calls_module.asyncio, "sleep", sleep)
     router, _ = build(retry_s=6.0)
     tries = []
 
@@ -90,5 +90,5 @@ def test_a_member_back_just_before_the_bound_still_serves_the_request(monkeypatc
             raise MemberDown("restarting")
         return "served"
 
-    assert asyncio.run(router._retrying("a", attempt)) == "served"
+    assert asyncio.run(router.calls.retrying("a", attempt)) == "served"
     assert tries[-1] == pytest.approx(6.0)  # not given up at 5.55 s with the member back at 5.75

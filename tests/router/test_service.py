@@ -4,7 +4,7 @@ import asyncio
 import pytest
 
 from mixserve.router.admission import OverloadedError
-from mixserve.router.members import MemberDown
+from mixserve.router.clients import MemberDown
 from mixserve.router.request import GenerateRequest
 from mixserve.router.service import EnsembleService, UnauthorizedError
 from tests.fakes import FakeCore, fake_router
@@ -32,8 +32,8 @@ def test_health_is_degraded_while_a_member_does_not_answer(service):
 def test_admission_refuses_past_the_limit_and_frees_slots_afterwards(service):
     svc, _ = service
     with pytest.raises(OverloadedError, match="limit of 4 concurrent sessions"):
-        asyncio.run(svc.generate(svc.plan(GenerateRequest(prompt="x", n=5))))
-    done = asyncio.run(svc.generate(svc.plan(GenerateRequest(prompt="x", n=4, max_tokens=3))))
+        asyncio.run(svc.generate(svc.validate(GenerateRequest(prompt="x", n=5))))
+    done = asyncio.run(svc.generate(svc.validate(GenerateRequest(prompt="x", n=4, max_tokens=3))))
     assert done.usage.completion_tokens == 12
     assert svc.admission.active == 0
 
@@ -47,7 +47,7 @@ def test_a_request_is_checked_once_on_its_way_through(service, monkeypatch):
     calls = []
     real = router_module.validate
     monkeypatch.setattr(router_module, "validate", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    plan = svc.plan(GenerateRequest(prompt="x", max_tokens=3, seed=1, model="b"))
+    plan = svc.validate(GenerateRequest(prompt="x", max_tokens=3, seed=1, model="b"))
     result = asyncio.run(svc.generate(plan))
     assert calls == [1] and result.method == "single" and result.choices[0].members == ["b"] * 3
 

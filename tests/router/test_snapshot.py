@@ -6,12 +6,12 @@ import pytest
 import ray
 import yaml
 
-from mixserve.router.members import LocalMember
+from mixserve.router.clients import LocalMember
 from mixserve.router.request import GenerateRequest, NotFoundError, RequestError
 from mixserve.api import build_engine
 from mixserve.config import parse_config
 from mixserve.router.snapshot import CAPACITY, STORE_ACTOR, SessionStore, dump, load
-from mixserve.router.session import Entry
+from mixserve.router.session_log import Entry
 from tests.fakes import FakeCore, fake_router
 
 

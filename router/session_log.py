@@ -65,6 +65,7 @@ class Session:
 
     @property
     def step(self) -> int:
+        """The number of the step sampled next: a counter, the one meaning of "step" in the router."""
         return len(self.log)
 
     @property

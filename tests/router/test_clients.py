@@ -6,7 +6,7 @@ import time
 import pytest
 import ray
 
-from mixserve.router.members import RayMember
+from mixserve.router.clients import RayMember
 
 
 @ray.remote(num_cpus=0, max_concurrency=1, concurrency_groups={"probe": 1})

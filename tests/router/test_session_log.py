@@ -1,6 +1,6 @@
 """The session state machine alone: deltas, cursors, stops (plain Python, milliseconds)."""
 from mixserve.actors.messages import SamplingParams, Segment
-from mixserve.router.session import MIXTURE, Session
+from mixserve.router.session_log import MIXTURE, Session
 
 
 def make(stop=(), max_tokens=10, tokenizers=None):

@@ -26,7 +26,7 @@ class MemberClient(Protocol):
     def live_sessions(self) -> Awaitable[int]: ...
 
     def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
-        """The step's tokens as the member samples them (its Member.step)."""
+        """A run's tokens as the member samples them (its Member.step)."""
 
     def release(self, session: str) -> Awaitable[bool]: ...
 
@@ -106,7 +106,7 @@ class RayMember(_Typed):
 
 
 class LocalMember(_Typed):
-    """A core called in this process. Its step runs whole (no batching): the baseline and the fakes."""
+    """A core called in this process. A run is answered whole (no batching): the baseline and the fakes."""
 
     def __init__(self, core):
         self.core = core
