@@ -12,7 +12,7 @@ import zmq
 from mixserve.actors import wire
 from mixserve.actors.dataplane import keys
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.router.members import RayMember
 
 
@@ -54,7 +54,7 @@ def _without_channels(engine, **request):
 def engine(request, tiny_dir, ray_local):
     """The shared-tokenizer pair, and members with different tokenizers; each closed after its test
     (the session's ensembles take the local Ray's CPUs)."""
-    with build_engine(tiny_dir / request.param) as engine:
+    with build_ensemble(tiny_dir / request.param) as engine:
         yield engine
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mixserve.router.members import LocalMember, MemberDown
-from mixserve.router.openai_http import error_body
+from mixserve.serving.openai_http import error_body
 from mixserve.router.request import GenerateRequest, MemberFailedError, RequestError, UnavailableError
 from tests.fakes import EOS, FakeCore, fake_router
 
