@@ -54,10 +54,10 @@ class Router:
         for info in infos.values():
             self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
         self.vocabs: dict[frozenset[str], SharedVocab | UnionVocab] = {}  # ce: members' tokenizers -> vocabulary
-        self.metrics = metrics  # mixserve/serving/metrics.py in a server; None in the CLI and tests
+        self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
         self.store = store or LocalMember(SessionStore())  # session snapshots, by id
         # `mixserve bench` sets a deque here: per switch, (session, first step, member, the run before's
-        # last token in, this run's call sent, its first token in), wall clock (mixserve/bench/switch.py)
+        # last token in, this run's call sent, its first token in), wall clock (mixserve/bench_switch.py)
         self.trace = None
         self.syncs: dict[tuple[str, str], asyncio.Task] = {}  # (session, member) -> its background catch-up
         self.replays: Counter = Counter()  # member -> sessions replayed into it after it lost them (invariant 1)
