@@ -2,16 +2,16 @@
 after the soak against the same role once warm-up was over."""
 from types import SimpleNamespace
 
-from mixserve import soak_memory
+from mixserve.soak import memory
 from mixserve.soak.memory import MemoryWatch
 
 
 def _watch(monkeypatch, timeline):
     """timeline: [(t, {name: (pid, bytes)})]; sampled in order."""
     now = {"t": 0.0, "procs": {}}
-    monkeypatch.setattr(soak_memory, "pids", lambda: {n: p for n, (p, _) in now["procs"].items()})
+    monkeypatch.setattr(memory, "pids", lambda: {n: p for n, (p, _) in now["procs"].items()})
     sizes = lambda pid: next(b for p, b in now["procs"].values() if p == pid)  # noqa: E731
-    monkeypatch.setattr(soak_memory.psutil, "Process",
+    monkeypatch.setattr(memory.psutil, "Process",
                         lambda pid: SimpleNamespace(memory_info=lambda: SimpleNamespace(rss=sizes(pid))))
     watch = MemoryWatch(lambda: now["t"], warmup_s=30)
     for t, procs in timeline:
