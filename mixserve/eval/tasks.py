@@ -59,12 +59,17 @@ HELD_OUT = [
 ]
 
 
+def _opening(rng: random.Random, low: int, high: int) -> tuple[str, str, int, str]:
+    """Who, what and how many a word problem starts with, drawn in this order (the rows depend on it)."""
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    total = rng.randint(low, high)
+    return name, thing, total, f"{name} has {total} {thing}."
+
+
 def arithmetic(n: int, rng: random.Random) -> list[dict]:
     out = []
     for _ in range(n):
-        name, thing = rng.choice(NAMES), rng.choice(THINGS)
-        total = rng.randint(2, 9)
-        text = f"{name} has {total} {thing}."
+        name, thing, total, text = _opening(rng, 2, 9)
         for _ in range(rng.choice((2, 3))):
             if rng.random() < 0.5 or total < 2:
                 k = rng.randint(1, 9)
@@ -84,9 +89,7 @@ def arithmetic2(n: int, rng: random.Random) -> list[dict]:
     arithmetic(): its draws, and so mixserve_arith's rows, must stay as they were."""
     out = []
     for _ in range(n):
-        name, thing = rng.choice(NAMES), rng.choice(THINGS)
-        total = rng.randint(10, 99)
-        text = f"{name} has {total} {thing}."
+        name, thing, total, text = _opening(rng, 10, 99)
         for _ in range(rng.choice((1, 2))):
             divisors = [k for k in range(2, 10) if total % k == 0]
             steps = ["add"] + ["take"] * (total > 10) + ["times"] * (total < 100) + ["split"] * bool(divisors)
