@@ -27,6 +27,9 @@ MEMBER_PREFIX = "mixserve_member:"
 
 
 class Ensemble:
+    """A built ensemble: its config, the router over its members, and the member actors it owns (named
+    so that neither a member's engine nor the engine table shares the word)."""
+
     def __init__(self, config: EnsembleConfig, router: Router, actors: dict):
         self.config = config
         self.router = router
