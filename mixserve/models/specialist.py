@@ -4,7 +4,7 @@ adapter (peft) trained on arithmetic word problems that this module generates fr
 
 The training problems share nothing with `mixserve eval`'s arithmetic tasks or the dev split
 (mixserve/eval/tasks.py) but the arithmetic and the "Question: ...\\nAnswer:" frame the tasks ask in:
-other names, other things, other sentences (tests/mixserve/test_specialist.py checks it). The answer
+other names, other things, other sentences (tests/models/test_specialist.py checks it). The answer
 comes first, as the tasks read the reply's first number. Same seed, same settings, same adapter on
 the same machine.
 

@@ -40,7 +40,7 @@ def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path):
     a = report["rows"]["a"]  # the mixed suite: the mean of the three accuracy tasks
     assert a["mixed"]["value"] == pytest.approx(sum(a[t]["value"] for t in ("mixserve_arith", "mixserve_facts", "mixserve_mc")) / 3)
     # ME's samples against the mixture: across three tokenizers the members' top texts may share too
-    # few to test (passed is then None); tests/mixserve/test_eval_check.py passes it on a shared one.
+    # few to test (passed is then None); tests/eval/test_eval_check.py passes it on a shared one.
     assert report["mixture_check"]["samples"] == 300 and report["mixture_check"]["passed"] is not False
     table = (tmp_path / "eval.md").read_text()
     assert table.startswith("| row | arithmetic") and table in done.stdout
