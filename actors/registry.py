@@ -1,6 +1,6 @@
 """The member engines, by the name a config gives them (docs/architecture.md, "Engines").
 
-The config (mixserve/config.py), placement (cluster/placement.py), build_engine (mixserve/api.py) and
+The config (mixserve/config.py), placement (cluster/placement.py), build_ensemble (mixserve/serving/ensemble.py) and
 the bench ask this table what an engine is; none of them names one. Adding an engine (SGLang, say) is
 its actor in one file beside these, implementing actors/protocol.py's Member, and one row:
 

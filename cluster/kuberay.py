@@ -47,7 +47,7 @@ def render(raw: dict, image: str) -> dict:
         "applications": [{
             "name": "mixserve",
             "route_prefix": "/",
-            "import_path": "mixserve.router.app:app_builder",
+            "import_path": "mixserve.serving.app:app_builder",
             "args": {"ensemble": pinned(raw), "grpc_host": "0.0.0.0", "grpc_port": GRPC_PORT,
                      "ingress_resources": {INGRESS_RESOURCE: 1}},
         }],

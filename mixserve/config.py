@@ -17,10 +17,12 @@ import yaml
 
 from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve, with_adapter
 from mixserve.actors import registry
-from mixserve.router.gate import ClusterGate, GateError, parse_gate
-from mixserve.router.policies import METHODS
-from mixserve.router.snapshot import CAPACITY
+from mixserve.gate import ClusterGate, GateError, parse_gate
 
+# Owned here, not by the router, so that the config imports no layer above the members (docs/architecture.md,
+# "Layout"): the policies (router/policies/) and the session store (router/snapshot.py) take them from here.
+METHODS = ("me", "ce", "single")
+CAPACITY = 10_000  # named sessions' snapshots kept by default (max_stored_sessions)
 DATA_PLANES = ("zmq", "ray")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
@@ -80,7 +82,7 @@ class EnsembleConfig:
     data_plane: str = "zmq"
     data_plane_host: str | None = None  # where members listen; default loopback or the node's IP, never all
     next_run_ahead: bool = True  # open the next member's run while this one decodes (zmq data plane only)
-    gate: ClusterGate | None = None  # weights from the prompt (router/gate.py; `mixserve weights fit` writes it)
+    gate: ClusterGate | None = None  # weights from the prompt (mixserve/gate.py; `mixserve weights fit` writes it)
 
     @property
     def weights(self) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """A generation request and its validation: the edge where user input becomes trusted types. The
-ingresses (router/openai_http.py, router/grpc_service.py) only translate their wire format into a
+ingresses (mixserve/serving/openai_http.py, mixserve/serving/grpc_service.py) only translate their wire format into a
 GenerateRequest; `validate` checks it, once, and the router runs the Plan it returns unchecked."""
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
     and nothing is checked again after it. `model` may name the ensemble (`model_name`) or a member.
     What needs the members' tokenizers (ce across them, token ids in or out) is checked given their
     `infos`: the router has them; the CLI, before any actor starts, checks the rest. The weights: the
-    request's, else the gate's for the prompt's text (router/gate.py), else the config's."""
+    request's, else the gate's for the prompt's text (mixserve/gate.py), else the config's."""
     members = list(members)
     _check_session(req)
     method, member = _model(req, members, model_name, method)

@@ -61,11 +61,11 @@ class Router:
         self.config = config  # the defaults a request may override, the scheduling and the retry bound
         self.members = members  # name -> a MemberClient (router/clients.py)
         self.infos = infos
-        self.metrics = metrics  # router/metrics.py in a server; None in the CLI and tests
+        self.metrics = metrics  # mixserve/serving/metrics.py in a server; None in the CLI and tests
         self.calls = MemberCalls(members, config.member_retry_s, metrics)
         self.prompts = Prompts(infos, self.calls, store or LocalMember(SessionStore()))
         # `mixserve bench` sets a deque here: per switch, (session, first step, member, the run before's
-        # last token in, this run's call sent, its first token in), wall clock (mixserve/bench_switch.py)
+        # last token in, this run's call sent, its first token in), wall clock (mixserve/bench/switch.py)
         self.trace = None
 
     def validate(self, req: GenerateRequest) -> Plan:

@@ -7,11 +7,12 @@ from collections import OrderedDict
 
 import msgpack
 
+from mixserve.config import CAPACITY
+
 from .session_log import Entry
 
 VERSION = 1
 STORE_ACTOR = "mixserve_sessions"
-CAPACITY = 10_000  # snapshots kept by default (config: max_stored_sessions)
 
 
 def dump(prompt_ids: dict[str, list[int]], log: list[Entry]) -> bytes:

@@ -21,7 +21,7 @@ MAX_SESSIONS = 40
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from mixserve.tiny import make_tiny
+    from mixserve.models.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny"))
 
@@ -41,17 +41,17 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def ensemble(tiny_dir, ray_local):
-    from mixserve.api import build_engine
+    from mixserve.serving.ensemble import build_ensemble
 
-    with build_engine(tiny_dir / "ensemble.yaml") as engine:
+    with build_ensemble(tiny_dir / "ensemble.yaml") as engine:
         yield engine
 
 
 @pytest.fixture(scope="session")
 def hetero(tiny_dir, ray_local):
-    from mixserve.api import build_engine
+    from mixserve.serving.ensemble import build_ensemble
 
-    with build_engine(tiny_dir / "hetero.yaml") as engine:
+    with build_ensemble(tiny_dir / "hetero.yaml") as engine:
         yield engine
 
 
@@ -82,7 +82,7 @@ def _deploy(tiny_dir, serve_instance, name: str, prefix: str, raw: dict) -> Serv
     from ray import serve
 
     from mixserve.config import load_config
-    from mixserve.router.app import build_app
+    from mixserve.serving.app import build_app
 
     path = tiny_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

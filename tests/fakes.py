@@ -90,7 +90,7 @@ class FakeCore:
 
 
 def fake_router(cores: dict[str, FakeCore], weights: dict[str, float], store=None, **keys) -> Router:
-    """A router over fake members, built as build_engine builds one: from a config (these members'
+    """A router over fake members, built as build_ensemble builds one: from a config (these members'
     weights and any top-level `keys`) and the members' infos."""
     members = [{"name": m, "model": m, "weight": w} for m, w in weights.items()]
     config = parse_config({"members": members, **keys}, resolve_models=False)

@@ -4,7 +4,7 @@ import asyncio
 
 import yaml
 
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.router.request import GenerateRequest
 
 
@@ -32,7 +32,7 @@ def test_run_length_scheduling_off_gives_the_same_text(ensemble, tiny_dir, tmp_p
         m["model"] = str(tiny_dir / m["model"])
     (tmp_path / "steps.yaml").write_text(yaml.safe_dump(config))
     with_runs = ensemble.generate(prompt="a river", max_tokens=60, seed=3, n=3)
-    with build_engine(tmp_path / "steps.yaml") as per_step:
+    with build_ensemble(tmp_path / "steps.yaml") as per_step:
         without = per_step.generate(prompt="a river", max_tokens=60, seed=3, n=3)
     assert tokens(without) == tokens(with_runs)
     assert without.usage.router_round_trips == without.usage.completion_tokens

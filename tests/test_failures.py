@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest, UnavailableError
 from mixserve.router.session_log import Chunk
@@ -28,7 +28,7 @@ def engine(tiny_dir, ray_local):
     """a and b share a tokenizer, c has its own; bit-exact whatever the batch. Each kill below takes
     a different member, so each restarts once (a member restarts 3 times at most)."""
     members = [{"name": m, "model": m, "batch_invariant": True, "resources": {"num_cpus": 0.25}} for m in "abc"]
-    with build_engine(parse_config({"members": members, "member_retry_s": 120}, tiny_dir)) as e:
+    with build_ensemble(parse_config({"members": members, "member_retry_s": 120}, tiny_dir)) as e:
         yield e
 
 
@@ -98,7 +98,7 @@ def test_member_killed_across_tokenizers_completes_and_the_sent_text_stands(engi
 
 
 def test_member_that_stays_down_fails_with_503_and_single_on_the_other_works(tiny_dir, ray_local):
-    with build_engine(config(tiny_dir, member_retry_s=2)) as engine:
+    with build_ensemble(config(tiny_dir, member_retry_s=2)) as engine:
         ray.kill(engine.actors["a"], no_restart=True)
         started = time.monotonic()
         with pytest.raises(UnavailableError, match="member 'a' is unavailable"):
@@ -110,12 +110,12 @@ def test_member_that_stays_down_fails_with_503_and_single_on_the_other_works(tin
 
 def test_eviction_past_max_sessions_replays_and_changes_nothing(tiny_dir):
     req = GenerateRequest(prompt="a stone", max_tokens=40, seed=3, n=6)
-    with build_engine(config(tiny_dir), in_process=True) as unbounded:
+    with build_ensemble(config(tiny_dir), in_process=True) as unbounded:
         expected = unbounded.generate(req)
-    with build_engine(config(tiny_dir, {"max_sessions": 2}), in_process=True) as bounded:
+    with build_ensemble(config(tiny_dir, {"max_sessions": 2}), in_process=True) as bounded:
         got = bounded.generate(req)
-        assert sum(m.core.book.evictions for m in bounded.router.members.values()) > 0
-        assert max(len(m.core.book.sessions) for m in bounded.router.members.values()) <= 2
+        assert sum(m.core.book.evictions for m in bounded.router.clients.values()) > 0
+        assert max(len(m.core.book.sessions) for m in bounded.router.clients.values()) <= 2
     assert texts(got) == texts(expected)
 
 
@@ -125,13 +125,13 @@ def test_eviction_across_tokenizers_replays_and_changes_nothing(tiny_dir):
     follows as it did when it sampled it (sent back as fixed ids, 26 of 200 texts differed)."""
     raw = yaml.safe_load((tiny_dir / "hetero.yaml").read_text())
     req = GenerateRequest(prompt="a stone", max_tokens=60, seed=5, n=8)
-    with build_engine(parse_config(raw, tiny_dir), in_process=True) as unbounded:
+    with build_ensemble(parse_config(raw, tiny_dir), in_process=True) as unbounded:
         expected = unbounded.generate(req)
     for m in raw["members"]:
         m["max_sessions"] = 1
-    with build_engine(parse_config(raw, tiny_dir), in_process=True) as bounded:
+    with build_ensemble(parse_config(raw, tiny_dir), in_process=True) as bounded:
         got = bounded.generate(req)
-        assert sum(m.core.book.evictions for m in bounded.router.members.values()) > 0
+        assert sum(m.core.book.evictions for m in bounded.router.clients.values()) > 0
     assert texts(got) == texts(expected)
 
 
@@ -141,6 +141,6 @@ def test_a_restarted_router_continues_a_session_from_its_snapshot(tiny_dir, ense
     session = uuid.uuid4().hex
     whole = ensemble.generate(prompt="the sun", max_tokens=30, seed=9).choices[0]
     first = ensemble.generate(prompt="the sun", max_tokens=15, seed=9, session=session).choices[0]
-    with build_engine(tiny_dir / "ensemble.yaml") as restarted:  # another router, other member actors
+    with build_ensemble(tiny_dir / "ensemble.yaml") as restarted:  # another router, other member actors
         second = restarted.generate(session=session, max_tokens=15, seed=9).choices[0]
     assert first.token_ids + second.token_ids == whole.token_ids and first.text + second.text == whole.text

@@ -1,11 +1,11 @@
 """Under a prompt gate ME still samples the exact mixture, with the weights the gate gives that prompt
-(router/gate.py; docs/architecture.md, "Weights that fit the prompt"). Two prompts the gate weighs
+(mixserve/gate.py; docs/architecture.md, "Weights that fit the prompt"). Two prompts the gate weighs
 differently, each tested against its own exact mixture and, for power, against the other's weights."""
 from dataclasses import replace
 
 import pytest
 
-from mixserve.router.gate import ClusterGate
+from mixserve.gate import ClusterGate
 from tests.exact import outcome_probs, p_value, two_token_tables
 
 N = 2000

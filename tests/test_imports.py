@@ -90,7 +90,7 @@ def _path(start: str, members: set[str], graph: dict[str, dict[str, int]]) -> li
 
 def test_the_project_imports_form_no_circle():
     known = modules()
-    assert {"mixserve.api", "mixserve.config", "mixserve.router.router", "mixserve.actors.engine",
+    assert {"mixserve.serving.ensemble", "mixserve.config", "mixserve.router.router", "mixserve.actors.engine",
             "mixserve.router.policies.me", "mixserve.cluster.placement", "mixserve.proto"} <= set(known)
     graph = {name: imported(name, path, known) for name, path in known.items()}
     found = [" -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(c, c[1:])) + f" -> {c[-1]}"
@@ -101,3 +101,89 @@ def test_the_project_imports_form_no_circle():
 def test_a_circle_is_found_and_named():
     graph = {"a": {"b": 3}, "b": {"c": 5}, "c": {"a": 7, "d": 1}, "d": {}}
     assert circles(graph) == [["a", "b", "c", "a"]]
+
+
+# The packages in layers, bottom first (docs/architecture.md, "Layout"): a package imports its own layer's
+# and the layers below, never one above, and no two packages import each other round a circle. The config
+# (with the prompt gate it parses) is one node apart from the rest of mixserve/, which is the command line.
+# It sits above actors/ because the engine table (actors/registry.py) and model references
+# (actors/loading.py) it checks live there; nothing in actors/ imports it.
+LAYERS = (
+    ("mixserve.proto",),
+    ("mixserve.actors",),
+    ("mixserve.config",),
+    ("mixserve.router",),
+    ("mixserve.cluster",),
+    ("mixserve.serving",),
+    ("mixserve.bench", "mixserve.eval", "mixserve.models", "mixserve.soak"),  # the tools
+    ("mixserve",),  # the command line: mixserve/cli.py dispatches to each tool's cli.py
+)
+CONFIG = {"mixserve.config", "mixserve.gate"}
+
+
+def package(module: str) -> str:
+    """The layer node a module belongs to: its top-level package under mixserve (policies are the
+    router's), the config node for the config's modules, and `mixserve` for the command line."""
+    if module in CONFIG:
+        return "mixserve.config"
+    parts = module.split(".")
+    known = {name for layer in LAYERS for name in layer}
+    return ".".join(parts[:2]) if ".".join(parts[:2]) in known else "mixserve"
+
+
+def packages(graph: dict[str, dict[str, int]]) -> dict[str, dict[str, str]]:
+    """The package graph of a module graph: package -> package it imports -> where, the first such
+    import as "module (line N)"."""
+    found: dict[str, dict[str, str]] = {}
+    for module in sorted(graph):
+        edges = found.setdefault(package(module), {})
+        for target, line in sorted(graph[module].items()):
+            if package(target) != package(module):
+                edges.setdefault(package(target), f"{module} (line {line})")
+    return found
+
+
+def upward(graph: dict[str, dict[str, str]]) -> list[str]:
+    """Every package import that goes up the layers, named by where it is."""
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    return [f"{a} imports {b} at {where}: {b} is above {a}" for a in sorted(graph)
+            for b, where in sorted(graph[a].items()) if rank[b] > rank[a]]
+
+
+def package_problems(graph: dict[str, dict[str, int]]) -> list[str]:
+    pgraph = packages(graph)
+    found = [" -> ".join(f"{a} ({pgraph[a][b]})" for a, b in zip(c, c[1:])) + f" -> {c[-1]}"
+             for c in circles(pgraph)]
+    return found + upward(pgraph)
+
+
+def test_the_packages_import_down_the_layers_and_form_no_circle():
+    known = modules()
+    assert {package(name) for name in known} == {name for layer in LAYERS for name in layer}, \
+        "a package that is in no layer: add it to LAYERS"
+    graph = {name: imported(name, path, known) for name, path in known.items()}
+    problems = package_problems(graph)
+    assert problems == [], "package imports against the layers (move the shared thing down):\n" + "\n".join(problems)
+
+
+def test_a_package_circle_is_found_and_named():
+    """One import from the members up to the router: no module circle, but a package circle and an
+    upward import, both named by the module and line that made them."""
+    known = modules()
+    graph = {name: imported(name, path, known) for name, path in known.items()}
+    graph["mixserve.actors.engine"]["mixserve.router.request"] = 1
+    assert circles(graph) == []
+    problems = package_problems(graph)
+    circle = problems[0]
+    assert "mixserve.actors (mixserve.actors.engine (line 1)) -> mixserve.router (" in circle
+    assert "mixserve.actors imports mixserve.router at mixserve.actors.engine (line 1): mixserve.router is above " \
+           "mixserve.actors" in problems
+
+
+def test_two_packages_that_import_each_other_are_named():
+    graph = {"mixserve.router.router": {"mixserve.serving.app": 9}, "mixserve.serving.app": {"mixserve.router.router": 4}}
+    assert package_problems(graph) == [
+        "mixserve.router (mixserve.router.router (line 9)) -> mixserve.serving (mixserve.serving.app (line 4)) "
+        "-> mixserve.router",
+        "mixserve.router imports mixserve.serving at mixserve.router.router (line 9): mixserve.serving is above "
+        "mixserve.router"]

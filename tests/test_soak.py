@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from mixserve.tiny import soak_config
+from mixserve.models.tiny import soak_config
 
 
 @pytest.mark.timeout(600)  # about 3 minutes here; the suite's 300 s per test is for single checks

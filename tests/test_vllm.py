@@ -16,11 +16,11 @@ import requests
 from mixserve.actors.loading import resolve
 from mixserve.actors.member import MemberCore
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest
 from mixserve.router.session_log import Chunk
-from mixserve.tiny import WORDS
+from mixserve.models.tiny import WORDS
 from tests.conftest import _deploy
 from tests.exact import outcome_probs, p_value, two_token_tables
 
@@ -36,7 +36,7 @@ def ens(tiny_dir, ray_local):
     members = [{"name": m, "model": m, **VLLM} for m in "ab"]
     members.append({"name": "c", "model": "c", "resources": {"num_cpus": 0.25}})
     config = parse_config({"members": members, "default_member": "a", "member_retry_s": 120}, tiny_dir)
-    with build_engine(config) as engine:
+    with build_ensemble(config) as engine:
         yield engine
 
 
@@ -162,7 +162,7 @@ def test_runs_as_chunks_of_one_vllm_request_write_what_a_request_per_run_writes(
 
     turns = two_turns(ens, "chunks-on")
     after = {m: ray.get(ens.actors[m].stats.remote(), timeout=30) for m in "ab"}
-    with build_engine(config) as plain:
+    with build_ensemble(config) as plain:
         assert streamed == [texts(plain.generate(**r)) for r in reqs]
         assert turns == two_turns(plain, "chunks-off")
         per_run = {m: ray.get(plain.actors[m].stats.remote(), timeout=30)["requests"] for m in "ab"}
@@ -233,7 +233,7 @@ def test_a_vllm_member_with_max_batch_2_under_8_sessions_writes_each_text_alone(
     """max_batch is vLLM's max_num_seqs: 8 sessions at once on a member that steps 2 of them at a
     time wait their turn in vLLM's queue, and each writes what it writes alone."""
     members = [{"name": "a", "model": "a", "max_batch": 2, **VLLM}]
-    with build_engine(parse_config({"members": members}, tiny_dir)) as engine:
+    with build_ensemble(parse_config({"members": members}, tiny_dir)) as engine:
         reqs = crowd(8, seed=2, max_tokens=32)
         before = steps(engine, "a")
 

@@ -1,12 +1,12 @@
 """Policies decide who computes the next steps; one small file each (SGLang router style)."""
 from __future__ import annotations
 
+from mixserve.config import METHODS
+
 from .base import Policy, Turn
 from .ce import ConventionalEnsemble
 from .me import MixtureEnsemble
 from .single import SingleMember
-
-METHODS = ("me", "ce", "single")
 
 
 def make_policy(method: str, weights: dict[str, float], member: str | None, seed: int, runs: bool) -> Policy:

@@ -11,7 +11,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
-from mixserve.api import build_engine  # noqa: E402
+from mixserve.serving.ensemble import build_ensemble  # noqa: E402
 from mixserve.config import parse_config  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def main(tiny_dir: str, prompt: str, seed: int) -> None:
     ray.init(address=cluster.address)
     members = [{"name": n, "model": n, "weight": 0.5, "resources": {"num_cpus": 1, f"member_{n}": 1},
                 "batch_invariant": True} for n in ("a", "b")]
-    with build_engine(parse_config({"members": members}, tiny_dir), address=cluster.address) as engine:
+    with build_ensemble(parse_config({"members": members}, tiny_dir), address=cluster.address) as engine:
         text = engine.generate(prompt=prompt, max_tokens=40, seed=seed).choices[0].text
         ids = {actor._actor_id.hex(): name for name, actor in engine.actors.items()}
         landed = {ids[a.actor_id]: a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.cluster.placement import actor_options, torch_threads
 from mixserve.config import parse_config
 
@@ -27,10 +27,10 @@ def test_a_member_that_cannot_be_placed_fails_clearly_and_in_bounded_time(tiny_d
     ], "load_timeout_s": 3}, tiny_dir)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"node_with_h100: members need 1, the cluster has 0"):
-        build_engine(config)  # an embedded local Ray cannot grow: refused before any actor starts
+        build_ensemble(config)  # an embedded local Ray cannot grow: refused before any actor starts
     # A joined cluster might scale up, so there the wait is bounded by load_timeout_s instead.
     with pytest.raises(RuntimeError, match=r"big needs .*'node_with_h100': 1.*ray status"):
-        build_engine(config, address="auto")
+        build_ensemble(config, address="auto")
     assert time.monotonic() - started < 30
 
 

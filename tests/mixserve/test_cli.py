@@ -1,5 +1,5 @@
 """The CLI as a user runs it: a subprocess, clear errors with exit code 2 (its JSON output is checked
-against the served app in tests/router/test_grpc_service.py)."""
+against the served app in tests/serving/test_grpc_service.py)."""
 import os
 import subprocess
 import sys

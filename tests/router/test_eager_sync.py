@@ -6,7 +6,7 @@ import time
 
 import yaml
 
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.config import parse_config
 from mixserve.router.request import GenerateRequest
 
@@ -21,7 +21,7 @@ def run(tiny_dir, eager_sync: bool, data_plane: bool = True):
     for m in raw["members"]:
         m.update(resources={"num_cpus": 0.5}, batch_invariant=True)
     plane = "zmq" if data_plane else "ray"
-    with build_engine(parse_config({**raw, "eager_sync": eager_sync, "data_plane": plane}, tiny_dir)) as engine:
+    with build_ensemble(parse_config({**raw, "eager_sync": eager_sync, "data_plane": plane}, tiny_dir)) as engine:
         async def rows() -> int:
             deadline = time.monotonic() + 3.0
             while any((live := await engine.router.live_sessions()).values()) and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from mixserve.proto import pb2, pb2_grpc
 from tests.conftest import _deploy
-from tests.router.test_app_http import wait_no_live_sessions
+from tests.serving.test_app_http import wait_no_live_sessions
 
 ADDED = "<|tool|>"  # in the faulty member's tokenizer, past its model's embedding rows
 PROMPT = ADDED + " the cat"

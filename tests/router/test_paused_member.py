@@ -9,7 +9,7 @@ import pytest
 import ray
 import yaml
 
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.config import parse_config
 from mixserve.router.request import UnavailableError
 
@@ -18,7 +18,7 @@ def test_a_paused_member_fails_its_sessions_after_the_retry_bound_then_serves_ag
     raw = yaml.safe_load((tiny_dir / "ensemble.yaml").read_text())
     for m in raw["members"]:
         m["resources"] = {"num_cpus": 0.5}
-    with build_engine(parse_config({**raw, "member_retry_s": 2}, tiny_dir)) as engine:
+    with build_ensemble(parse_config({**raw, "member_retry_s": 2}, tiny_dir)) as engine:
         pid = ray.get(engine.actors["a"].stats.remote(), timeout=30)["pid"]
         os.kill(pid, signal.SIGSTOP)
         try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mixserve.router.clients import LocalMember, MemberDown
-from mixserve.router.openai_http import error_body
+from mixserve.serving.openai_http import error_body
 from mixserve.router.request import GenerateRequest, MemberFailedError, RequestError, UnavailableError
 from tests.fakes import EOS, FakeCore, fake_router
 
@@ -230,7 +230,7 @@ def test_a_member_slow_to_confirm_a_release_does_not_hold_the_request():
         def release(self, session):
             return asyncio.ensure_future(silent.wait())  # sent, never answered
 
-    router.members["a"] = Silent(router.members["a"].core)
+    router.clients["a"] = Silent(router.clients["a"].core)
 
     async def run():
         return await asyncio.wait_for(router.generate(GenerateRequest(prompt="hi", max_tokens=20, seed=3)), 10)
@@ -251,6 +251,6 @@ def test_a_member_down_while_scoring_log_probs_is_named_alone():
             done.set_exception(MemberDown("The actor is restarting"))
             return done
 
-    router.members["b"] = Down(router.members["b"].core)
+    router.clients["b"] = Down(router.clients["b"].core)
     with pytest.raises(UnavailableError, match=r"^member 'b' is unavailable \(The actor is restarting\)"):
         generate(router, prompt="hi", max_tokens=6, seed=3, logprobs=1)

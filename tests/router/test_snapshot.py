@@ -8,7 +8,7 @@ import yaml
 
 from mixserve.router.clients import LocalMember
 from mixserve.router.request import GenerateRequest, NotFoundError, RequestError
-from mixserve.api import build_engine
+from mixserve.serving.ensemble import build_ensemble
 from mixserve.config import parse_config
 from mixserve.router.snapshot import CAPACITY, STORE_ACTOR, SessionStore, dump, load
 from mixserve.router.session_log import Entry
@@ -63,7 +63,7 @@ def test_past_max_stored_sessions_the_oldest_named_session_is_refused(tiny_dir, 
     sessions = [f"{p.replace(' ', '-')}-{uuid.uuid4().hex}" for p in prompts]
     store = ray.get_actor(STORE_ACTOR, namespace="mixserve")
     try:
-        with build_engine(config) as engine:
+        with build_ensemble(config) as engine:
             whole = [engine.generate(prompt=p, max_tokens=16, seed=7).choices[0] for p in prompts]
             first = [engine.generate(prompt=p, max_tokens=8, seed=7, session=s).choices[0]
                      for p, s in zip(prompts, sessions)]

@@ -1,0 +1,1 @@
+"""`mixserve bench`: ME against its baselines on the same members and prompts (docs/performance.md)."""

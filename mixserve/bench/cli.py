@@ -1,0 +1,51 @@
+"""`mixserve bench`: its arguments and the table it prints."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_command(sub) -> None:
+    bench = sub.add_parser("bench", help="measure me against single members, ce-parallel and ce-sequential")
+    bench.add_argument("--config", required=True)
+    bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in words (about tokens)")
+    bench.add_argument("--max-tokens", type=int, default=128)
+    bench.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="comma-separated, e.g. 1,4,16")
+    bench.add_argument("--repeats", type=int, default=5, help="requests per method at batch 1")
+    bench.add_argument("--out", default="bench-out", help="directory for bench.json, bench.md, bench.png")
+    bench.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    bench.add_argument("--engines", type=_engines, default=None,
+                       help="member engines to measure, comma-separated (default: transformers,vllm where vLLM "
+                            "is installed, else transformers)")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args) -> None:
+    from .methods import run_bench
+    from .report import markdown
+
+    for name in ("prompt_tokens", "max_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    report = run_bench(args.config, args.prompt_tokens, args.max_tokens, args.concurrency, args.repeats,
+                       out=args.out, address=args.address, engines=args.engines)
+    print(markdown(report))
+    print(f"wrote bench.json, bench.md and bench.png to {args.out}")
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    from mixserve.config import ENGINES
+
+    engines = tuple(e.strip() for e in text.split(",") if e.strip())
+    if not engines or any(e not in ENGINES for e in engines):
+        raise argparse.ArgumentTypeError(f"engines must be a comma-separated list of {', '.join(ENGINES)}")
+    return engines
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(c) for c in text.split(",")}))
+    except ValueError:
+        levels = ()
+    if not levels or levels[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4,16 (got {text!r})")
+    return levels

@@ -1,0 +1,231 @@
+"""The tasks `mixserve eval` runs through lm-evaluation-harness, written from a seed into JSONL files
+and task YAMLs: the same files every time, and nothing is downloaded.
+
+- mixserve_arith (generate_until, exact match): two- and three-step arithmetic word problems.
+- mixserve_arith2 (generate_until, exact match): harder ones: two-digit numbers, all four operations
+  (divisions come out exact), one or two steps: where an arithmetic skill learnt on small numbers ends.
+- mixserve_facts (generate_until, exact match): word problems whose numbers are common knowledge
+  ("as many as there are days in a week"): a fact and arithmetic in one answer.
+- mixserve_mc (multiple_choice, log-likelihood): opposites, capitals and number words.
+- mixserve_text (loglikelihood_rolling, bits per byte): held-out sentences written for this project.
+
+The dev split (dev_split, `mixserve models dev-split`) is drawn by the same generators from another
+seed, without the questions the eval asks: what ensemble weights are fitted on, so that the eval's
+rows stay held out.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+GENERATE_TASKS = ("mixserve_arith", "mixserve_facts", "mixserve_arith2")
+SCORE_TASKS = ("mixserve_mc", "mixserve_text")  # need log-probs: one tokenizer
+# The mixed suite (its mean accuracy): without mixserve_arith2, so that it means what it meant in the
+# tables measured before that task existed.
+MIXED = ("mixserve_arith", "mixserve_facts", "mixserve_mc")
+SEED = 20261125  # the eval's rows
+DEV_SEED = 20261127  # the dev split's (20261126 is the specialist's)
+
+NAMES = ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"]
+THINGS = ["apples", "books", "coins", "marbles", "pencils", "shells", "stamps", "cards"]
+OPPOSITES = [("hot", "cold"), ("big", "small"), ("up", "down"), ("day", "night"), ("fast", "slow"),
+             ("happy", "sad"), ("open", "closed"), ("early", "late"), ("full", "empty"), ("light", "dark"),
+             ("old", "young"), ("wet", "dry"), ("loud", "quiet"), ("hard", "soft"), ("high", "low"),
+             ("rich", "poor"), ("thick", "thin"), ("strong", "weak"), ("push", "pull"), ("win", "lose")]
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"),
+            ("Spain", "Madrid"), ("Egypt", "Cairo"), ("Russia", "Moscow"), ("Canada", "Ottawa"),
+            ("Greece", "Athens"), ("Norway", "Oslo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
+            ("China", "Beijing"), ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin")]
+FACTS = [("days in a week", 7), ("legs on a spider", 8), ("sides on a triangle", 3), ("sides on a square", 4),
+         ("wheels on a bicycle", 2), ("months in a year", 12), ("legs on an insect", 6), ("eggs in a dozen", 12),
+         ("fingers on one hand", 5), ("hours in a day", 24)]
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+HELD_OUT = [
+    "The harbour was quiet before dawn, and the only sound was the slow knock of boats against the pier.",
+    "She kept a small notebook in her coat pocket and wrote down every bird she saw on the way to work.",
+    "When the rain finally stopped, the children ran outside to measure how deep the puddles had become.",
+    "A good recipe tells you not only what to do but also what the dough should feel like when it is ready.",
+    "The old bridge was closed for repairs, so the bus took a long detour through the hills behind the town.",
+    "He learned to read the river by watching where the water moved fast and where it curled back on itself.",
+    "Every autumn the library held a sale of used books, and the line outside started forming before noon.",
+    "The map was drawn by hand, with small notes in the margins about wells, shortcuts and friendly farms.",
+    "After three weeks of practice, the band could finally play the whole song without stopping once.",
+    "The lighthouse keeper kept a log of every ship that passed, with the time, the weather and the flag.",
+    "Most of the garden was given to potatoes and beans, but one corner was always kept for sunflowers.",
+    "The train was late again, so the passengers shared newspapers and guessed at the cause of the delay.",
+]
+
+
+def _opening(rng: random.Random, low: int, high: int) -> tuple[str, str, int, str]:
+    """Who, what and how many a word problem starts with, drawn in this order (the rows depend on it)."""
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    total = rng.randint(low, high)
+    return name, thing, total, f"{name} has {total} {thing}."
+
+
+def arithmetic(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for _ in range(n):
+        name, thing, total, text = _opening(rng, 2, 9)
+        for _ in range(rng.choice((2, 3))):
+            if rng.random() < 0.5 or total < 2:
+                k = rng.randint(1, 9)
+                text += f" Then {name} gets {k} more."
+                total += k
+            else:
+                k = rng.randint(1, total - 1)
+                text += f" Then {name} gives away {k}."
+                total -= k
+        out.append({"question": f"{text} How many {thing} does {name} have now?", "answer": str(total)})
+    return out
+
+
+def arithmetic2(n: int, rng: random.Random) -> list[dict]:
+    """One or two steps on a two-digit start: add or give away 10-99, multiply or divide by 2-9 (only
+    exact divisions, and multiplication only below 100, so answers stay under 1,000). Not folded into
+    arithmetic(): its draws, and so mixserve_arith's rows, must stay as they were."""
+    out = []
+    for _ in range(n):
+        name, thing, total, text = _opening(rng, 10, 99)
+        for _ in range(rng.choice((1, 2))):
+            divisors = [k for k in range(2, 10) if total % k == 0]
+            steps = ["add"] + ["take"] * (total > 10) + ["times"] * (total < 100) + ["split"] * bool(divisors)
+            step = rng.choice(steps)
+            if step == "add":
+                k = rng.randint(10, 99)
+                text += f" Then {name} gets {k} more."
+                total += k
+            elif step == "take":
+                k = rng.randint(10, min(99, total - 1))
+                text += f" Then {name} gives away {k}."
+                total -= k
+            elif step == "times":
+                k = rng.randint(2, 9)
+                text += f" Then {name} ends up with {k} times as many."
+                total *= k
+            else:
+                k = rng.choice(divisors)
+                text += f" Then {name} splits them into {k} equal groups and keeps one group."
+                total //= k
+        out.append({"question": f"{text} How many {thing} does {name} have now?", "answer": str(total)})
+    return out
+
+
+def facts(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for _ in range(n):
+        name, thing = rng.choice(NAMES), rng.choice(THINGS)
+        fact, value = rng.choice(FACTS)
+        if rng.random() < 0.5:
+            total = rng.randint(2, 9)
+            text = f"{name} has {total} {thing}. Then {name} gets as many more as there are {fact}."
+            total += value
+        else:
+            total = rng.randint(value + 1, value + 9)
+            text = f"{name} has {total} {thing}. Then {name} gives away as many as there are {fact}."
+            total -= value
+        if rng.random() < 0.5:
+            k = rng.randint(1, 9)
+            text += f" Then {name} gets {k} more."
+            total += k
+        out.append({"question": f"{text} How many {thing} does {name} have now?", "answer": str(total)})
+    return out
+
+
+def multiple_choice(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            word, right = rng.choice(OPPOSITES)
+            wrong = rng.sample([b for a, b in OPPOSITES if b != right], 3)
+            question = f"The opposite of {word} is"
+        elif kind == 1:
+            country, right = rng.choice(CAPITALS)
+            wrong = rng.sample([c for _, c in CAPITALS if c != right], 3)
+            question = f"The capital of {country} is"
+        else:
+            a, b = rng.randint(0, 6), rng.randint(0, 6)
+            right = WORDS[a + b]
+            wrong = rng.sample([w for w in WORDS if w != right], 3)
+            question = f"{WORDS[a].capitalize()} plus {WORDS[b]} equals"
+        choices = [right] + wrong
+        rng.shuffle(choices)
+        out.append({"question": question, "choices": [f" {c}" for c in choices], "label": choices.index(right)})
+    return out
+
+
+def task_rows(n: int = 100, seed: int = SEED) -> dict[str, list[dict]]:
+    """Each task's rows, n of each generated one. A task added later draws after the others, so that
+    their rows (and the tables measured on them) stay as they were."""
+    rng = random.Random(seed)
+    data = {"mixserve_arith": arithmetic(n, rng), "mixserve_mc": multiple_choice(n, rng),
+            "mixserve_text": [{"text": t} for t in HELD_OUT]}
+    data["mixserve_facts"] = facts(n, rng)
+    data["mixserve_arith2"] = arithmetic2(n, rng)
+    return data
+
+
+def write_tasks(out: Path, n: int = 100, seed: int = SEED) -> Path:
+    """JSONL data and lm-eval task YAMLs under out/; the folder to pass to TaskManager(include_path)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for task, rows in task_rows(n, seed).items():
+        (out / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = lambda task: {"task": task, "dataset_path": "json", "test_split": "train",  # noqa: E731
+                           "dataset_kwargs": {"data_files": str((out / f"{task}.jsonl").resolve())}}
+    word_problem = {
+        "output_type": "generate_until", "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{answer}}",
+        "generation_kwargs": {"until": ["\n", "Question:"], "max_gen_toks": 12, "do_sample": False,
+                              "temperature": 0},
+        "filter_list": [{"name": "number", "filter": [{"function": "regex", "regex_pattern": r"(-?\d+)"},
+                                                      {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
+    specs = {
+        "mixserve_arith": word_problem,
+        "mixserve_arith2": word_problem,
+        "mixserve_facts": word_problem,
+        "mixserve_mc": {
+            "output_type": "multiple_choice", "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{label}}", "target_delimiter": "",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]},
+        "mixserve_text": {
+            "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
+            "metric_list": [{"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False}]},
+    }
+    for task, spec in specs.items():
+        (out / f"{task}.yaml").write_text(yaml.safe_dump({**common(task), **spec}, sort_keys=False))
+    return out
+
+
+def dev_split(n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
+    """Rows {task, prompt, completion} as the eval reads them: "Question: ...\\nAnswer:" and " 42\\n" for
+    the word problems, the question and its right choice for mixserve_mc. No prompt is a question of
+    the eval (at its default 100 examples a task) or repeats another. mixserve_mc has about 85 distinct
+    questions and the eval asks most of them: its dev rows are the few it does not."""
+    rng = random.Random(seed)
+    asked = {row["question"] for rows in task_rows().values() for row in rows if "question" in row}
+    word_problem = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['answer']}\n")  # noqa: E731
+    choice = lambda row: (row["question"], row["choices"][row["label"]])  # noqa: E731
+    tasks = [("mixserve_arith", arithmetic, word_problem), ("mixserve_arith2", arithmetic2, word_problem),
+             ("mixserve_facts", facts, word_problem), ("mixserve_mc", multiple_choice, choice)]
+    out = []
+    for task, generate, as_pair in tasks:
+        # a fixed number of candidates: each task's rows depend only on the seed and n_per_task
+        fresh = {row["question"]: row for row in generate(20 * n_per_task, rng) if row["question"] not in asked}
+        for row in list(fresh.values())[:n_per_task]:
+            prompt, completion = as_pair(row)
+            out.append({"task": task, "prompt": prompt, "completion": completion})
+    return out
+
+
+def write_dev(path: str | Path, n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
+    """The dev split as JSONL (one row a line); returns its rows."""
+    rows = dev_split(n_per_task, seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows

@@ -1,0 +1,2 @@
+"""`mixserve models` and `mixserve weights`: the test members, the arithmetic specialist, the dev split
+and the fitted mixture weights and gate."""

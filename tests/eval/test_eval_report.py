@@ -1,0 +1,39 @@
+"""The eval report's paired differences: whether the ensemble is above a member is read from the
+difference on the same questions, not from the overlap of the two rows' own intervals."""
+import pytest
+
+from mixserve.eval.report import markdown, paired
+
+
+def row(**per_doc):
+    return {t: {"metric": "exact_match", "value": sum(v) / len(v), "stderr": 0.1, "n": len(v), "per_doc": v}
+            for t, v in per_doc.items()}
+
+
+def test_a_paired_difference_is_the_mean_difference_with_its_own_standard_error():
+    a = row(mixserve_arith=[1, 1, 0, 1], mixserve_facts=[0, 0, 0, 0], mixserve_mc=[1, 1, 1, 1])
+    b = row(mixserve_arith=[1, 0, 0, 1], mixserve_facts=[0, 0, 0, 0], mixserve_mc=[1, 1, 1, 0])
+    d = paired(a, b)
+    # differences 0,1,0,0: mean 1/4, sample variance 1/4, standard error sqrt(1/4 / 4)
+    assert d["mixserve_arith"] == {"diff": 0.25, "stderr": pytest.approx(0.25), "n": 4}
+    assert d["mixserve_facts"]["diff"] == 0 and d["mixserve_facts"]["stderr"] == 0
+    assert d["mixed"]["diff"] == pytest.approx(0.5 / 3)
+    assert d["mixed"]["stderr"] == pytest.approx((0.25 ** 2 + 0.25 ** 2) ** 0.5 / 3)
+
+
+def test_rows_that_answer_different_questions_are_not_paired():
+    assert paired(row(mixserve_arith=[1, 0]), row(mixserve_arith=[1, 0, 1])) == {}
+    assert "mixed" not in paired(row(mixserve_arith=[1, 0]), row(mixserve_arith=[0, 0]))
+
+
+def test_the_table_says_above_only_where_the_interval_of_the_difference_excludes_zero():
+    member = row(mixserve_arith=[0] * 50 + [1] * 50, mixserve_facts=[1, 0] * 50)
+    ensemble = row(mixserve_arith=[1] * 30 + [0] * 20 + [1] * 50,  # 30 more right, none fewer
+                   mixserve_facts=[1, 0] * 49 + [0, 1])  # one swapped each way
+    report = {"rows": {"m": member, "me": ensemble}, "weights": {"m": 1.0}}
+    table = markdown(report)
+    line = next(line for line in table.splitlines() if line.startswith("| me − m |"))
+    cells = [c.strip() for c in line.strip("|").split("|")][1:]
+    assert cells[0].startswith("+0.300 ±") and cells[0].endswith("above")
+    assert cells[1].startswith("+0.000 ±") and not cells[1].endswith(("above", "below"))
+    assert "| m − " not in table  # members are not compared with each other
