@@ -1,6 +1,6 @@
 """The member interface as a type: what the router calls on a member (docs/architecture.md, "member").
 
-Every engine's actor implements it (actors/registry.py lists them: MemberEngine, VllmEngine), and so
+Every engine's actor implements it (mixserve/engines.py lists them: MemberEngine, VllmEngine), and so
 do the cores that stand in for a member in the router's process (MemberCore, the tests' FakeCore).
 proto/mixserve.proto's `service Member` names the same calls (`Info` is `info`, `PromptIds` is
 `prompt_ids`, ...), and tests/actors/test_protocol.py holds every implementation and the proto to it.

@@ -6,7 +6,7 @@ simulated "one accelerator per member" of docs/architecture.md ("Environment fac
 """
 from __future__ import annotations
 
-from mixserve.actors.registry import ENGINES
+from mixserve.engines import ENGINES
 from mixserve.config import MemberConfig
 
 
@@ -25,7 +25,7 @@ def torch_threads(member: MemberConfig) -> int:
 
 def member_args(member: MemberConfig) -> dict:
     """The arguments every engine's member is built with (an actor, or a core in the router's
-    process), then its engine's own (actors/registry.py). An actor takes max_batch besides."""
+    process), then its engine's own (mixserve/engines.py). An actor takes max_batch besides."""
     return dict(name=member.name, source=member.source, dtype=member.dtype, threads=torch_threads(member),
                 max_sessions=member.max_sessions, **ENGINES[member.engine].args(member))
 

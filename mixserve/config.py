@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from mixserve.actors.loading import ModelReferenceError, ModelSource, resolve, with_adapter
-from mixserve.actors import registry
+from mixserve.references import ModelReferenceError, ModelSource, resolve, with_adapter
+from mixserve import engines
 from mixserve.gate import ClusterGate, GateError, parse_gate
 
 # Owned here, not by the router, so that the config imports no layer above the members (docs/architecture.md,
@@ -31,7 +31,7 @@ TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "loa
             "next_run_ahead", "gate"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
-ENGINES = tuple(registry.ENGINES)
+ENGINES = tuple(engines.ENGINES)
 
 
 class ConfigError(ValueError):
@@ -52,8 +52,8 @@ class MemberConfig:
     # Bit-identical tokens whatever the batch (docs/architecture.md invariant 3) at the price of speed:
     # matrix products in fixed tiles of rows (actors/invariant.py), attention one query at a time.
     batch_invariant: bool = False
-    engine: str = registry.DEFAULT  # the member's forward: our transformers engine, or vLLM (docs/configuration.md, "Engines")
-    engine_options: dict = field(default_factory=dict)  # the engine's own, passed through (actors/registry.py)
+    engine: str = engines.DEFAULT  # the member's forward: our transformers engine, or vLLM (docs/configuration.md, "Engines")
+    engine_options: dict = field(default_factory=dict)  # the engine's own, passed through (mixserve/engines.py)
 
     @property
     def devices(self) -> int:
@@ -240,7 +240,7 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     invariant = raw.get("batch_invariant", False)
     if not isinstance(invariant, bool):
         raise ConfigError(f"{where}.batch_invariant must be true or false (got {invariant!r})")
-    engine = raw.get("engine", registry.DEFAULT)
+    engine = raw.get("engine", engines.DEFAULT)
     if engine not in ENGINES:
         raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     options = _engine_options(raw, engine, where)
@@ -249,8 +249,8 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
 
 
 def _engine_options(raw: dict, name: str, where: str) -> dict:
-    engine = registry.ENGINES[name]
-    for owner, other in registry.ENGINES.items():
+    engine = engines.ENGINES[name]
+    for owner, other in engines.ENGINES.items():
         for key in other.keys:
             if key not in engine.keys and raw.get(key) not in (None, False):
                 why = engine.refusals.get(key, f"only engine: {owner} honours it")
@@ -260,7 +260,7 @@ def _engine_options(raw: dict, name: str, where: str) -> dict:
         raise ConfigError(f"{where}.engine_options must be a mapping such as {{max_model_len: 4096}}")
     if not engine.options:
         if options:
-            takers = " or ".join(f"{e.label}'s" for e in registry.ENGINES.values() if e.options)
+            takers = " or ".join(f"{e.label}'s" for e in engines.ENGINES.values() if e.options)
             raise ConfigError(f"{where}.engine_options are {takers}; this member runs engine: {name}")
         return {}
     for key, value in options.items():

@@ -114,8 +114,8 @@ def test_eviction_past_max_sessions_replays_and_changes_nothing(tiny_dir):
         expected = unbounded.generate(req)
     with build_ensemble(config(tiny_dir, {"max_sessions": 2}), in_process=True) as bounded:
         got = bounded.generate(req)
-        assert sum(m.core.book.evictions for m in bounded.router.clients.values()) > 0
-        assert max(len(m.core.book.sessions) for m in bounded.router.clients.values()) <= 2
+        assert sum(m.core.book.evictions for m in bounded.router.members.values()) > 0
+        assert max(len(m.core.book.sessions) for m in bounded.router.members.values()) <= 2
     assert texts(got) == texts(expected)
 
 
@@ -131,7 +131,7 @@ def test_eviction_across_tokenizers_replays_and_changes_nothing(tiny_dir):
         m["max_sessions"] = 1
     with build_ensemble(parse_config(raw, tiny_dir), in_process=True) as bounded:
         got = bounded.generate(req)
-        assert sum(m.core.book.evictions for m in bounded.router.clients.values()) > 0
+        assert sum(m.core.book.evictions for m in bounded.router.members.values()) > 0
     assert texts(got) == texts(expected)
 
 

@@ -13,7 +13,7 @@ import pytest
 import ray
 import requests
 
-from mixserve.actors.loading import resolve
+from mixserve.references import resolve
 from mixserve.actors.member import MemberCore
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.serving.ensemble import build_ensemble

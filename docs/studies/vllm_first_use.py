@@ -24,7 +24,7 @@ async def main() -> None:
     args = ap.parse_args()
     if args.cold:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
-    from mixserve.actors.loading import resolve
+    from mixserve.references import resolve
     from mixserve.actors.messages import SamplingParams, Segment, StepRequest
     from mixserve.actors import vllm_setup
     from mixserve.actors.vllm_engine import VllmEngine

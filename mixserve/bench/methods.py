@@ -22,7 +22,7 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from mixserve.actors.registry import DEFAULT, ENGINES
+from mixserve.engines import DEFAULT, ENGINES
 from mixserve.config import EnsembleConfig, MemberConfig, load_config
 from mixserve.bench.clock import Clock, Run
 from mixserve.bench.hop import bare_hops

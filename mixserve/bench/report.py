@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixserve.actors.registry import DEFAULT, ENGINES
+from mixserve.engines import DEFAULT, ENGINES
 
 
 def write_report(report: dict, out: Path) -> None:

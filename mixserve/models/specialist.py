@@ -98,7 +98,8 @@ def train(out: str | Path, settings: Settings = Settings(), base_dir: str | Path
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mixserve.actors.loading import model_dir, resolve
+    from mixserve.actors.loading import model_dir
+    from mixserve.references import resolve
 
     out = Path(out)
     torch.manual_seed(settings.seed)

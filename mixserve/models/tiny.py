@@ -99,7 +99,8 @@ def soak_config(engine: str) -> dict:
 
 def make_bench(out: str | Path) -> Path:
     """Members m1 and m2 and bench.yaml (me, equal weights, one CPU each, dtype auto)."""
-    from mixserve.actors.loading import load_tokenizer, resolve
+    from mixserve.actors.loading import load_tokenizer
+    from mixserve.references import resolve
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

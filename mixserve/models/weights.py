@@ -176,7 +176,7 @@ def fit(config_path: str | Path, data_path: str | Path, out_path: str | Path, pr
         if len(set(fingerprints.values())) > 1:
             raise FitError(f"members {', '.join(names)} do not share a tokenizer: the mixture is per token, and "
                            "their tokens do not line up; fit the weights of members that share one")
-        scored = asyncio.run(score_rows({m: ensemble.router.clients[m] for m in names}, rows, progress))
+        scored = asyncio.run(score_rows({m: ensemble.router.members[m] for m in names}, rows, progress))
     report = choose(scored, names, np.array([m.weight for m in config.members]), say)
     write_config(config_path, out_path, report)
     return report

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mixserve.actors.registry import ENGINES
+from mixserve.engines import ENGINES
 from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
@@ -45,7 +45,7 @@ class Ensemble:
     def close(self) -> None:
         import ray
 
-        for member in self.router.clients.values():
+        for member in self.router.members.values():
             if getattr(member, "channel", None) is not None:
                 member.channel.close()
         for actor in self.actors.values():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mixserve.actors.engine import MemberEngine
-from mixserve.actors.loading import resolve
+from mixserve.references import resolve
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 
 

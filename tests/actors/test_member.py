@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mixserve.actors import packed
-from mixserve.actors.loading import resolve
+from mixserve.references import resolve
 from mixserve.actors.member import MemberCore
 from mixserve.actors.messages import SamplingParams, Segment, SessionLost, StepRequest
 from mixserve.actors.sampling import pick

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from mixserve.actors.protocol import Member
-from mixserve.actors.registry import ENGINES
+from mixserve.engines import ENGINES
 from mixserve.proto import pb2
 from tests.fakes import FakeCore
 

@@ -30,7 +30,7 @@ class FirstRequests:
         import torch._dynamo
 
         from mixserve.actors import vllm_engine, vllm_setup
-        from mixserve.actors.loading import resolve
+        from mixserve.references import resolve
 
         if compile_on:  # as on a GPU, where the member keeps torch.compile
             vllm_setup.no_compile = lambda: None

@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from mixserve.actors.loading import ModelReferenceError, model_dir
+from mixserve.actors.loading import model_dir
+from mixserve.references import ModelReferenceError
 from mixserve.config import ConfigError, parse_config
 from mixserve.eval.tasks import arithmetic, dev_split, task_rows
 from mixserve.models.specialist import ADD, ASK, SPLIT, START, TAKE, TIMES, Settings, problems

@@ -40,13 +40,13 @@ def _socket(ctx, endpoint: str, server_key: bytes | None = None, client: tuple[b
 
 def _without_channels(engine, **request):
     """The same request with every call a Ray task: no data plane, no run opened ahead."""
-    kept = {name: m.channel for name, m in engine.router.clients.items()}
-    for member in engine.router.clients.values():
+    kept = {name: m.channel for name, m in engine.router.members.items()}
+    for member in engine.router.members.values():
         member.channel = None
     try:
         return engine.generate(**request).choices[0].text
     finally:
-        for name, member in engine.router.clients.items():
+        for name, member in engine.router.members.items():
             member.channel = kept[name]
 
 
@@ -59,7 +59,7 @@ def engine(request, tiny_dir, ray_local):
 
 
 def test_steps_travel_on_the_data_plane_and_give_the_texts_of_ray_calls(engine):
-    channels = {name: m.channel for name, m in engine.router.clients.items()}
+    channels = {name: m.channel for name, m in engine.router.members.items()}
     before = {name: (next(c.ids), c.opened) for name, c in channels.items()}
     ask = dict(prompt="the moon", max_tokens=32, seed=11)
     on_plane = engine.generate(**ask).choices[0].text
@@ -76,7 +76,7 @@ def test_a_text_that_stops_early_leaves_no_run_open(ensemble):
     assert short.choices[0].finish_reason == "stop" and len(short.choices[0].text) < len(text)
     deadline = time.monotonic() + 30
     while True:  # the cancels are frames in flight: poll the members, with a bound
-        stats = [ray.get(m.actor.data_plane_stats.remote(), timeout=60) for m in ensemble.router.clients.values()]
+        stats = [ray.get(m.actor.data_plane_stats.remote(), timeout=60) for m in ensemble.router.members.values()]
         if all(x == {"calls": 0, "open_runs": 0} for x in stats) or time.monotonic() > deadline:
             break
     assert stats == [{"calls": 0, "open_runs": 0}] * 2
@@ -85,7 +85,7 @@ def test_a_text_that_stops_early_leaves_no_run_open(ensemble):
 
 def test_only_the_deployments_key_drives_a_member(ensemble):
     ensemble.generate(prompt="hello", max_tokens=2, seed=1)  # connected
-    channel = ensemble.router.clients["a"].channel
+    channel = ensemble.router.members["a"].channel
     endpoint, key = channel.endpoint, channel.key
     ctx = zmq.Context()
     try:
@@ -108,7 +108,7 @@ def test_only_the_deployments_key_drives_a_member(ensemble):
 
 def test_a_member_listens_on_loopback_only_when_its_router_is_on_its_node(ensemble):
     ensemble.generate(prompt="hello", max_tokens=2, seed=1)
-    for name, member in ensemble.router.clients.items():
+    for name, member in ensemble.router.members.items():
         host, port = member.channel.endpoint.removeprefix("tcp://").rsplit(":", 1)
         assert host == "127.0.0.1"
         pid = ray.get(member.actor.stats.remote(), timeout=60)["pid"]
@@ -119,7 +119,7 @@ def test_a_member_listens_on_loopback_only_when_its_router_is_on_its_node(ensemb
 
 
 def test_without_a_channel_a_member_still_answers_over_ray_calls(ensemble):
-    actor = ensemble.router.clients["b"].actor
+    actor = ensemble.router.members["b"].actor
     member = RayMember(actor)
 
     async def one():

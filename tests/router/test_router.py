@@ -230,7 +230,7 @@ def test_a_member_slow_to_confirm_a_release_does_not_hold_the_request():
         def release(self, session):
             return asyncio.ensure_future(silent.wait())  # sent, never answered
 
-    router.clients["a"] = Silent(router.clients["a"].core)
+    router.members["a"] = Silent(router.members["a"].core)
 
     async def run():
         return await asyncio.wait_for(router.generate(GenerateRequest(prompt="hi", max_tokens=20, seed=3)), 10)
@@ -251,6 +251,6 @@ def test_a_member_down_while_scoring_log_probs_is_named_alone():
             done.set_exception(MemberDown("The actor is restarting"))
             return done
 
-    router.clients["b"] = Down(router.clients["b"].core)
+    router.members["b"] = Down(router.members["b"].core)
     with pytest.raises(UnavailableError, match=r"^member 'b' is unavailable \(The actor is restarting\)"):
         generate(router, prompt="hi", max_tokens=6, seed=3, logprobs=1)

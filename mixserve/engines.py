@@ -2,7 +2,7 @@
 
 The config (mixserve/config.py), placement (cluster/placement.py), build_ensemble (mixserve/serving/ensemble.py) and
 the bench ask this table what an engine is; none of them names one. Adding an engine (SGLang, say) is
-its actor in one file beside these, implementing actors/protocol.py's Member, and one row:
+its actor in one file in actors/, implementing actors/protocol.py's Member, and one row:
 
     "sglang": EngineKind("SGLang", "sglang_engine:SglangEngine", options={"mem_fraction_static": float},
                          library="sglang"),
