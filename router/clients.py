@@ -1,5 +1,8 @@
-"""How the router reaches a member (actors/protocol.py's Member): a Ray actor, or a core in this
-process (tests, ce-sequential). `MemberClient` is that reach as a type: what the router may ask of a
+"""How the router reaches a member (actors/protocol.py's Member), one client per transport, chosen once
+when the ensemble is built (mixserve/serving/ensemble.py): a member actor over its data plane
+(`ChannelMember`, config data_plane: zmq), a member actor over Ray calls only (`RayMember`,
+data_plane: ray), or a core in this process (`LocalMember`: tests, ce-sequential). `MemberClient` is
+that reach as a type: what the router may ask of a
 member, each call sent *now* and awaited later. Sending at call time matters for `release`: a
 release that is sent cannot be lost to a cancellation that lands before it is awaited.
 """
@@ -53,11 +56,7 @@ class _Typed:
         return self.call("live_sessions")
 
     def can_open(self) -> bool:
-        channel = getattr(self, "channel", None)
-        return channel is not None and channel.can_open()
-
-    def open(self, req: StepRequest):
-        return self.channel.open(req)
+        return False  # a run opened ahead needs a data plane (ChannelMember)
 
 
 class MemberDown(Exception):
@@ -70,12 +69,10 @@ class CallCancelled(Exception):
 
 
 class RayMember(_Typed):
-    """A member actor. With a channel (router/dataplane.py), steps and releases go over its data
-    plane and only the rare calls are Ray tasks; without one, every call is (config data_plane: ray)."""
+    """A member actor, every call a Ray task (config data_plane: ray)."""
 
-    def __init__(self, actor, channel=None):
+    def __init__(self, actor):
         self.actor = actor
-        self.channel = channel
 
     def call(self, method: str, *args) -> asyncio.Future:
         return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
@@ -86,23 +83,40 @@ class RayMember(_Typed):
         its cleanup too: the member would hold the session for good (seen in three runs of 40 HTTP
         disconnects: from the 1st, 11th and 37th on). An empty context carries no Ray task id
         (ray-project/ray#52476)."""
-        if self.channel is not None:
-            return self.channel.release(session)
         ref = contextvars.Context().run(self.actor.release.remote, session)
         return asyncio.ensure_future(_down_on_actor_error(ref))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
-        if self.channel is not None:
-            async with aclosing(self.channel.stream(req)) as parts:
-                async for part in parts:
-                    yield part
-            return
         if req.distribution or req.steps == 1:  # one part: a plain call returns it faster than a stream
             yield await self.call("whole", req)
             return
         parts = self.actor.step.options(num_returns="streaming").remote(req)
         async for ref in _down_on_actor_error_iter(parts):
             yield await _down_on_actor_error(ref)
+
+
+class ChannelMember(RayMember):
+    """A member actor over its data plane (router/dataplane.py's Channel): steps, releases and runs
+    opened ahead travel on the channel; only the rare calls (prompt_ids, pieces, score, ...) are Ray
+    tasks (config data_plane: zmq, the default)."""
+
+    def __init__(self, actor, channel):
+        super().__init__(actor)
+        self.channel = channel
+
+    def release(self, session: str) -> asyncio.Future:
+        return self.channel.release(session)  # sent before the caller's next await, as no request's child
+
+    async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
+        async with aclosing(self.channel.stream(req)) as parts:
+            async for part in parts:
+                yield part
+
+    def can_open(self) -> bool:
+        return self.channel.can_open()
+
+    def open(self, req: StepRequest):
+        return self.channel.open(req)
 
 
 class LocalMember(_Typed):
@@ -128,7 +142,7 @@ class LocalMember(_Typed):
 
 
 @contextmanager
-def _ray_errors():
+def ray_errors():
     """Ray's lifecycle errors in the router's terms: a dead or restarting actor is MemberDown, a call
     cancelled with its request is CallCancelled. The member's own exceptions pass through."""
     import ray
@@ -142,11 +156,11 @@ def _ray_errors():
 
 
 async def _down_on_actor_error(ref):
-    with _ray_errors():
+    with ray_errors():
         return await ref
 
 
 async def _down_on_actor_error_iter(parts):
-    with _ray_errors():
+    with ray_errors():
         async for ref in parts:
             yield ref

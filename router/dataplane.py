@@ -22,7 +22,7 @@ from mixserve.actors.dataplane import keys
 from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
 
-from .clients import MemberDown, _ray_errors
+from .clients import MemberDown, ray_errors
 
 
 class OpenRun:
@@ -147,7 +147,7 @@ class Channel:
     async def _connect(self) -> zmq.asyncio.Socket:
         import ray.util
 
-        with _ray_errors():
+        with ray_errors():
             endpoint = await _detached(self.actor.data_plane.remote, self.key, ray.util.get_node_ip_address(),
                                        self.host)
         sock = _context().socket(zmq.DEALER)
@@ -174,7 +174,7 @@ class Channel:
 
     async def _watch(self, sock, ref) -> None:
         try:
-            with _ray_errors():
+            with ray_errors():
                 await ref
         except MemberDown as e:
             if self.sock is sock:

@@ -16,7 +16,7 @@ from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import EnsembleConfig, load_config
 from mixserve.router.dataplane import Channel
-from mixserve.router.clients import LocalMember, RayMember
+from mixserve.router.clients import ChannelMember, LocalMember, RayMember
 from mixserve.router.request import GenerateRequest
 from mixserve.router.result import GenerateResult
 from mixserve.router.router import Router
@@ -87,8 +87,8 @@ def build_ensemble(config: EnsembleConfig | str | Path, *, in_process: bool = Fa
         # The data plane's key: new for every router (a restarted replica starts its own members), handed
         # to the members over Ray; nothing without it can drive them or read their tokens.
         key = secrets.token_bytes(32)
-        members = {name: RayMember(actor, Channel(actor, key, config.data_plane_host)
-                                   if config.data_plane == "zmq" else None) for name, actor in actors.items()}
+        members = {name: ChannelMember(actor, Channel(actor, key, config.data_plane_host))
+                   if config.data_plane == "zmq" else RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
         # Detached and named: every router replica finds the same snapshots, and they outlive any one.
         actor = ray.remote(SessionStore).options(

@@ -39,15 +39,14 @@ def _socket(ctx, endpoint: str, server_key: bytes | None = None, client: tuple[b
 
 
 def _without_channels(engine, **request):
-    """The same request with every call a Ray task: no data plane, no run opened ahead."""
-    kept = {name: m.channel for name, m in engine.router.members.items()}
-    for member in engine.router.members.values():
-        member.channel = None
+    """The same request with every call a Ray task (the clients of data_plane: ray): no data plane, no
+    run opened ahead."""
+    kept = dict(engine.router.members)
+    engine.router.members.update({name: RayMember(m.actor) for name, m in kept.items()})
     try:
         return engine.generate(**request).choices[0].text
     finally:
-        for name, member in engine.router.members.items():
-            member.channel = kept[name]
+        engine.router.members.update(kept)
 
 
 @pytest.fixture(params=["ensemble.yaml", "hetero.yaml"])
