@@ -210,7 +210,7 @@ def open_data_plane(member, key: bytes, router_ip: str, host: str | None) -> str
 
 
 class DataPlaneMember:
-    """The two actor methods every engine gets for its data plane (actors/protocol.py)."""
+    """MemberActor's data plane calls (actors/protocol.py), the same for every engine's actor."""
 
     async def data_plane(self, key: bytes, router_ip: str, host: str | None = None) -> str:
         return open_data_plane(self, key, router_ip, host)

@@ -1,4 +1,5 @@
-"""Router <-> member messages, field for field as in proto/mixserve.proto."""
+"""Router <-> member messages: what actors/protocol.py's calls take and return, and what the data
+plane carries (actors/wire.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

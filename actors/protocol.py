@@ -1,9 +1,10 @@
 """The member interface as a type: what the router calls on a member (docs/architecture.md, "member").
 
-Every engine's actor implements it (mixserve/engines.py lists them: MemberEngine, VllmEngine), and so
-do the cores that stand in for a member in the router's process (MemberCore, the tests' FakeCore).
-proto/mixserve.proto's `service Member` names the same calls (`Info` is `info`, `PromptIds` is
-`prompt_ids`, ...), and tests/actors/test_protocol.py holds every implementation and the proto to it.
+Two types: `Member`, the calls every member answers, and `MemberActor`, a member as a Ray actor, which
+adds the calls that open and watch its data plane. Every engine's actor is a MemberActor
+(mixserve/engines.py lists them: MemberEngine, VllmEngine); the cores that stand in for a member in the
+router's process (MemberCore, the tests' FakeCore) are Members. This is the interface's one
+definition: tests/actors/test_protocol.py holds every implementation to it, call for call.
 """
 from __future__ import annotations
 
@@ -53,3 +54,22 @@ class Member(Protocol):
     def stats(self) -> dict:
         """Counters for metrics, tests and the bench; a member actor's hold `compute_s` (seconds spent
         computing) and `pid` (its process)."""
+
+
+class MemberActor(Member, Protocol):
+    """A member as a Ray actor: the Member calls, and its data plane's (actors/dataplane.py). The router
+    opens the plane once per process and holds `watch` open to learn at once when the process dies."""
+
+    def data_plane(self, key: bytes, router_ip: str, host: str | None = None) -> str:
+        """The member's data plane address, opened on the first call of each process: `key` is the
+        deployment's (CurveZMQ), `host` where to listen (by default loopback when the router is on this
+        node, else the node's IP)."""
+
+    def data_plane_stats(self) -> dict:
+        """Calls in progress on the data plane and runs opened ahead still waiting for their turn."""
+
+    def data_plane_trace(self) -> list[tuple]:
+        """The last runs' (session, first step, frame in, first token out), wall clock (the bench)."""
+
+    def watch(self) -> None:
+        """Never answers: the router holds this call open, and Ray fails it when the process dies."""
