@@ -27,6 +27,7 @@ import zmq.asyncio
 import zmq.auth.asyncio
 
 from . import wire
+from .wire import Kind
 from .mailbox import Mailbox
 from .messages import StepRequest
 
@@ -94,51 +95,52 @@ class DataPlane:
             except Exception:  # noqa: BLE001 - an authenticated peer sent garbage: say so, keep serving
                 log.exception("data plane: a frame that does not decode")
                 continue
-            if kind == "cancel":
+            if kind == Kind.CANCEL:
                 self.feeds.pop((peer, rid), None)
                 self.arrived.pop((peer, rid), None)
                 if (task := self.tasks.pop((peer, rid), None)) is not None:
                     task.cancel()
                 continue
-            if kind == "feed":
+            if kind == Kind.FEED:
                 if (feeds := self.feeds.get((peer, rid))) is not None:
                     feeds.box.put(body)
                     if body[2]:
                         self.arrived[(peer, rid)] = time.time()
                 continue
-            if kind in ("step", "whole"):
+            if kind in (Kind.STEP, Kind.WHOLE):
                 self.arrived[(peer, rid)] = time.time()
-            handler = {"step": self._step, "open": self._open, "whole": self._call, "release": self._call}.get(kind)
+            handler = {Kind.STEP: self._step, Kind.OPEN: self._open, Kind.WHOLE: self._whole,
+                       Kind.RELEASE: self._release}.get(kind)
             if handler is None:
-                await self._send(peer, "error", rid, ("ValueError", f"unknown data plane call {kind!r}"))
+                await self._send(peer, Kind.ERROR, rid, ("ValueError", f"unknown data plane call {kind!r}"))
                 continue
-            if kind == "open":  # before its task starts: the feeds that follow at once must find it
+            if kind == Kind.OPEN:  # before its task starts: the feeds that follow at once must find it
                 self.feeds[(peer, rid)] = Feeds(body.session)
-            if kind == "release":  # a run opened for the session will never be started: drop it
+            if kind == Kind.RELEASE:  # a run opened for the session will never be started: drop it
                 for key in [k for k, f in self.feeds.items() if f.session == body]:
                     self.feeds.pop(key)
                     if (task := self.tasks.pop(key, None)) is not None:
                         task.cancel()
-            task = asyncio.create_task(handler(peer, rid, kind, body))
+            task = asyncio.create_task(handler(peer, rid, body))
             self.tasks[(peer, rid)] = task
             task.add_done_callback(lambda _, k=(peer, rid): self.tasks.pop(k, None))
 
-    async def _step(self, peer: bytes, rid: int, kind: str, req) -> None:
+    async def _step(self, peer: bytes, rid: int, req: StepRequest) -> None:
         parts = self.member.step(req)
         try:
             async for part in parts:
                 self._traced(peer, rid, req)
-                await self._send(peer, "part", rid, part)
-            await self._send(peer, "end", rid, None)
+                await self._send(peer, Kind.PART, rid, part)
+            await self._send(peer, Kind.END, rid, None)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the member's fault: the router fails the request with it
-            await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+            await self._send(peer, Kind.ERROR, rid, (type(e).__name__, str(e)))
         finally:
             self.arrived.pop((peer, rid), None)
             await parts.aclose()  # a cancelled run leaves the batch now (actors/engine.py's `step`)
 
-    async def _open(self, peer: bytes, rid: int, kind: str, req: StepRequest) -> None:
+    async def _open(self, peer: bytes, rid: int, req: StepRequest) -> None:
         """The next run of a session, opened while another member decodes the run before it
         (docs/architecture.md, "The next run in flight"). The log arrives in feeds as the other
         member's tokens do; each is caught up at once in this member's batches (what piled up during
@@ -155,22 +157,28 @@ class DataPlane:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the router replays the session the usual way
-            return await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+            return await self._send(peer, Kind.ERROR, rid, (type(e).__name__, str(e)))
         finally:
             self.feeds.pop((peer, rid), None)
-        await self._step(peer, rid, "step", dataclasses.replace(req, delta=delta, fresh=fresh))
+        await self._step(peer, rid, dataclasses.replace(req, delta=delta, fresh=fresh))
 
-    async def _call(self, peer: bytes, rid: int, kind: str, body) -> None:
+    async def _whole(self, peer: bytes, rid: int, req: StepRequest) -> None:
+        await self._call(peer, rid, self.member.whole, req, traced=True)
+
+    async def _release(self, peer: bytes, rid: int, session: str) -> None:
+        await self._call(peer, rid, self.member.release, session)
+
+    async def _call(self, peer: bytes, rid: int, method, body, traced: bool = False) -> None:
         try:
-            out = getattr(self.member, kind)(body)
+            out = method(body)
             out = await out if inspect.isawaitable(out) else out
-            if kind == "whole":
+            if traced:
                 self._traced(peer, rid, body)
-            await self._send(peer, "done", rid, out)
+            await self._send(peer, Kind.DONE, rid, out)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001
-            await self._send(peer, "error", rid, (type(e).__name__, str(e)))
+            await self._send(peer, Kind.ERROR, rid, (type(e).__name__, str(e)))
         finally:
             self.arrived.pop((peer, rid), None)
 
@@ -180,7 +188,7 @@ class DataPlane:
         if (arrived := self.arrived.pop((peer, rid), None)) is not None:
             self.trace.append((req.session, req.first_step, arrived, time.time()))
 
-    async def _send(self, peer: bytes, kind: str, rid: int, body) -> None:
+    async def _send(self, peer: bytes, kind: Kind, rid: int, body) -> None:
         await self.sock.send_multipart([peer, wire.dumps([kind, rid, body])], copy=False)
 
     def close(self) -> None:

@@ -1,20 +1,39 @@
 """The data plane's bytes: msgpack frames for the router <-> member messages (actors/messages.py).
 
-A frame is [kind, id, body]. The router sends "step", "whole", "release" and "cancel"; the member
-answers a step with "part"s then "end", the others with one "done", and any of them with "error"
-(the exception's type name and message: the router raises the same, see `error`). Dataclasses
-travel as an ext of their field values, numpy arrays as an ext of dtype, shape and bytes: the ce
-distribution (a vocabulary of float32) is one copy out and one view back.
+A frame is [kind, id, body], its kind one of `Kind` (sent as its number). Dataclasses travel as an
+ext of their field values, numpy arrays as an ext of dtype, shape and bytes: the ce distribution (a
+vocabulary of float32) is one copy out and one view back. A member's exception travels as its type
+name and message (the router raises the same, see `error`).
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 
 import msgpack
 import numpy as np
 
 from .messages import SamplingParams, Segment, SessionLost, StepRequest, StepResult
+
+
+
+class Kind(enum.IntEnum):
+    """What a frame is, on both ends of the data plane (actors/dataplane.py, router/dataplane.py)."""
+
+    # router -> member
+    STEP = 1  # a run (StepRequest): answered by PARTs, then END
+    WHOLE = 2  # a run with one part (a ce distribution, a one-token run): answered by one DONE
+    OPEN = 3  # a session's next run opened ahead (StepRequest); its last FEED starts it, answered as a STEP
+    FEED = 4  # an open run's log as it grows: (delta, fresh, final); no answer
+    RELEASE = 5  # forget a session (its id): answered by one DONE, whether the member held it
+    CANCEL = 6  # drop a call: the caller stopped reading; no answer
+    # member -> router
+    PART = 7  # a run's tokens so far (StepResult)
+    END = 8  # a run is over
+    DONE = 9  # a WHOLE's or RELEASE's answer
+    ERROR = 10  # the call failed: (exception type name, message)
+
 
 _ARRAY = 1
 _CLASSES = (SamplingParams, Segment, StepRequest, StepResult)  # ext codes 2, 3, ...: append only

@@ -18,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from mixserve.actors import wire
+from mixserve.actors.wire import Kind
 from mixserve.actors.dataplane import keys
 from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
@@ -34,17 +35,17 @@ class OpenRun:
         self.started = False
 
     def feed(self, delta: tuple, fresh: bool) -> None:
-        self.channel._post(self.sock, "feed", self.rid, (delta, fresh, False))
+        self.channel._post(self.sock, Kind.FEED, self.rid, (delta, fresh, False))
 
     def run(self, delta: tuple, fresh: bool) -> AsyncIterator[StepResult]:
         self.started = True
-        self.channel._post(self.sock, "feed", self.rid, (delta, fresh, True))
+        self.channel._post(self.sock, Kind.FEED, self.rid, (delta, fresh, True))
         return self.channel._parts(self.sock, self.rid, self.inbox)
 
     def cancel(self) -> None:
         if not self.started:
             self.channel.pending.pop(self.rid, None)
-            self.channel._post(self.sock, "cancel", self.rid, None)
+            self.channel._post(self.sock, Kind.CANCEL, self.rid, None)
 
 
 class Channel:
@@ -64,7 +65,7 @@ class Channel:
         """A step's parts as the member sends them; a step with one part (a ce distribution, a
         one-token run) comes as one frame."""
         one = req.distribution or req.steps == 1
-        sock, rid, inbox = await self._send("whole" if one else "step", req)
+        sock, rid, inbox = await self._send(Kind.WHOLE if one else Kind.STEP, req)
         async for part in self._parts(sock, rid, inbox):
             yield part
 
@@ -78,7 +79,7 @@ class Channel:
         (actors/dataplane.py's `_open`). Only when can_open()."""
         rid = next(self.ids)
         inbox = self.pending[rid] = Mailbox()
-        self._post(self.sock, "open", rid, req)
+        self._post(self.sock, Kind.OPEN, rid, req)
         self.opened += 1
         return OpenRun(self, self.sock, rid, inbox)
 
@@ -87,36 +88,36 @@ class Channel:
         try:
             while True:
                 kind, body = await anext(inbox)
-                if kind == "part":
+                if kind == Kind.PART:
                     yield body
                     continue
                 done = True
-                if kind == "done":
+                if kind == Kind.DONE:
                     yield body
-                elif kind == "error":
+                elif kind == Kind.ERROR:
                     raise wire.error(*body)
                 return
         finally:
             self.pending.pop(rid, None)
             if not done:  # the caller stopped early: the member drops the run now
-                self._post(sock, "cancel", rid, None)
+                self._post(sock, Kind.CANCEL, rid, None)
 
-    def _post(self, sock, kind: str, rid: int, body) -> None:
+    def _post(self, sock, kind: Kind, rid: int, body) -> None:
         """A frame that needs no answer, sent now (never blocks: no high-water mark)."""
         if sock is self.sock:
             sock.send(wire.dumps([kind, rid, body]), flags=zmq.NOBLOCK)
 
     def release(self, session: str) -> asyncio.Future:
         """Sent before the caller's next await (a task's first step), answered True when freed."""
-        return asyncio.ensure_future(self._answer("release", session))
+        return asyncio.ensure_future(self._answer(Kind.RELEASE, session))
 
-    async def _answer(self, kind: str, body):
+    async def _answer(self, kind: Kind, body):
         _, rid, inbox = await self._send(kind, body)
         try:
             kind, body = await anext(inbox)
         finally:
             self.pending.pop(rid, None)
-        if kind == "error":
+        if kind == Kind.ERROR:
             raise wire.error(*body)
         return body
 
@@ -125,7 +126,7 @@ class Channel:
             self.sock.close(0)
         self.sock = None
 
-    async def _send(self, kind: str, body) -> tuple[zmq.asyncio.Socket, int, Mailbox]:
+    async def _send(self, kind: Kind, body) -> tuple[zmq.asyncio.Socket, int, Mailbox]:
         sock = await self._ready()
         rid = next(self.ids)
         inbox = self.pending[rid] = Mailbox()

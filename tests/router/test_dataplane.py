@@ -10,6 +10,7 @@ import ray
 import zmq
 
 from mixserve.actors import wire
+from mixserve.actors.wire import Kind
 from mixserve.actors.dataplane import keys
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.serving.ensemble import build_ensemble
@@ -21,7 +22,7 @@ def _ask(sock: zmq.Socket, session: str, timeout_ms: int):
     whose handshake failed has no peer to send to: its send times out)."""
     req = StepRequest(session, (Segment((1, 2, 3)),), 0, 2, SamplingParams(seed=1), fresh=True)
     try:
-        sock.send(wire.dumps(["step", 7, req]))
+        sock.send(wire.dumps([Kind.STEP, 7, req]))
     except zmq.Again:
         return None
     return wire.loads(sock.recv()) if sock.poll(timeout_ms) else None
@@ -95,9 +96,9 @@ def test_only_the_deployments_key_drives_a_member(ensemble):
         assert _ask(stranger, "intruder-2", 1500) is None
         owner = _socket(ctx, endpoint, keys(key, "member")[0], keys(key, "router"))
         kind, rid, body = _ask(owner, "owner", 30_000)  # the same request, with the key: answered
-        assert (kind, rid) == ("part", 7) and len(body.tokens) == 1
+        assert (kind, rid) == (Kind.PART, 7) and len(body.tokens) == 1
         assert plain.poll(0) == 0 and stranger.poll(0) == 0
-        owner.send(wire.dumps(["release", 8, "owner"]))
+        owner.send(wire.dumps([Kind.RELEASE, 8, "owner"]))
         while wire.loads(owner.recv())[1] != 8:  # the step's last part, then the release's answer
             assert owner.poll(30_000)
         assert ensemble.live_sessions()["a"] == 0  # the intruders' sessions never existed
