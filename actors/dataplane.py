@@ -65,7 +65,7 @@ def merged(feeds: list[tuple]) -> tuple[tuple, bool, bool]:
 
 class DataPlane:
     def __init__(self, member, key: bytes, host: str):
-        self.member = member  # actors/protocol.py's Member: step, whole, release
+        self.member = member  # the engine (actors/protocol.py's Member): step, whole, release
         self.key = key
         self.ctx = zmq.asyncio.Context()
         self.auth = zmq.auth.asyncio.AsyncioAuthenticator(self.ctx)
@@ -198,41 +198,3 @@ class DataPlane:
         self.auth.stop()
         self.sock.close(0)
         self.ctx.term()
-
-
-def open_data_plane(member, key: bytes, router_ip: str, host: str | None) -> str:
-    """The member's data plane address, opened on its first call (by each new process: a restarted
-    member is asked again). `host`: the configured address to listen on; by default loopback when the
-    router is on this node, else the node's IP as Ray knows it."""
-    plane = getattr(member, "_data_plane", None)
-    if plane is None:
-        if not host:
-            import ray.util
-
-            node = ray.util.get_node_ip_address()
-            host = "127.0.0.1" if node == router_ip else node
-        plane = member._data_plane = DataPlane(member, key, f"[{host}]" if ":" in host else host)
-    elif plane.key != key:
-        raise PermissionError("this member's data plane belongs to another router")
-    return plane.endpoint
-
-
-class DataPlaneMember:
-    """MemberActor's data plane calls (actors/protocol.py), the same for every engine's actor."""
-
-    async def data_plane(self, key: bytes, router_ip: str, host: str | None = None) -> str:
-        return open_data_plane(self, key, router_ip, host)
-
-    def data_plane_stats(self) -> dict:
-        """Calls in progress on the data plane and runs opened ahead still waiting for their turn."""
-        plane = getattr(self, "_data_plane", None)
-        return {"calls": len(plane.tasks), "open_runs": len(plane.feeds)} if plane else {"calls": 0, "open_runs": 0}
-
-    def data_plane_trace(self) -> list[tuple]:
-        """The last runs' (session, first step, frame in, first token out), wall clock."""
-        plane = getattr(self, "_data_plane", None)
-        return list(plane.trace) if plane else []
-
-    async def watch(self) -> None:
-        """Never answers: the router holds this call open, and Ray fails it when this process dies."""
-        await asyncio.Event().wait()

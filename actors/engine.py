@@ -1,4 +1,5 @@
-"""The member as a Ray actor: continuous batching over MemberCore (docs/architecture.md, "member").
+"""The transformers engine: continuous batching over MemberCore (docs/architecture.md, "member"),
+run in a member's Ray actor by actors/host.py.
 
 Every step request becomes a job. One loop runs a single packed forward for all jobs ready at that
 moment (prefills, catch-ups and decodes together), samples each job's next token and streams it back;
@@ -17,12 +18,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from .batching import BatchingEngine, Job
-from .dataplane import DataPlaneMember
 from .member import MemberCore
 from .messages import Scores, StepRequest, StepResult, join
 
 
-class MemberEngine(BatchingEngine, DataPlaneMember):
+class MemberEngine(BatchingEngine):
     def __init__(self, max_batch: int = 16, **core_args):
         self.core = MemberCore(**core_args)
         super().__init__(self.core.book)

@@ -30,7 +30,6 @@ import numpy as np
 
 from . import vllm_setup
 from .batching import BatchingEngine, Job
-from .dataplane import DataPlaneMember
 from .loading import ModelSource
 from .messages import Scores, StepRequest, StepResult, join
 from .sampling import run_seed
@@ -38,7 +37,7 @@ from .sessions import SessionBook, SessionCache
 from .vllm_streams import Chunk, Streams
 
 
-class VllmEngine(BatchingEngine, DataPlaneMember):
+class VllmEngine(BatchingEngine):
     def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
                  max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
                  options: dict | None = None):

@@ -2,7 +2,8 @@
 
 The config (mixserve/config.py), placement (cluster/placement.py), build_ensemble (mixserve/serving/ensemble.py) and
 the bench ask this table what an engine is; none of them names one. Adding an engine (SGLang, say) is
-its actor in one file in actors/, implementing actors/protocol.py's Member, and one row:
+its engine in one file in actors/, implementing actors/protocol.py's Member, and one row (the member's
+Ray actor, actors/host.py's MemberHost, is the same for every engine):
 
     "sglang": EngineKind("SGLang", "sglang_engine:SglangEngine", options={"mem_fraction_static": float},
                          library="sglang"),
@@ -21,7 +22,7 @@ class EngineKind:
     """What an engine is to the config, placement and the bench (not the member engine itself)."""
 
     label: str  # its name in messages ("vLLM")
-    actor: str  # "module:Class" in mixserve.actors: the member's Ray actor, imported only where it starts
+    engine: str  # "module:Class" in mixserve.actors: the member's engine, imported only in its actor (actors/host.py)
     core: str | None = None  # "module:Class": the same member in the router's process (tests, ce-sequential)
     keys: tuple[str, ...] = ()  # member keys that only this engine honours, passed to it by name
     refusals: dict[str, str] = field(default_factory=dict)  # why it refuses another engine's keys
@@ -31,8 +32,8 @@ class EngineKind:
     # engine's own, one GPU each: the member's actor holds none.
     spans_devices: bool = False
 
-    def actor_class(self) -> type:
-        return _load(self.actor)
+    def engine_class(self) -> type:
+        return _load(self.engine)
 
     def core_class(self) -> type | None:
         return None if self.core is None else _load(self.core)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mixserve.actors.host import MemberHost
 from mixserve.engines import ENGINES
 from mixserve.cluster.placement import actor_options, check_fits, member_args
 from mixserve.cluster.ray_cluster import connect
@@ -113,11 +114,11 @@ def _start_actors(config: EnsembleConfig) -> dict:
 
     # A crashed member restarts (reloading its weights); the router replays its sessions' logs. An
     # engine's own library (vllm) is imported in its actor's process only.
+    remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(MemberHost)
     actors = {}
     for m in config.members:
-        remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(ENGINES[m.engine].actor_class())
         actors[m.name] = remote.options(name=actor_name(m.name), **actor_options(m)).remote(
-            max_batch=m.max_batch, **member_args(m))
+            m.engine, max_batch=m.max_batch, **member_args(m))
     return actors
 
 
