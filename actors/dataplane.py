@@ -14,7 +14,6 @@ read its tokens.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import inspect
 import logging
@@ -22,12 +21,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import msgspec
 import zmq
 import zmq.asyncio
 import zmq.auth.asyncio
 
 from . import wire
-from .wire import Kind
 from .mailbox import Mailbox
 from .messages import StepRequest
 
@@ -52,15 +51,15 @@ class _OnlyRouter:
 
 @dataclass
 class Feeds:
-    """An open run's feeds, (delta, fresh, final) as the router sends them."""
+    """An open run's feeds as the router sends them."""
     session: str
-    box: Mailbox[tuple] = field(default_factory=Mailbox)
+    box: Mailbox[wire.Feed] = field(default_factory=Mailbox)
 
 
-def merged(feeds: list[tuple]) -> tuple[tuple, bool, bool]:
-    """Feeds that piled up during a catch-up, as one: segments append one after another, so several
-    deltas are one; `fresh` only ever comes first."""
-    return sum((d for d, _, _ in feeds), ()), feeds[0][1], feeds[-1][2]
+def merged(feeds: list[wire.Feed]) -> tuple[tuple, bool, bool]:
+    """Feeds that piled up during a catch-up, as one (delta, fresh, final): segments append one after
+    another, so several deltas are one; `fresh` only ever comes first."""
+    return sum((f.delta for f in feeds), ()), feeds[0].fresh, feeds[-1].final
 
 
 class DataPlane:
@@ -85,66 +84,66 @@ class DataPlane:
         self.feeds: dict[tuple[bytes, int], Feeds] = {}  # an open run's log so far, as the router sends it
         self.arrived: dict[tuple[bytes, int], float] = {}  # when a run's starting frame came in
         self.trace: deque = deque(maxlen=4096)  # (session, first step, frame in, first token out)
+        self._handlers = {wire.Step: self._step, wire.Open: self._open, wire.Whole: self._whole,
+                          wire.Release: self._release}
         self.server = asyncio.create_task(self._serve())
 
     async def _serve(self) -> None:
         while True:
-            peer, frame = await self.sock.recv_multipart()
+            peer, data = await self.sock.recv_multipart()
             try:
-                kind, rid, body = wire.loads(frame)
-            except Exception:  # noqa: BLE001 - an authenticated peer sent garbage: say so, keep serving
+                frame = wire.to_member(data)
+            except wire.DecodeError:  # an authenticated peer sent garbage: say so, keep serving
                 log.exception("data plane: a frame that does not decode")
                 continue
-            if kind == Kind.CANCEL:
-                self.feeds.pop((peer, rid), None)
-                self.arrived.pop((peer, rid), None)
-                if (task := self.tasks.pop((peer, rid), None)) is not None:
+            key = (peer, frame.rid)
+            if isinstance(frame, wire.Cancel):
+                self.feeds.pop(key, None)
+                self.arrived.pop(key, None)
+                if (task := self.tasks.pop(key, None)) is not None:
                     task.cancel()
                 continue
-            if kind == Kind.FEED:
-                if (feeds := self.feeds.get((peer, rid))) is not None:
-                    feeds.box.put(body)
-                    if body[2]:
-                        self.arrived[(peer, rid)] = time.time()
+            if isinstance(frame, wire.Feed):
+                if (feeds := self.feeds.get(key)) is not None:
+                    feeds.box.put(frame)
+                    if frame.final:
+                        self.arrived[key] = time.time()
                 continue
-            if kind in (Kind.STEP, Kind.WHOLE):
-                self.arrived[(peer, rid)] = time.time()
-            handler = {Kind.STEP: self._step, Kind.OPEN: self._open, Kind.WHOLE: self._whole,
-                       Kind.RELEASE: self._release}.get(kind)
-            if handler is None:
-                await self._send(peer, Kind.ERROR, rid, ("ValueError", f"unknown data plane call {kind!r}"))
-                continue
-            if kind == Kind.OPEN:  # before its task starts: the feeds that follow at once must find it
-                self.feeds[(peer, rid)] = Feeds(body.session)
-            if kind == Kind.RELEASE:  # a run opened for the session will never be started: drop it
-                for key in [k for k, f in self.feeds.items() if f.session == body]:
-                    self.feeds.pop(key)
-                    if (task := self.tasks.pop(key, None)) is not None:
+            if isinstance(frame, (wire.Step, wire.Whole)):
+                self.arrived[key] = time.time()
+            if isinstance(frame, wire.Open):  # before its task starts: the feeds that follow at once must find it
+                self.feeds[key] = Feeds(frame.req.session)
+            if isinstance(frame, wire.Release):  # a run opened for the session will never be started: drop it
+                for k in [k for k, f in self.feeds.items() if f.session == frame.session]:
+                    self.feeds.pop(k)
+                    if (task := self.tasks.pop(k, None)) is not None:
                         task.cancel()
-            task = asyncio.create_task(handler(peer, rid, body))
-            self.tasks[(peer, rid)] = task
-            task.add_done_callback(lambda _, k=(peer, rid): self.tasks.pop(k, None))
+            task = asyncio.create_task(self._handlers[type(frame)](peer, frame))
+            self.tasks[key] = task
+            task.add_done_callback(lambda _, k=key: self.tasks.pop(k, None))
 
-    async def _step(self, peer: bytes, rid: int, req: StepRequest) -> None:
+    async def _step(self, peer: bytes, frame: wire.Step | wire.Open) -> None:
+        rid, req = frame.rid, frame.req
         parts = self.member.step(req)
         try:
             async for part in parts:
                 self._traced(peer, rid, req)
-                await self._send(peer, Kind.PART, rid, part)
-            await self._send(peer, Kind.END, rid, None)
+                await self._send(peer, wire.Part(rid, part))
+            await self._send(peer, wire.End(rid))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the member's fault: the router fails the request with it
-            await self._send(peer, Kind.ERROR, rid, (type(e).__name__, str(e)))
+            await self._send(peer, wire.failed(rid, e))
         finally:
             self.arrived.pop((peer, rid), None)
             await parts.aclose()  # a cancelled run leaves the batch now (actors/engine.py's `step`)
 
-    async def _open(self, peer: bytes, rid: int, req: StepRequest) -> None:
+    async def _open(self, peer: bytes, frame: wire.Open) -> None:
         """The next run of a session, opened while another member decodes the run before it
         (docs/architecture.md, "The next run in flight"). The log arrives in feeds as the other
         member's tokens do; each is caught up at once in this member's batches (what piled up during
         a catch-up goes in one), and the last feed starts the run, which answers on this call's id."""
+        rid, req = frame.rid, frame.req
         feeds = self.feeds[(peer, rid)].box
         try:
             delta, fresh, final = req.delta, req.fresh, False
@@ -157,16 +156,16 @@ class DataPlane:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the router replays the session the usual way
-            return await self._send(peer, Kind.ERROR, rid, (type(e).__name__, str(e)))
+            return await self._send(peer, wire.failed(rid, e))
         finally:
             self.feeds.pop((peer, rid), None)
-        await self._step(peer, rid, dataclasses.replace(req, delta=delta, fresh=fresh))
+        await self._step(peer, wire.Open(rid, msgspec.structs.replace(req, delta=delta, fresh=fresh)))
 
-    async def _whole(self, peer: bytes, rid: int, req: StepRequest) -> None:
-        await self._call(peer, rid, self.member.whole, req, traced=True)
+    async def _whole(self, peer: bytes, frame: wire.Whole) -> None:
+        await self._call(peer, frame.rid, self.member.whole, frame.req, traced=True)
 
-    async def _release(self, peer: bytes, rid: int, session: str) -> None:
-        await self._call(peer, rid, self.member.release, session)
+    async def _release(self, peer: bytes, frame: wire.Release) -> None:
+        await self._call(peer, frame.rid, self.member.release, frame.session)
 
     async def _call(self, peer: bytes, rid: int, method, body, traced: bool = False) -> None:
         try:
@@ -174,11 +173,11 @@ class DataPlane:
             out = await out if inspect.isawaitable(out) else out
             if traced:
                 self._traced(peer, rid, body)
-            await self._send(peer, Kind.DONE, rid, out)
+            await self._send(peer, wire.Done(rid, out))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001
-            await self._send(peer, Kind.ERROR, rid, (type(e).__name__, str(e)))
+            await self._send(peer, wire.failed(rid, e))
         finally:
             self.arrived.pop((peer, rid), None)
 
@@ -188,8 +187,8 @@ class DataPlane:
         if (arrived := self.arrived.pop((peer, rid), None)) is not None:
             self.trace.append((req.session, req.first_step, arrived, time.time()))
 
-    async def _send(self, peer: bytes, kind: Kind, rid: int, body) -> None:
-        await self.sock.send_multipart([peer, wire.dumps([kind, rid, body])], copy=False)
+    async def _send(self, peer: bytes, frame: wire.Frame) -> None:
+        await self.sock.send_multipart([peer, wire.encode(frame)], copy=False)
 
     def close(self) -> None:
         self.server.cancel()

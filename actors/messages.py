@@ -1,14 +1,21 @@
-"""Router <-> member messages: what actors/protocol.py's calls take and return, and what the data
-plane carries (actors/wire.py)."""
+"""Router <-> member messages: what actors/protocol.py's calls take and return.
+
+The ones the data plane carries (SamplingParams, Segment, StepRequest, StepResult) are msgspec structs
+laid out as arrays: actors/wire.py encodes them field by field in C and checks every field's type as it
+decodes. The rest travel only as Ray calls' pickles and stay dataclasses."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 
-@dataclass(frozen=True)
-class SamplingParams:
+class _Wire(msgspec.Struct, array_like=True, frozen=True):
+    """A data plane message: encoded as the array of its fields; immutable."""
+
+
+class SamplingParams(_Wire):
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
@@ -17,8 +24,7 @@ class SamplingParams:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(_Wire):
     """Unseen log: token ids (shared tokenizer) or text bytes (the member tokenizes them)."""
 
     ids: tuple[int, ...] = ()
@@ -28,8 +34,7 @@ class Segment:
     own: bool = False
 
 
-@dataclass(frozen=True)
-class StepRequest:
+class StepRequest(_Wire):
     session: str
     delta: tuple[Segment, ...]
     first_step: int
@@ -45,10 +50,9 @@ class SessionLost(Exception):
     soft state: the router replays the log with a fresh request (docs/architecture.md invariant 1)."""
 
 
-@dataclass(frozen=True)
-class StepResult:
-    tokens: list[int] = field(default_factory=list)
-    pieces: list[bytes] = field(default_factory=list)
+class StepResult(_Wire):
+    tokens: list[int] = []  # msgspec copies a mutable default per instance
+    pieces: list[bytes] = []
     finish: str = ""  # "" | "eos" | "length"
     probs: np.ndarray | None = None  # (vocab,) float32, only for distribution requests
     forwards: int = 0

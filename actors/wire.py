@@ -1,72 +1,119 @@
-"""The data plane's bytes: msgpack frames for the router <-> member messages (actors/messages.py).
+"""The data plane's frames (actors/dataplane.py, router/dataplane.py): typed msgspec structs, msgpack
+on the wire, as vLLM carries requests between its front end and its core.
 
-A frame is [kind, id, body], its kind one of `Kind` (sent as its number). Dataclasses travel as an
-ext of their field values, numpy arrays as an ext of dtype, shape and bytes: the ce distribution (a
-vocabulary of float32) is one copy out and one view back. A member's exception travels as its type
-name and message (the router raises the same, see `error`).
+A frame is a struct tagged with its `Kind` and sent as an array, [kind, id, fields...]; its body is
+actors/messages.py's structs. Each end decodes with the union of the frames it can receive, so every
+field's type is checked as it decodes: a malformed frame is one `DecodeError` at the socket (logged and
+dropped there), never a wrong type deep in a handler. A numpy array (a ce distribution: the vocabulary's
+float32 probabilities) travels as an ext of its raw bytes: one copy out, a view back. A member's
+exception travels as its type name and message (the router raises the same, see `error`).
+
+Against the hand-written msgpack codec with ext-coded dataclasses it replaced (docs/studies/wire-codec.md),
+an encode and a decode take about 40 times less time for a step or a part (about 1 µs against 25-50 µs)
+and 100 times less for a ce row of 49k floats (under 10 µs against about 0.9 ms).
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
+from typing import Union
 
-import msgpack
+import msgspec
 import numpy as np
 
-from .messages import SamplingParams, Segment, SessionLost, StepRequest, StepResult
-
+from .messages import Segment, SessionLost, StepRequest, StepResult
 
 
 class Kind(enum.IntEnum):
-    """What a frame is, on both ends of the data plane (actors/dataplane.py, router/dataplane.py)."""
+    """What a frame is, on both ends of the data plane: its tag on the wire."""
 
     # router -> member
-    STEP = 1  # a run (StepRequest): answered by PARTs, then END
+    STEP = 1  # a run: answered by PARTs, then END
     WHOLE = 2  # a run with one part (a ce distribution, a one-token run): answered by one DONE
-    OPEN = 3  # a session's next run opened ahead (StepRequest); its last FEED starts it, answered as a STEP
-    FEED = 4  # an open run's log as it grows: (delta, fresh, final); no answer
-    RELEASE = 5  # forget a session (its id): answered by one DONE, whether the member held it
+    OPEN = 3  # a session's next run opened ahead; its last FEED starts it, answered as a STEP
+    FEED = 4  # an open run's log as it grows; no answer
+    RELEASE = 5  # forget a session: answered by one DONE, whether the member held it
     CANCEL = 6  # drop a call: the caller stopped reading; no answer
     # member -> router
-    PART = 7  # a run's tokens so far (StepResult)
+    PART = 7  # a run's tokens so far
     END = 8  # a run is over
     DONE = 9  # a WHOLE's or RELEASE's answer
-    ERROR = 10  # the call failed: (exception type name, message)
+    ERROR = 10  # the call failed
 
 
-_ARRAY = 1
-_CLASSES = (SamplingParams, Segment, StepRequest, StepResult)  # ext codes 2, 3, ...: append only
-_CODES = {cls: 2 + i for i, cls in enumerate(_CLASSES)}
-_LISTS = {cls: {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("list")} for cls in _CLASSES}
+class Frame(msgspec.Struct, array_like=True, frozen=True, tag_field="kind"):
+    rid: int  # the call's id, chosen by the router: every answer to a call carries it
 
 
-def _default(obj):
+class Step(Frame, tag=int(Kind.STEP)):
+    req: StepRequest
+
+
+class Whole(Frame, tag=int(Kind.WHOLE)):
+    req: StepRequest
+
+
+class Open(Frame, tag=int(Kind.OPEN)):
+    req: StepRequest
+
+
+class Feed(Frame, tag=int(Kind.FEED)):
+    delta: tuple[Segment, ...]
+    fresh: bool  # the log starts over at the prompt (the session was replayed)
+    final: bool  # the run starts now
+
+
+class Release(Frame, tag=int(Kind.RELEASE)):
+    session: str
+
+
+class Cancel(Frame, tag=int(Kind.CANCEL)):
+    pass
+
+
+class Part(Frame, tag=int(Kind.PART)):
+    result: StepResult
+
+
+class End(Frame, tag=int(Kind.END)):
+    pass
+
+
+class Done(Frame, tag=int(Kind.DONE)):
+    value: Union[StepResult, bool]  # a WHOLE's result, or whether a RELEASE found the session
+
+
+class Error(Frame, tag=int(Kind.ERROR)):
+    type: str  # the exception's type name
+    message: str
+
+
+_ARRAY = 1  # ext code: float32 values
+
+
+def _enc_hook(obj):
     if isinstance(obj, np.ndarray):
-        return msgpack.ExtType(_ARRAY, msgpack.packb((obj.dtype.str, obj.shape, obj.tobytes())))
-    code = _CODES.get(type(obj))
-    if code is None:
-        raise TypeError(f"the data plane does not carry {type(obj).__name__}")
-    return msgpack.ExtType(code, dumps([getattr(obj, f.name) for f in dataclasses.fields(obj)]))
+        return msgspec.msgpack.Ext(_ARRAY, np.ascontiguousarray(obj, dtype=np.float32).data)
+    raise NotImplementedError(f"the data plane does not carry {type(obj).__name__}")
 
 
-def _ext(code: int, data: bytes):
-    if code == _ARRAY:
-        dtype, shape, raw = msgpack.unpackb(data, use_list=False)
-        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
-    cls = _CLASSES[code - 2]
-    values = loads(data)
-    lists = _LISTS[cls]
-    return cls(*(list(v) if f.name in lists else v for f, v in zip(dataclasses.fields(cls), values)))
+def _ext_hook(code: int, data: memoryview):
+    if code != _ARRAY:
+        raise ValueError(f"unknown ext code {code}")
+    return np.frombuffer(data, dtype=np.float32)
 
 
-def dumps(obj) -> bytes:
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+def _dec_hook(cls: type, obj):
+    if cls is np.ndarray and isinstance(obj, np.ndarray):
+        return obj
+    raise NotImplementedError(f"the data plane does not carry {cls.__name__}")
 
 
-def loads(data: bytes):
-    # Arrays as tuples: the messages' sequences are tuples (frozen dataclasses); lists are restored above.
-    return msgpack.unpackb(data, ext_hook=_ext, use_list=False, raw=False, strict_map_key=False)
+encode = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
+DecodeError = msgspec.DecodeError  # malformed bytes, or a field of the wrong type (ValidationError)
+to_member = msgspec.msgpack.Decoder(Union[Step, Whole, Open, Feed, Release, Cancel], ext_hook=_ext_hook,
+                                    dec_hook=_dec_hook).decode
+to_router = msgspec.msgpack.Decoder(Union[Part, End, Done, Error], ext_hook=_ext_hook, dec_hook=_dec_hook).decode
 
 
 @functools.cache
@@ -75,7 +122,13 @@ def _remote_type(name: str) -> type[Exception]:
     return type(name, (Exception,), {"__module__": "member"})
 
 
-def error(name: str, message: str) -> Exception:
+def error(frame: Error) -> Exception:
     """The exception a member raised, rebuilt from its frame. SessionLost is the router's own (it
     replays the session); any other is the member's fault and fails the request with its name."""
-    return SessionLost(message) if name == SessionLost.__name__ else _remote_type(name)(message)
+    if frame.type == SessionLost.__name__:
+        return SessionLost(frame.message)
+    return _remote_type(frame.type)(frame.message)
+
+
+def failed(rid: int, e: BaseException) -> Error:
+    return Error(rid, type(e).__name__, str(e))

@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
+import logging
 from collections.abc import AsyncIterator
 
 import zmq
 import zmq.asyncio
 
 from mixserve.actors import wire
-from mixserve.actors.wire import Kind
 from mixserve.actors.dataplane import keys
 from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
 
 from .clients import MemberDown, ray_errors
+
+log = logging.getLogger(__name__)
 
 
 class OpenRun:
@@ -35,17 +37,17 @@ class OpenRun:
         self.started = False
 
     def feed(self, delta: tuple, fresh: bool) -> None:
-        self.channel._post(self.sock, Kind.FEED, self.rid, (delta, fresh, False))
+        self.channel._post(self.sock, wire.Feed(self.rid, delta, fresh, False))
 
     def run(self, delta: tuple, fresh: bool) -> AsyncIterator[StepResult]:
         self.started = True
-        self.channel._post(self.sock, Kind.FEED, self.rid, (delta, fresh, True))
+        self.channel._post(self.sock, wire.Feed(self.rid, delta, fresh, True))
         return self.channel._parts(self.sock, self.rid, self.inbox)
 
     def cancel(self) -> None:
         if not self.started:
             self.channel.pending.pop(self.rid, None)
-            self.channel._post(self.sock, Kind.CANCEL, self.rid, None)
+            self.channel._post(self.sock, wire.Cancel(self.rid))
 
 
 class Channel:
@@ -65,7 +67,7 @@ class Channel:
         """A step's parts as the member sends them; a step with one part (a ce distribution, a
         one-token run) comes as one frame."""
         one = req.distribution or req.steps == 1
-        sock, rid, inbox = await self._send(Kind.WHOLE if one else Kind.STEP, req)
+        sock, rid, inbox = await self._send(wire.Whole if one else wire.Step, req)
         async for part in self._parts(sock, rid, inbox):
             yield part
 
@@ -79,7 +81,7 @@ class Channel:
         (actors/dataplane.py's `_open`). Only when can_open()."""
         rid = next(self.ids)
         inbox = self.pending[rid] = Mailbox()
-        self._post(self.sock, Kind.OPEN, rid, req)
+        self._post(self.sock, wire.Open(rid, req))
         self.opened += 1
         return OpenRun(self, self.sock, rid, inbox)
 
@@ -87,50 +89,50 @@ class Channel:
         done = False
         try:
             while True:
-                kind, body = await anext(inbox)
-                if kind == Kind.PART:
-                    yield body
+                frame = await anext(inbox)
+                if isinstance(frame, wire.Part):
+                    yield frame.result
                     continue
                 done = True
-                if kind == Kind.DONE:
-                    yield body
-                elif kind == Kind.ERROR:
-                    raise wire.error(*body)
+                if isinstance(frame, wire.Done):
+                    yield frame.value
+                elif isinstance(frame, wire.Error):
+                    raise wire.error(frame)
                 return
         finally:
             self.pending.pop(rid, None)
             if not done:  # the caller stopped early: the member drops the run now
-                self._post(sock, Kind.CANCEL, rid, None)
+                self._post(sock, wire.Cancel(rid))
 
-    def _post(self, sock, kind: Kind, rid: int, body) -> None:
+    def _post(self, sock, frame: wire.Frame) -> None:
         """A frame that needs no answer, sent now (never blocks: no high-water mark)."""
         if sock is self.sock:
-            sock.send(wire.dumps([kind, rid, body]), flags=zmq.NOBLOCK)
+            sock.send(wire.encode(frame), flags=zmq.NOBLOCK)
 
     def release(self, session: str) -> asyncio.Future:
         """Sent before the caller's next await (a task's first step), answered True when freed."""
-        return asyncio.ensure_future(self._answer(Kind.RELEASE, session))
+        return asyncio.ensure_future(self._answer(wire.Release, session))
 
-    async def _answer(self, kind: Kind, body):
+    async def _answer(self, kind: type[wire.Frame], body):
         _, rid, inbox = await self._send(kind, body)
         try:
-            kind, body = await anext(inbox)
+            frame = await anext(inbox)
         finally:
             self.pending.pop(rid, None)
-        if kind == Kind.ERROR:
-            raise wire.error(*body)
-        return body
+        if isinstance(frame, wire.Error):
+            raise wire.error(frame)
+        return frame.value
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close(0)
         self.sock = None
 
-    async def _send(self, kind: Kind, body) -> tuple[zmq.asyncio.Socket, int, Mailbox]:
+    async def _send(self, kind: type[wire.Frame], body) -> tuple[zmq.asyncio.Socket, int, Mailbox]:
         sock = await self._ready()
         rid = next(self.ids)
         inbox = self.pending[rid] = Mailbox()
-        await sock.send(wire.dumps([kind, rid, body]), copy=False)
+        await sock.send(wire.encode(kind(rid, body)), copy=False)
         return sock, rid, inbox
 
     async def _ready(self) -> zmq.asyncio.Socket:
@@ -167,9 +169,14 @@ class Channel:
     async def _read(self, sock) -> None:
         try:
             while self.sock is sock:
-                kind, rid, body = wire.loads(await sock.recv())
-                if (inbox := self.pending.get(rid)) is not None:
-                    inbox.put((kind, body))
+                data = await sock.recv()
+                try:
+                    frame = wire.to_router(data)
+                except wire.DecodeError:  # the member sent garbage: say so, keep reading
+                    log.exception("data plane: a frame from %s that does not decode", self.endpoint)
+                    continue
+                if (inbox := self.pending.get(frame.rid)) is not None:
+                    inbox.put(frame)
         except (asyncio.CancelledError, zmq.ZMQError):
             pass
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 import torch
 
@@ -96,7 +97,7 @@ class Router:
         async def sample(j: int) -> None:
             try:
                 async with in_flight:
-                    params = replace(plan.params, seed=plan.params.seed + j)
+                    params = msgspec.structs.replace(plan.params, seed=plan.params.seed + j)
                     s = Session(prompt_ids, tokenizers, self.prompts.eos_ids, params, index=j, history=history)
                     choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk()))
                     if plan.logprobs is not None:

@@ -10,7 +10,6 @@ import ray
 import zmq
 
 from mixserve.actors import wire
-from mixserve.actors.wire import Kind
 from mixserve.actors.dataplane import keys
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.serving.ensemble import build_ensemble
@@ -22,10 +21,10 @@ def _ask(sock: zmq.Socket, session: str, timeout_ms: int):
     whose handshake failed has no peer to send to: its send times out)."""
     req = StepRequest(session, (Segment((1, 2, 3)),), 0, 2, SamplingParams(seed=1), fresh=True)
     try:
-        sock.send(wire.dumps([Kind.STEP, 7, req]))
+        sock.send(wire.encode(wire.Step(7, req)))
     except zmq.Again:
         return None
-    return wire.loads(sock.recv()) if sock.poll(timeout_ms) else None
+    return wire.to_router(sock.recv()) if sock.poll(timeout_ms) else None
 
 
 def _socket(ctx, endpoint: str, server_key: bytes | None = None, client: tuple[bytes, bytes] | None = None):
@@ -95,15 +94,44 @@ def test_only_the_deployments_key_drives_a_member(ensemble):
         assert _ask(plain, "intruder-1", 1500) is None
         assert _ask(stranger, "intruder-2", 1500) is None
         owner = _socket(ctx, endpoint, keys(key, "member")[0], keys(key, "router"))
-        kind, rid, body = _ask(owner, "owner", 30_000)  # the same request, with the key: answered
-        assert (kind, rid) == (Kind.PART, 7) and len(body.tokens) == 1
+        frame = _ask(owner, "owner", 30_000)  # the same request, with the key: answered
+        assert isinstance(frame, wire.Part) and frame.rid == 7 and len(frame.result.tokens) == 1
         assert plain.poll(0) == 0 and stranger.poll(0) == 0
-        owner.send(wire.dumps([Kind.RELEASE, 8, "owner"]))
-        while wire.loads(owner.recv())[1] != 8:  # the step's last part, then the release's answer
-            assert owner.poll(30_000)
+        _release(owner, "owner")
         assert ensemble.live_sessions()["a"] == 0  # the intruders' sessions never existed
     finally:
         ctx.destroy(linger=0)
+
+
+def _release(sock: zmq.Socket, session: str) -> None:
+    sock.send(wire.encode(wire.Release(8, session)))
+    while True:  # a step's remaining parts, then the release's answer
+        assert sock.poll(30_000)
+        if wire.to_router(sock.recv()).rid == 8:
+            return
+
+
+@pytest.mark.parametrize("garbage", [b"\xc1", wire.encode([int(wire.Kind.STEP), 9, "not a request"]),
+                                     wire.encode([int(wire.Kind.FEED), 9, 5]), wire.encode([42, 9, None]),
+                                     wire.encode([int(wire.Kind.PART), 9, []])],
+                         ids=["not msgpack", "a step with a bad body", "a feed with a bad body", "an unknown kind",
+                              "a member's frame"])
+def test_a_malformed_frame_is_dropped_and_the_member_serves_on(ensemble, garbage, request):
+    """Even from a peer holding the key: the frame is logged and dropped, the same connection's next
+    request is answered and the ensemble's own channel still serves."""
+    session = f"after-garbage-{request.node.callspec.id}"  # a released session's name is not served again
+    ensemble.generate(prompt="hello", max_tokens=2, seed=1)
+    channel = ensemble.router.members["a"].channel
+    ctx = zmq.Context()
+    try:
+        owner = _socket(ctx, channel.endpoint, keys(channel.key, "member")[0], keys(channel.key, "router"))
+        owner.send(garbage)
+        frame = _ask(owner, session, 30_000)
+        assert isinstance(frame, wire.Part) and frame.rid == 7
+        _release(owner, session)
+    finally:
+        ctx.destroy(linger=0)
+    assert ensemble.generate(prompt="hello", max_tokens=2, seed=1).choices[0].text
 
 
 def test_a_member_listens_on_loopback_only_when_its_router_is_on_its_node(ensemble):
