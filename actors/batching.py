@@ -1,4 +1,4 @@
-"""What both batching member actors share (docs/architecture.md, "member" and "Engines"): the work in
+"""What both batching engines share (docs/architecture.md, "member" and "Engines"): the work in
 their batch (Job), the sessions released lately, and `whole`.
 
 The transformers engine (actors/engine.py) and the vLLM engine (actors/vllm_engine.py) each run one

@@ -17,6 +17,9 @@ def add_command(sub) -> None:
     soak.add_argument("--pauses", type=int, help="default: 6 per 10 minutes")
     soak.add_argument("--router-kills", type=int, help="default: 2 per 10 minutes")
     soak.add_argument("--workers", type=int, help="concurrent clients (default: 2 x max_concurrent_sessions)")
+    soak.add_argument("--hostile", type=float, default=0.0,
+                      help="the share of requests a hostile client sends: bad types, nesting, bounds, overflows "
+                           "(mixserve/soak/hostile.py); each must be refused with a 4xx and harm no other")
     soak.add_argument("--out", default="soak-out", help="directory for soak.json, soak.md, soak.png")
     soak.set_defaults(handler=_soak)
 
@@ -25,7 +28,7 @@ def _soak(args) -> None:
     from .phases import run_soak
 
     report = run_soak(args.config, args.out, args.duration, args.seed, args.warmup, args.member_kills, args.pauses,
-                      args.router_kills, args.workers)
+                      args.router_kills, args.workers, args.hostile)
     print((Path(args.out) / "soak.md").read_text())
     if not report["summary"]["passed"]:
         sys.exit(1)

@@ -17,6 +17,8 @@ import grpc
 
 from mixserve.models.tiny import WORDS
 
+from . import hostile
+
 # What the client saw, beside HTTP status codes: the stream was cut by us, or by the transport.
 DISCONNECTED, TRANSPORT, TIMEOUT = "disconnected", "transport", "timeout"
 GRPC_STATUS = {"RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "INTERNAL": 500, "INVALID_ARGUMENT": 400,
@@ -45,8 +47,10 @@ class Mix:
     strings, sessions (started, then continued later), log-probs where the members share a tokenizer,
     and which streams the client drops mid-way."""
 
-    def __init__(self, seed: int, members: dict[str, str], model_name: str, disconnect_rate: float = 0.4):
+    def __init__(self, seed: int, members: dict[str, str], model_name: str, disconnect_rate: float = 0.4,
+                 hostile: float = 0.0):
         self.seed = seed
+        self.hostile = hostile  # the share of requests that are hostile (mixserve/soak/hostile.py)
         self.rng = random.Random(seed)
         self.members = members  # name -> tokenizer fingerprint
         self.model_name = model_name
@@ -84,6 +88,7 @@ class Mix:
         for echo in (False, True):
             kinds += [dict(method="single", member=m, logprobs=2, echo=echo) for m in self.members]
             kinds += [dict(method="me", weights=w, logprobs=2, echo=echo) for w in weightings if self._one_tokenizer(w)]
+        kinds += [self._hostile(k) for k in hostile.KINDS] if self.hostile else []
         return [{**self._spec(), "proto": "http", **kind} for kind in kinds]
 
     def _spec(self) -> dict:
@@ -93,11 +98,14 @@ class Mix:
                 "max_tokens": r.randint(4, 40), "n": 1, "temperature": 1.0, "top_p": 1.0, "stop": [],
                 "method": None, "member": None, "weights": None, "chat": False, "stream": False,
                 "logprobs": None, "echo": False, "session": None, "continues": None, "disconnect_after": None,
+                "hostile": None,
                 "prompt": " ".join(r.choice(WORDS) for _ in range(r.randint(1, 8)))}
 
     def next(self) -> dict:
         r = self.rng
         spec = self._spec()
+        if r.random() < self.hostile:
+            return {**spec, "proto": "http", **self._hostile(r.choice(hostile.KINDS))}
         if self.open_sessions and r.random() < 0.08:
             return self._continue(spec, self.open_sessions.pop(r.randrange(len(self.open_sessions))))
         kind = r.random()
@@ -126,6 +134,10 @@ class Mix:
                 and spec["disconnect_after"] is None and spec["logprobs"] is None and r.random() < 0.15:
             spec["session"] = f"soak-{spec['i']}-{r.randrange(1 << 30):x}"
         return spec
+
+    @staticmethod
+    def _hostile(kind: hostile.Hostile) -> dict:
+        return {"hostile": kind.name, "chat": kind.path.endswith("chat/completions"), "stream": False}
 
     def _one_tokenizer(self, weights: dict | None) -> bool:
         used = [m for m in self.members if weights is None or weights.get(m, 0) > 0]
@@ -168,9 +180,11 @@ def http_body(spec: dict, model_name: str) -> dict:
 class Client:
     """Sends specs over HTTP (aiohttp) or gRPC (grpc.aio) and records the outcome."""
 
-    def __init__(self, http: str, grpc_target: str | None, model_name: str, clock, timeout_s: float):
+    def __init__(self, http: str, grpc_target: str | None, model_name: str, clock, timeout_s: float,
+                 members: list[str] = ()):
         self.http = http
         self.model_name = model_name
+        self.members = list(members)  # names, for hostile bodies that name them
         self.clock = clock  # seconds since the soak started
         self.timeout_s = timeout_s
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
@@ -198,7 +212,12 @@ class Client:
 
     async def _http(self, spec: dict, out: Outcome) -> None:
         path = "/v1/chat/completions" if spec["chat"] else "/v1/completions"
-        async with self.session.post(self.http + path, json=http_body(spec, self.model_name)) as resp:
+        if kind := hostile.BY_NAME.get(spec.get("hostile")):
+            data = hostile.body(kind.name, self.model_name, self.members)
+            request = self.session.post(self.http + kind.path, data=data, headers={"Content-Type": "application/json"})
+        else:
+            request = self.session.post(self.http + path, json=http_body(spec, self.model_name))
+        async with request as resp:
             if resp.status != 200 or not spec["stream"]:
                 body = await _json(resp)
                 out.status = resp.status

@@ -6,6 +6,8 @@ invariants 1, 3, 6, 7).
   with its own tokenizer re-tokenizes a replayed log in one pass), what the client was sent before
   the crash must still be a prefix of the quiet text, and the change is counted, not failed.
 - A stream the client dropped: what it received is a prefix of the quiet text, by the same rule.
+- A hostile request (mixserve/soak/hostile.py) is refused with one of its kind's statuses, or
+  answered 200 where its input is legal and then checked as above.
 - An error is explained by what the faults and the load did: 429 while the client's own sessions in
   flight filled admission (a gone client's until member_retry_s after it left, while they may still
   wait on a member that is down or silent); 503 naming a member while that member was down or paused for about
@@ -18,6 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from . import hostile
 from .faults import Fault
 from .load import DISCONNECTED, TIMEOUT, TRANSPORT, Outcome
 
@@ -86,6 +89,11 @@ class Oracle:
         return self.verdicts
 
     def judge(self, out: Outcome) -> tuple[str, str]:
+        kind = hostile.BY_NAME.get(out.spec.get("hostile"))
+        if kind is not None and out.status != 200 and out.status in kind.expect:
+            return "refused_hostile", ""
+        if kind is not None and out.status in (400, 413):
+            return "unexplained", f"hostile {kind.name}: {out.status} where {sorted(kind.expect)} was due"
         if out.status == 200:
             return self._text(out, whole=True)
         if out.status == DISCONNECTED:

@@ -33,10 +33,11 @@ QUIET_TRIES = 20  # a quiet replay refused with 429 (another replay's sessions) 
 
 def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0, warmup_s: float = 30,
              member_kills: int | None = None, pauses: int | None = None, router_kills: int | None = None,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, hostile: float = 0.0) -> dict:
     """Serve `config_path` in a fresh local Ray on free loopback ports and soak it; returns the report
     (also written to `out`). Fault counts default to the duration's share of 18 kills, 6 pauses and 2
-    router kills per 10 minutes."""
+    router kills per 10 minutes; `hostile` is the share of requests a hostile client sends
+    (mixserve/soak/hostile.py)."""
     config = load_config(config_path)
     # Prometheus counters are compared with what the clients saw: Ray exports them every second.
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
@@ -57,7 +58,7 @@ def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0,
     plan = {"member_kill": round(18 * share) if member_kills is None else member_kills,
             "pause": max(1, round(6 * share)) if pauses is None else pauses,
             "router_kill": round(2 * share) if router_kills is None else router_kills}
-    soak = Soak(config, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics_port, seed)
+    soak = Soak(config, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics_port, seed, hostile)
     # About twice max_concurrent_sessions offered: a request asks for 1.6 sessions on average (n).
     workers = workers or max(1, round(2 * config.max_concurrent_sessions / 1.6))
     report = asyncio.run(soak.run(duration_s, warmup_s, plan, workers))
@@ -69,12 +70,14 @@ def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0,
 
 
 class Soak:
-    def __init__(self, config: EnsembleConfig, http: str, grpc: str, metrics_port: int, seed: int):
+    def __init__(self, config: EnsembleConfig, http: str, grpc: str, metrics_port: int, seed: int,
+                 hostile: float = 0.0):
         self.config = config
         self.http = http
         self.grpc = grpc
         self.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         self.seed = seed
+        self.hostile = hostile
         self.clock = clock_from(time.monotonic())
         self.retry_s = config.member_retry_s
         self.client: Client | None = None  # made in run(): aiohttp binds to the running loop
@@ -85,7 +88,8 @@ class Soak:
 
     async def run(self, duration_s: float, warmup_s: float, plan: dict, workers: int) -> dict:
         # A request may wait out a member's retry bound and a router replica's restart, not more.
-        self.client = Client(self.http, self.grpc, self.config.model_name, self.clock, timeout_s=3 * self.retry_s + 120)
+        self.client = Client(self.http, self.grpc, self.config.model_name, self.clock, timeout_s=3 * self.retry_s + 120,
+                             members=[m.name for m in self.config.members])
         try:
             return await self._run(duration_s, warmup_s, plan, workers)
         finally:
@@ -93,7 +97,7 @@ class Soak:
 
     async def _run(self, duration_s: float, warmup_s: float, plan: dict, workers: int) -> dict:
         setup = await self._setup()
-        mix = Mix(self.seed, setup.members, self.config.model_name)
+        mix = Mix(self.seed, setup.members, self.config.model_name, hostile=self.hostile)
         limit = int(50 * (duration_s + warmup_s))  # a bound on requests, far above what 2 cores serve
         for spec in mix.primer():
             self.outcomes.append(out := await self.client.send(spec))

@@ -62,3 +62,12 @@ def test_anything_during_a_router_outage_is_counted_apart_and_nothing_else_is_ex
     router = [Fault("router_kill", "router", 1.0, 9.0)]
     assert judge([outcome(1, 0, 2, status=500, message="Internal Server Error")], router) == {"router_lost": 1}
     assert judge([outcome(1, 20, 21, status=500, message="Internal Server Error")], router) == {"unexplained": 1}
+
+
+def test_a_hostile_request_passes_only_refused_as_its_kind_is_or_served_where_legal():
+    assert judge([outcome(1, 0, 1, status=400, texts=(), hostile="stop_number")]) == {"refused_hostile": 1}
+    assert judge([outcome(1, 0, 1, status=413, texts=(), hostile="huge_body")]) == {"refused_hostile": 1}
+    assert judge([outcome(1, 0, 1, status=400, texts=(), hostile="huge_body")]) == {"unexplained": 1}  # read whole
+    assert judge([outcome(1, 0, 1, status=500, texts=(), hostile="deep_nesting")]) == {"unexplained": 1}
+    legal = outcome(1, 0, 1, hostile="overflowing_weights")  # served: its text is checked like any other
+    assert judge([legal], quiet_texts=["xy"]) == {"ok": 1} and judge([legal], quiet_texts=["xz"]) == {"wrong_text": 1}
