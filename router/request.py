@@ -1,6 +1,8 @@
 """A generation request and its validation: the edge where user input becomes trusted types. The
 ingresses (mixserve/serving/openai_http.py, mixserve/serving/grpc_service.py) only translate their wire format into a
-GenerateRequest; `validate` checks it, once, and the router runs the Plan it returns unchecked."""
+GenerateRequest; `validate` checks it, once, and the router runs the Plan it returns unchecked but for
+its length, which `check_context` checks against each member's context once the prompt is in the
+members' tokens (docs/architecture.md invariant 8)."""
 from __future__ import annotations
 
 import math
