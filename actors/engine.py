@@ -54,8 +54,9 @@ class MemberEngine(BatchingEngine):
         if req.session in self.released:
             return
         job = Job(req, self.book.begin(req, busy=frozenset(self.jobs)), next_step=req.first_step)
-        if req.steps and not req.distribution and self.book.full(job.cache):
-            yield StepResult(finish="length")
+        if self.book.full(job.cache):  # never a forward past max_position_embeddings: no row, no catch-up
+            if req.steps or req.distribution:
+                yield StepResult(finish="length")
             return
         if req.steps == 0 and not req.distribution and job.cache.cached == len(job.cache.ids):
             return  # a sync with nothing new to compute

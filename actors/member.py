@@ -13,7 +13,7 @@ import torch
 
 from . import invariant, packed
 from .loading import ModelSource, load
-from .messages import Scores, StepRequest, StepResult
+from .messages import InputRefused, Scores, StepRequest, StepResult
 from .sampling import pick
 from .sessions import BookFront, SessionBook, SessionCache, eos_ids
 
@@ -45,6 +45,8 @@ class MemberCore(BookFront):
         """A whole step in this thread, one session per forward (in-process members and the
         ce-sequential baseline). Same numbers as the batched engine: see `forward`."""
         s = self.book.begin(req)
+        if self.book.full(s) and (req.steps or req.distribution):
+            return StepResult(finish="length")  # never a forward past max_position_embeddings
         if req.distribution:
             return StepResult(probs=self.forward([s])[0].exp().numpy(), forwards=1)
         tokens: list[int] = []
@@ -117,6 +119,8 @@ class MemberCore(BookFront):
     def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
         """Teacher-forced log-probs of ids[1:], each given the ids before it (echo, logprobs), in one
         forward that touches no session. `rows`: every position's whole row, for a mixture."""
+        if len(ids) > self.book.context_length:  # positions past max_position_embeddings mean nothing
+            raise InputRefused(f"{len(ids)} tokens to score; the context is {self.book.context_length}")
         logp = self._logp([packed.Span(packed.KV(), 0, 0, len(ids))], ids, list(range(len(ids))),
                           list(range(len(ids) - 1)))  # (L-1, vocab)
         targets = torch.tensor(ids[1:], dtype=torch.long)

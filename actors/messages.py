@@ -50,6 +50,13 @@ class SessionLost(Exception):
     soft state: the router replays the log with a fresh request (docs/architecture.md invariant 1)."""
 
 
+class InputRefused(ValueError):
+    """The member cannot take this request's input (longer than its context; anything its engine's
+    own checks refuse): the request's fault, never the member's. It fails that request alone, as a 400
+    naming the member (router/calls.py), and no other run on the member (docs/architecture.md
+    invariant 8)."""
+
+
 class StepResult(_Wire):
     tokens: list[int] = []  # msgspec copies a mutable default per instance
     pieces: list[bytes] = []

@@ -31,7 +31,7 @@ import numpy as np
 from . import vllm_setup
 from .batching import BatchingEngine, Job
 from .loading import ModelSource
-from .messages import Scores, StepRequest, StepResult, join
+from .messages import InputRefused, Scores, StepRequest, StepResult, join
 from .sampling import run_seed
 from .sessions import SessionBook, SessionCache
 from .vllm_streams import Chunk, Streams
@@ -55,7 +55,9 @@ class VllmEngine(BatchingEngine):
                                          initargs=(threads,))
         self.vllm = self.thread.submit(LLMEngine.from_engine_args, args, enable_multiprocessing=False).result()
         self.capture = vllm_capture
-        super().__init__(SessionBook(name, tokenizer, ends, self.vllm.model_config.max_model_len, max_sessions,
+        # The context is one short of max_model_len: vLLM scores a sequence (logprobs) only as a prompt
+        # that leaves room for one token, so a log that filled max_model_len could be written, not scored.
+        super().__init__(SessionBook(name, tokenizer, ends, self.vllm.model_config.max_model_len - 1, max_sessions,
                                      max_cached_tokens))
         # A paused stream holds one of vLLM's max_num_seqs slots: max_batch of them, beside max_batch runs.
         self.streams = Streams(self.vllm, max_batch if streaming else 0)
@@ -99,6 +101,10 @@ class VllmEngine(BatchingEngine):
         if req.session in self.released:
             return
         s = self.book.begin(req, busy=frozenset(self.by_session))
+        if self.book.full(s):  # nothing past the context: no row, no catch-up, no run
+            if req.steps or req.distribution:
+                yield StepResult(finish="length")
+            return
         if req.distribution:
             yield StepResult(probs=await self._row(req, s), forwards=1)
             return
@@ -110,8 +116,7 @@ class VllmEngine(BatchingEngine):
             return
         step = req.first_step
         while step < req.first_step + req.steps:
-            room = self.book.context_length - len(s.ids)
-            if room <= 0:
+            if (room := self.book.context_length - len(s.ids)) <= 0:
                 yield StepResult(finish="length")
                 return
             heal, allowed = self.book.healing(s)
@@ -254,12 +259,13 @@ class VllmEngine(BatchingEngine):
             while self.jobs or self.to_abort:
                 try:
                     adds = self._admit()
-                    outputs = await asyncio.get_running_loop().run_in_executor(self.thread, self._tick, adds)
-                except Exception as e:  # noqa: BLE001 - fail the running requests, keep serving
-                    for job in list(self.jobs.values()):
-                        self._drop(job, e)
-                    self.to_abort.clear()  # a failed step must not loop on aborts that fail too
+                    outputs, refused = await asyncio.get_running_loop().run_in_executor(self.thread, self._tick, adds)
+                except Exception as e:  # noqa: BLE001 - vLLM's step failed: fail the runs in it, keep serving
+                    for job in [job for job in self.jobs.values() if job.added]:
+                        self._drop(job, e)  # each aborted at the next tick, as any dropped run
                     continue
+                for job, error in refused:
+                    self._drop(job, error)  # that request alone: the others run on (invariant 8)
                 for output in outputs:
                     if (job := self.jobs.get(output.request_id)) is None:
                         continue  # released meanwhile
@@ -292,30 +298,35 @@ class VllmEngine(BatchingEngine):
                 room -= 1
         return adds
 
-    def _tick(self, adds: list) -> list:
-        """One engine step, in the worker thread: the only place that touches vLLM after loading."""
+    def _tick(self, adds: list) -> tuple[list, list]:
+        """One engine step, in the worker thread: the only place that touches vLLM after loading. vLLM's
+        outputs, and the adds it refused with their errors."""
         from vllm import TokensPrompt
 
+        refused = []
         for job, ids, params, first in adds:
             if self.jobs.get(job.rid) is not job:
                 continue  # dropped since it was admitted
-            if first is None:
-                self.vllm.add_request(job.rid, TokensPrompt(prompt_token_ids=ids), params)
-            else:
-                self.streams.add(job.rid, ids, params, first)
-            self.in_vllm.add(job.rid)
+            self.in_vllm.add(job.rid)  # even if the add fails halfway: aborting an id vLLM lacks is a no-op
+            try:
+                if first is None:
+                    self.vllm.add_request(job.rid, TokensPrompt(prompt_token_ids=ids), params)
+                else:
+                    self.streams.add(job.rid, ids, params, first)
+            except Exception as e:  # noqa: BLE001 - vLLM checks each request as it is added: this one's fault
+                refused.append((job, _refused(e)))
         # After the adds: a run dropped while it was being added is aborted now, not forgotten (an
         # abort only reaches requests vLLM has).
         self._abort()
         if not self.vllm.has_unfinished_requests():
-            return []
+            return [], refused
         started = time.perf_counter()
         outputs = self.vllm.step()
         self.compute_s += time.perf_counter() - started
         self.steps += bool(outputs)  # a step with paused streams alone schedules nothing
         self.shared_steps += len(outputs) > 1
         self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
-        return outputs
+        return outputs, refused
 
     def _abort(self) -> None:
         """Abort the dropped requests that vLLM still runs (in the vLLM thread, like every call into it)."""
@@ -323,7 +334,15 @@ class VllmEngine(BatchingEngine):
         while self.to_abort:
             aborts.append(self.to_abort.popleft())
         if aborts := [rid for rid in aborts if rid in self.in_vllm]:
+            self.in_vllm.difference_update(aborts)  # first: an abort that raises is not tried again and again
             self.vllm.abort_request(aborts)
-            self.in_vllm.difference_update(aborts)
+
+
+def _refused(error: Exception) -> Exception:
+    """vLLM's own check of a request (a client error: a prompt past max_model_len, ...) as the member's
+    InputRefused, a 400 for that request (router/calls.py); any other error stays the member's fault."""
+    from vllm.exceptions import VLLMClientError
+
+    return InputRefused(str(error)) if isinstance(error, VLLMClientError) else error
 
 

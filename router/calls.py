@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from mixserve.actors.messages import Segment, SessionLost, StepRequest, StepResult
+from mixserve.actors.messages import InputRefused, Segment, SessionLost, StepRequest, StepResult
 
 from .clients import CallCancelled, MemberClient, MemberDown
 from .request import MemberFailedError, RequestError, UnavailableError
@@ -82,13 +82,20 @@ class MemberCalls:
 
     async def bounded(self, member: str, call: Awaitable):
         """A call's answer within member_retry_s (see answered). A member that is down is named (several
-        members' calls may wait under one retry: log-probs)."""
+        members' calls may wait under one retry: log-probs); one that refused the request's input
+        (actors/messages.py's InputRefused) fails that request alone with a 400 naming it."""
         try:
             return await asyncio.wait_for(call, self.retry_s)
         except asyncio.TimeoutError:
             raise UnavailableError(f"member {member!r} did not answer within {self.retry_s:g} s") from None
         except MemberDown as e:
             e.member = member
+            raise
+        except Exception as e:
+            cause = getattr(e, "cause", None) or e  # a Ray task error carries the member's own
+            # By name: the data plane rebuilds a member's error as a type of the same name (actors/wire.py).
+            if type(cause).__name__ == InputRefused.__name__:
+                raise RequestError(f"member {member!r} refused this request: {cause}", "prompt") from None
             raise
 
     async def answered(self, member: str, parts: AsyncIterator[StepResult]) -> AsyncIterator[StepResult]:
@@ -126,25 +133,27 @@ class MemberCalls:
     def sync_idle(self, s: Session, idle: list[str]) -> None:
         """eager_sync: send the tokens streamed so far to the idle members now, so that they catch up
         while the running member decodes, each on its own device. A member's next run waits for its
-        sync first (see run): an async actor does not keep the order of calls."""
+        sync first (see run): an async actor does not keep the order of calls. A sync is bounded like
+        any call: one unanswered within member_retry_s fails that run with 503 (invariant 6)."""
         for member in idle:
             # A member without even the prompt gains nothing: it prefills when first chosen.
             if member not in s.cursor or (s.id, member) in self.syncs or s.cursor[member] == s.step:
                 continue
             req = StepRequest(s.id, s.take_delta(member), s.step, 0, s.params)
-            self.syncs[(s.id, member)] = asyncio.create_task(self._sync(s, member, req))
+            sync = self.syncs[(s.id, member)] = asyncio.create_task(self._sync(s, member, req))
+            sync.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failure is raised by the run
 
     async def _sync(self, s: Session, member: str, req: StepRequest) -> None:
+        """A failed sync stays in `syncs`: the member's next run for the session raises its error."""
         try:
-            async for _ in self.members[member].stream(req):
+            async for _ in self.answered(member, self.members[member].stream(req)):
                 pass
         except (SessionLost, MemberDown):
             s.forget(member)  # it will get the whole log when chosen
         except CallCancelled:
             pass  # the request is ending; release frees the session
-        finally:
-            if self.syncs.get((s.id, member)) is asyncio.current_task():
-                del self.syncs[(s.id, member)]
+        if self.syncs.get((s.id, member)) is asyncio.current_task():
+            del self.syncs[(s.id, member)]
 
     async def release(self, s: Session) -> None:
         """Free the session on every member that saw it (docs/architecture.md invariant 7), even when the request

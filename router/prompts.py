@@ -54,17 +54,12 @@ class Prompts:
 
     async def ids(self, plan: Plan) -> dict[str, list[int]]:
         """Each member's prompt tokens: the request's ids, or its text or messages in the member's
-        own tokenizer and chat template. A prompt past a member's context is refused, named."""
+        own tokenizer and chat template (router/request.py's check_context then checks their lengths)."""
         names = list(plan.weights)
         if isinstance(plan.prompt, list):
             ids = [list(plan.prompt)] * len(names)
         else:
             ids = await self._tokenize(plan, names)
-        for name, prompt in zip(names, ids):
-            limit = self.infos[name].context_length
-            if len(prompt) >= limit:
-                raise RequestError(f"prompt is {len(prompt)} tokens for member {name!r}, whose context "
-                                   f"is {limit} tokens; shorten it", "prompt")
         return dict(zip(names, ids))
 
     async def _tokenize(self, plan: Plan, names: list[str]) -> list[list[int]]:

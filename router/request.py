@@ -1,6 +1,8 @@
 """A generation request and its validation: the edge where user input becomes trusted types. The
 ingresses (mixserve/serving/openai_http.py, mixserve/serving/grpc_service.py) only translate their wire format into a
-GenerateRequest; `validate` checks it, once, and the router runs the Plan it returns unchecked."""
+GenerateRequest; `validate` checks it, once, and the router runs the Plan it returns unchecked but for
+its length, which `check_context` checks against each member's context once the prompt is in the
+members' tokens (docs/architecture.md invariant 8)."""
 from __future__ import annotations
 
 import math
@@ -46,6 +48,12 @@ class MemberFailedError(RequestError):
     def __init__(self, member: str, error: BaseException):
         cause = getattr(error, "cause", None) or error  # a Ray task error carries the member's own
         super().__init__(f"member {member!r} failed on this request: {type(cause).__name__}: {cause}")
+
+
+class ContextError(RequestError):
+    """The request does not fit a member's context (`code` as OpenAI names it)."""
+
+    code = "context_length_exceeded"
 
 
 class NotFoundError(RequestError):
@@ -137,6 +145,23 @@ def check_members(plan: Plan, infos: dict[str, MemberInfo]) -> None:
     """The part of the check that needs the members' infos, on a plan made without them (the CLI makes
     its plan before any actor starts, and checks this once they are up: each check runs once)."""
     _check_tokenizers(plan, plan.method, plan.weights, plan.logprobs, infos)
+
+
+def check_context(plan: Plan, prompt_ids: dict[str, list[int]], logged: int, infos: dict[str, MemberInfo]) -> None:
+    """Each member's context holds the whole request, checked once its prompt is in each member's
+    tokens and before any member works: the prompt, the `logged` tokens of a continued session and
+    max_tokens (as OpenAI counts). The log and the completion count as the tokens they are written in:
+    exact where the members share a tokenizer; across tokenizers a member that spells the same text in
+    more tokens of its own ends its text with finish "length" at its context, never past it."""
+    for name in plan.weights:
+        given, limit = len(prompt_ids[name]) + logged, infos[name].context_length
+        if given + plan.params.max_tokens <= limit:
+            continue
+        what = f"session {plan.session!r} holds" if logged else "the prompt is"
+        fix = "shorten the prompt" if given >= limit else f"ask for at most {limit - given} tokens"
+        raise ContextError(f"{what} {given} tokens and max_tokens is {plan.params.max_tokens}: "
+                           f"{given + plan.params.max_tokens} tokens for member {name!r}, whose context is "
+                           f"{limit} tokens; {fix}", "max_tokens" if given < limit else "session" if logged else "prompt")
 
 
 def prompt_text(req: GenerateRequest) -> str | None:

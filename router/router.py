@@ -26,7 +26,7 @@ from .calls import MemberCalls
 from .clients import LocalMember, MemberClient
 from .policies import Policy, Turn, make_policy
 from .prompts import Prompts
-from .request import GenerateRequest, Plan, validate
+from .request import GenerateRequest, Plan, check_context, validate
 from .result import Choice, GenerateResult, final, summarize
 from .session_log import MIXTURE, Chunk, Session
 from .snapshot import SessionStore
@@ -87,6 +87,7 @@ class Router:
         started = time.perf_counter()
         prompt_ids, history = await self.prompts.resume(plan) if plan.session else (None, [])
         prompt_ids = prompt_ids or await self.prompts.ids(plan)
+        check_context(plan, prompt_ids, len(history), self.infos)  # before any member works
         tokenizers = {m: self.infos[m].tokenizer for m in plan.weights}
         if plan.method == "ce":
             tokenizers[MIXTURE] = (await self.prompts.vocab(plan)).fingerprint
@@ -232,6 +233,9 @@ class Router:
         s = job.session
         results = await asyncio.gather(*(self.calls.run(s, m, lambda delta, fresh: StepRequest(
             s.id, delta, s.step, 0, s.params, distribution=True, fresh=fresh), job.stats) for m in turn.members))
+        if any(r.finish == "length" for r in results):  # a member's context is full: no row, the text ends
+            s.record(MIXTURE, [], [], "length")
+            return
         vocab = self.prompts.vocabs[frozenset(s.tokenizers[m] for m in turn.members)]
         # One copy per distribution: float64 (the mixture's precision), writable as torch wants.
         mixture = vocab.mix([(s.tokenizers[m], w, torch.from_numpy(r.probs.astype(np.float64)))

@@ -21,8 +21,10 @@ VOCAB = 257
 
 
 class FakeCore:
-    def __init__(self, name: str, tokenizer: str = "bytes", eos_weight: float = 0.0, missing_bytes=()):
+    def __init__(self, name: str, tokenizer: str = "bytes", eos_weight: float = 0.0, missing_bytes=(),
+                 context: int = 1 << 16):
         self.name = name
+        self.context = context
         self.missing_bytes = tuple(missing_bytes)
         self.tokenizer = tokenizer
         self.eos_weight = eos_weight
@@ -31,7 +33,7 @@ class FakeCore:
         self.heal: list[bool] = []  # the token-healing flag of each step call
 
     def info(self) -> MemberInfo:
-        return MemberInfo(self.name, self.tokenizer, VOCAB, 1 << 16, (EOS,), self.missing_bytes)
+        return MemberInfo(self.name, self.tokenizer, VOCAB, self.context, (EOS,), self.missing_bytes)
 
     def prompt_ids(self, prompt=None, messages=None) -> list[int]:
         text = prompt if messages is None else "".join(m["content"] for m in messages)

@@ -7,7 +7,7 @@ import torch
 
 from mixserve.actors.engine import MemberEngine
 from mixserve.references import resolve
-from mixserve.actors.messages import SamplingParams, Segment, StepRequest
+from mixserve.actors.messages import InputRefused, SamplingParams, Segment, StepRequest
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,24 @@ def test_a_distribution_request_is_one_row_of_the_batch(engine):
     (part,) = asyncio.run(collect(engine, req))
     assert part.probs.shape == (engine.book.vocab_size,) and abs(part.probs.sum() - 1) < 1e-4
     engine.release("dist")
+
+
+def test_a_session_that_fills_the_context_gets_no_forward_past_it(engine):
+    """max_position_embeddings is the end of a session: a ce row or an eager sync's catch-up on a log
+    that fills it ends the text with finish "length" (a row) or computes nothing (a catch-up), where
+    the model would have run positions its table does not have; a sequence longer than the context is
+    refused for scoring, one that fills it is scored."""
+    full = (Segment(ids=(5,) * engine.book.context_length),)
+    before = engine.batches
+    row = asyncio.run(collect(engine, StepRequest("full-row", full, 0, 0, SamplingParams(), distribution=True,
+                                                  fresh=True)))
+    sync = asyncio.run(collect(engine, StepRequest("full-sync", full, 0, 0, SamplingParams(), fresh=True)))
+    assert [(part.finish, part.probs) for part in row] == [("length", None)] and sync == []
+    assert engine.batches == before
+    assert len(asyncio.run(engine.score(list(full[0].ids))).token_logprobs) == engine.book.context_length - 1
+    with pytest.raises(InputRefused, match=f"the context is {engine.book.context_length}"):
+        asyncio.run(engine.score([5] * (engine.book.context_length + 1)))
+    assert engine.release("full-row") and engine.release("full-sync")
 
 
 @pytest.mark.parametrize("invariant", [True, False])
