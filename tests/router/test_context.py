@@ -87,7 +87,7 @@ def test_a_member_that_refuses_one_requests_input_fails_that_request_alone():
     assert [c.live_sessions() for c in cores.values()] == [0, 0]
 
 
-@pytest.mark.parametrize("error", [InputRefused("too long"), wire.error("InputRefused", "too long")],
+@pytest.mark.parametrize("error", [InputRefused("too long"), wire.error(wire.Error(0, "InputRefused", "too long"))],
                          ids=["in process", "over the data plane"])
 def test_a_members_refusal_is_a_400_naming_it_however_it_arrives(error):
     router, _ = build(context_b=32)
