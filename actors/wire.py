@@ -21,7 +21,7 @@ from typing import Union
 import msgspec
 import numpy as np
 
-from .messages import Segment, SessionLost, StepRequest, StepResult
+from .messages import InputRefused, Segment, SessionLost, StepRequest, StepResult
 
 
 class Kind(enum.IntEnum):
@@ -122,12 +122,14 @@ def _remote_type(name: str) -> type[Exception]:
     return type(name, (Exception,), {"__module__": "member"})
 
 
+_OWN = {cls.__name__: cls for cls in (SessionLost, InputRefused)}
+
+
 def error(frame: Error) -> Exception:
-    """The exception a member raised, rebuilt from its frame. SessionLost is the router's own (it
-    replays the session); any other is the member's fault and fails the request with its name."""
-    if frame.type == SessionLost.__name__:
-        return SessionLost(frame.message)
-    return _remote_type(frame.type)(frame.message)
+    """The exception a member raised, rebuilt from its frame. The router acts on two as themselves:
+    SessionLost (it replays the session) and InputRefused (the request's own 400); any other is the
+    member's fault and fails the request with its name."""
+    return _OWN.get(frame.type, _remote_type(frame.type))(frame.message)
 
 
 def failed(rid: int, e: BaseException) -> Error:

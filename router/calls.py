@@ -93,8 +93,7 @@ class MemberCalls:
             raise
         except Exception as e:
             cause = getattr(e, "cause", None) or e  # a Ray task error carries the member's own
-            # By name: the data plane rebuilds a member's error as a type of the same name (actors/wire.py).
-            if type(cause).__name__ == InputRefused.__name__:
+            if isinstance(cause, InputRefused):  # the data plane rebuilds it as itself (actors/wire.py)
                 raise RequestError(f"member {member!r} refused this request: {cause}", "prompt") from None
             raise
 
