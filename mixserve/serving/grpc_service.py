@@ -109,12 +109,15 @@ def _usage_chunk(result: GenerateResult):
         member_tokens=u.member_tokens), method=result.method, weights=result.weights)
 
 
-async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio.Server:
+async def start_grpc(service: EnsembleService, host: str, port: int, max_body_bytes: int) -> grpc.aio.Server:
     """The gRPC server, started on an event loop of its own in a daemon thread (the module's
-    docstring says why); its Generate calls run their requests on this, the caller's, loop."""
+    docstring says why); its Generate calls run their requests on this, the caller's, loop. A request
+    message over `max_body_bytes` (the config's bound on an HTTP body) is refused by gRPC itself,
+    RESOURCE_EXHAUSTED, before it is decoded."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="mixserve-grpc", daemon=True).start()
-    started = asyncio.run_coroutine_threadsafe(_serve(service, asyncio.get_running_loop(), host, port), loop)
+    home = asyncio.get_running_loop()
+    started = asyncio.run_coroutine_threadsafe(_serve(service, home, host, port, max_body_bytes), loop)
     try:
         return await asyncio.wrap_future(started)
     except BaseException:
@@ -122,8 +125,9 @@ async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio
         raise
 
 
-async def _serve(service: EnsembleService, home: asyncio.AbstractEventLoop, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server()
+async def _serve(service: EnsembleService, home: asyncio.AbstractEventLoop, host: str, port: int,
+                 max_body_bytes: int) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_body_bytes)])
     pb2_grpc.add_EnsembleServicer_to_server(EnsembleServicer(service, home), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
