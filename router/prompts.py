@@ -61,6 +61,9 @@ class Prompts:
         else:
             ids = await self._tokenize(plan, names)
         for name, prompt in zip(names, ids):
+            if not prompt:  # a member cannot start from nothing: its first step reads the last token
+                raise RequestError(f"the prompt is no tokens at all for member {name!r}; send some text",
+                                   "prompt" if plan.messages is None else "messages")
             limit = self.infos[name].context_length
             if len(prompt) >= limit:
                 raise RequestError(f"prompt is {len(prompt)} tokens for member {name!r}, whose context "

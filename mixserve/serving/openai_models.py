@@ -58,9 +58,9 @@ class _Request(_Body):
     stream: bool | None = Field(None, description="server-sent events, ending in `data: [DONE]`")
     stream_options: StreamOptions | None = None
     method: str | None = _documented("how the members mix; default the config's", enum=[*METHODS, None])
-    weights: dict[str, float] | None = Field(None, description="member name -> a finite weight >= 0 (0 leaves "
-                                                               "the member out), normalised; default the gate's "
-                                                               "for the prompt, else the config's")
+    weights: dict[str, float] | None = _documented("member name -> a finite weight >= 0 (0 leaves the member out), "
+                                                   "normalised; default the gate's for the prompt, else the config's",
+                                                   minProperties=1)
     session: str | None = _documented("start (with a prompt) or continue (without one) the session of this id",
                                       minLength=1, maxLength=MAX_SESSION_ID)
     token_healing: bool | None = Field(None, description="me across tokenizers: a member taking over mid-word "
@@ -78,6 +78,8 @@ class _Request(_Body):
 class CompletionRequest(_Request):
     """POST /v1/completions."""
 
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["prompt"]}, {"required": ["session"]}]})
+
     prompt: str | list[int] | list[str] | list[list[int]] | None = Field(
         None, description="text, or token ids in the members' shared vocabulary; a batch of one ([\"text\"], "
                           "[[ids]]) is one prompt. Required unless continuing a session")
@@ -94,6 +96,8 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["messages"]}, {"required": ["session"]}]})
 
     messages: list[ChatMessage] | None = _documented("the chat; required unless continuing a session",
                                                      minItems=1, maxItems=MAX_MESSAGES)
