@@ -82,7 +82,8 @@ def validation_error(errors: list[dict]) -> RequestError:
     if not loc:
         return RequestError("request body must be a JSON object (Content-Type: application/json)")
     if first["type"] == "extra_forbidden":
-        unknown = sorted(_unknown([p for p in e["loc"] if p != "body"]) for e in errors if e["type"] == "extra_forbidden")
+        unknown = sorted(_unknown([p for p in e["loc"] if p != "body"])
+                         for e in errors if e["type"] == "extra_forbidden")
         return RequestError(f"unknown fields {unknown}", str(loc[0]))
     same = [e["msg"] for e in errors if [p for p in e["loc"] if p != "body"][:1] == loc[:1]]
     return RequestError(f"{_path(loc)}: {'; or '.join(dict.fromkeys(same))} (got {first['input']!r:.60})",

@@ -33,12 +33,13 @@ def fake_app():
 @st.composite
 def steered(draw, cases):
     """A schemathesis case, steered toward what generates: random names rarely name a model or a
-    member, so half the bodies name one. max_tokens and n are cut to a few tokens and samples to
-    keep a run short (their full ranges are tests/router/test_request.py's)."""
+    member, so half the bodies name one, and ask for 1 to 8 tokens. Counts of tokens and samples
+    past a few are cut, to keep a run short (their full ranges are tests/router/test_request.py's)."""
     case = draw(cases)
     body = case.body
     if isinstance(body, dict) and draw(st.booleans()):
         body["model"] = draw(st.sampled_from(MODELS))
+        body.setdefault("max_tokens", draw(st.integers(1, 8)))
         if isinstance(body.get("weights"), dict):
             body["weights"] = {draw(st.sampled_from("ab")): w for w in body["weights"].values()}
     for name, most in (("max_tokens", 8), ("max_completion_tokens", 8), ("n", 3)):
