@@ -23,16 +23,14 @@ from .service import EnsembleService
 @serve.ingress()
 class Ingress:
     async def __init__(self, config: EnsembleConfig, grpc_host: str | None = None, grpc_port: int | None = None):
-        self.config = config
         self.metrics = Metrics()
         self.ensemble = build_ensemble(config, metrics=self.metrics)
         self.service = EnsembleService(self.ensemble.router, self.metrics)
-        self.grpc = await start_grpc(self.service, grpc_host, grpc_port, config.max_body_bytes) if grpc_port \
-            else None
+        self.grpc = await start_grpc(self.service, grpc_host, grpc_port) if grpc_port else None
 
     def __serve_build_asgi_app__(self):
         """Serve asks for the HTTP app once this replica's service exists (mixserve/serving/http_app.py)."""
-        return http_app(self.service, self.config.max_body_bytes)
+        return http_app(self.service)
 
 
 def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000,

@@ -147,15 +147,15 @@ def _usage_chunk(result: GenerateResult):
         member_tokens=u.member_tokens), method=result.method, weights=result.weights)
 
 
-async def start_grpc(service: EnsembleService, host: str, port: int, max_body_bytes: int) -> grpc.aio.Server:
+async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio.Server:
     """The gRPC server, started on an event loop of its own in a daemon thread (the module's
     docstring says why); its Generate calls run their requests on this, the caller's, loop. A request
-    message over `max_body_bytes` (the config's bound on an HTTP body) is refused by gRPC itself,
+    message over the config's max_body_bytes (its bound on an HTTP body too) is refused by gRPC itself,
     RESOURCE_EXHAUSTED, before it is decoded."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="mixserve-grpc", daemon=True).start()
     home = asyncio.get_running_loop()
-    started = asyncio.run_coroutine_threadsafe(_serve(service, home, host, port, max_body_bytes), loop)
+    started = asyncio.run_coroutine_threadsafe(_serve(service, home, host, port), loop)
     try:
         return await asyncio.wrap_future(started)
     except BaseException:
@@ -163,9 +163,8 @@ async def start_grpc(service: EnsembleService, host: str, port: int, max_body_by
         raise
 
 
-async def _serve(service: EnsembleService, home: asyncio.AbstractEventLoop, host: str, port: int,
-                 max_body_bytes: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_body_bytes)])
+async def _serve(service: EnsembleService, home: asyncio.AbstractEventLoop, host: str, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", service.config.max_body_bytes)])
     server.add_generic_rpc_handlers((_handlers(EnsembleServicer(service, home)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

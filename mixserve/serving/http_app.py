@@ -27,10 +27,11 @@ STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}
                                  "`data: [DONE]`"}}
 
 
-def http_app(service: EnsembleService, max_body_bytes: int) -> FastAPI:
+def http_app(service: EnsembleService) -> FastAPI:
+    """The app over `service`, bounded by its config's max_body_bytes."""
     app = FastAPI(title="mixserve", summary="An ensemble of language models served as one, OpenAI-compatible.",
                   version="0.1.0")
-    api = APIRouter(route_class=guarded_route(service, max_body_bytes), responses=ERRORS)
+    api = APIRouter(route_class=guarded_route(service, service.config.max_body_bytes), responses=ERRORS)
 
     # Serve's proxy answers /-/healthz itself (proxy liveness); /health asks the members.
     @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})

@@ -28,10 +28,10 @@ def channel():
     thread = threading.Thread(target=home.run_forever, daemon=True)
     thread.start()
     router = fake_router({m: FakeCore(m, eos_weight=0.05) for m in "ab"}, {"a": 1, "b": 1},
-                         max_concurrent_sessions=SESSIONS)
+                         max_concurrent_sessions=SESSIONS, max_body_bytes=1 << 16)
     port = free_port()
     # Held while the tests run: a grpc.aio.Server that is collected shuts down.
-    server = asyncio.run_coroutine_threadsafe(start_grpc(EnsembleService(router), "127.0.0.1", port, 1 << 16),
+    server = asyncio.run_coroutine_threadsafe(start_grpc(EnsembleService(router), "127.0.0.1", port),
                                               home).result(60)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         grpc.channel_ready_future(ch).result(timeout=30)

@@ -27,7 +27,8 @@ MODELS = [None, "mixserve", "a", "b"]
 @pytest.fixture(scope="module")
 def fake_app():
     cores = {m: FakeCore(m, eos_weight=0.05) for m in "ab"}
-    return http_app(EnsembleService(fake_router(cores, {"a": 1, "b": 1}, max_concurrent_sessions=4)), 1 << 16)
+    return http_app(EnsembleService(fake_router(cores, {"a": 1, "b": 1}, max_concurrent_sessions=4,
+                                                max_body_bytes=1 << 16)))
 
 
 @st.composite
@@ -52,7 +53,7 @@ def steered(draw, cases):
 @pytest.mark.parametrize("members, examples", [("fake", 300), ("tiny", 60)])
 def test_no_body_the_schema_allows_or_refuses_gets_a_server_error(members, examples, request):
     app = request.getfixturevalue("fake_app") if members == "fake" else \
-        http_app(EnsembleService(request.getfixturevalue("ensemble").router), 1 << 16)
+        http_app(EnsembleService(request.getfixturevalue("ensemble").router))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
 

@@ -60,7 +60,7 @@ def test_a_chunked_body_is_refused_once_its_count_passes_the_limit(server):
 
 
 def test_the_app_pulls_no_more_of_an_endless_body_than_the_limit():
-    app = http_app(EnsembleService(fake_router({"a": FakeCore("a")}, {"a": 1})), 1 << 20)
+    app = http_app(EnsembleService(fake_router({"a": FakeCore("a")}, {"a": 1}, max_body_bytes=1 << 20)))
     pulled, sent = [], []
 
     async def receive():
