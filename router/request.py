@@ -23,8 +23,8 @@ MAX_N = 1 << 16  # samples (admission's max_concurrent_sessions bounds them firs
 MAX_TOP_K = 1 << 20
 MAX_SEED = (1 << 63) - 1
 MAX_TEMPERATURE = 100.0
-# Below this, logits / temperature overflow to inf and the probabilities to NaN (1e-310 did); vLLM
-# raises any smaller positive temperature to the same 1e-2. 0 is greedy.
+# Near 0, logits / temperature overflow to inf and the probabilities to NaN (1e-310 did); vLLM
+# raises any positive temperature below 1e-2 to it. 0 is greedy.
 MIN_TEMPERATURE = 0.01
 MAX_SESSION_ID = 128  # characters
 TEXT_BYTES = set(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}  # what a member must spell to join ce's union vocabulary
