@@ -23,12 +23,15 @@ from mixserve.gate import ClusterGate, GateError, parse_gate
 # "Layout"): the policies (router/policies/) and the session store (router/snapshot.py) take them from here.
 METHODS = ("me", "ce", "single")
 CAPACITY = 10_000  # named sessions' snapshots kept by default (max_stored_sessions)
+# 4 MiB, gRPC's own default: a prompt fills a member's context long before (a 1,024-message chat of
+# long turns fits too), and a client cannot make the ingress hold much more per request.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 DATA_PLANES = ("zmq", "ray")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
             "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
-            "next_run_ahead", "gate"}
+            "next_run_ahead", "gate", "max_body_bytes"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = tuple(engines.ENGINES)
@@ -83,6 +86,7 @@ class EnsembleConfig:
     data_plane_host: str | None = None  # where members listen; default loopback or the node's IP, never all
     next_run_ahead: bool = True  # open the next member's run while this one decodes (zmq data plane only)
     gate: ClusterGate | None = None  # weights from the prompt (mixserve/gate.py; `mixserve weights fit` writes it)
+    max_body_bytes: int = MAX_BODY_BYTES  # an HTTP body or a gRPC request past this is refused unread (413)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -159,6 +163,9 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     for flag in ("eager_sync", "token_healing", "next_run_ahead"):
         if not isinstance(raw.get(flag, flag == "next_run_ahead"), bool):
             raise ConfigError(f"{flag} must be true or false (got {raw[flag]!r})")
+    body_bytes = raw.get("max_body_bytes", MAX_BODY_BYTES)
+    if isinstance(body_bytes, bool) or not isinstance(body_bytes, int) or body_bytes < 1024:
+        raise ConfigError(f"max_body_bytes must be an integer of at least 1024 bytes (got {body_bytes!r})")
     restarts = raw.get("member_restarts", 3)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < -1:
         raise ConfigError(f"member_restarts must be an integer >= 0, or -1 for always (got {restarts!r})")
@@ -170,7 +177,7 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
             raise ConfigError(str(e)) from None
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
-                          restarts, plane, host, raw.get("next_run_ahead", True), gate)
+                          restarts, plane, host, raw.get("next_run_ahead", True), gate, body_bytes)
 
 
 def _gate_fields(gate, base_dir):

@@ -60,6 +60,10 @@ class Prompts:
             ids = [list(plan.prompt)] * len(names)
         else:
             ids = await self._tokenize(plan, names)
+        for name, prompt in zip(names, ids):
+            if not prompt:  # a member cannot start from nothing: its first step reads the last token
+                raise RequestError(f"the prompt is no tokens at all for member {name!r}; send some text",
+                                   "prompt" if plan.messages is None else "messages")
         return dict(zip(names, ids))
 
     async def _tokenize(self, plan: Plan, names: list[str]) -> list[list[int]]:

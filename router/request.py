@@ -14,9 +14,21 @@ from mixserve.actors.messages import MemberInfo, SamplingParams
 
 from .policies import METHODS
 
+# The bounds of what a client controls, checked here for HTTP and gRPC alike; the OpenAPI schema
+# (mixserve/serving/openai_models.py) states them from these names.
 MAX_TOKENS_LIMIT = 4096
 MAX_STOP = 4
+MAX_STOP_BYTES = 256  # each stop string, in UTF-8: a stop is matched against every new piece of text
 MAX_LOGPROBS = 20  # alternatives per token
+MAX_MESSAGES = 1024  # chat messages in one request
+MAX_N = 1 << 16  # samples (admission's max_concurrent_sessions bounds them first)
+MAX_TOP_K = 1 << 20
+MAX_SEED = (1 << 63) - 1
+MAX_TEMPERATURE = 100.0
+# Near 0, logits / temperature overflow to inf and the probabilities to NaN (1e-310 did); vLLM
+# raises any positive temperature below 1e-2 to it. 0 is greedy.
+MIN_TEMPERATURE = 0.01
+MAX_SESSION_ID = 128  # characters
 TEXT_BYTES = set(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}  # what a member must spell to join ce's union vocabulary
 
 
@@ -124,7 +136,7 @@ def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, fl
         elif gate is not None and (text := prompt_text(req)) is not None:
             weights = gate(text) or weights
     params = _sampling(req)
-    n = _number(req.n, "n", 1, 1 << 16, integer=True)
+    n = _number(req.n, "n", 1, MAX_N, integer=True)
     if req.session is not None and n != 1:
         raise RequestError("a request that names a session draws one sample (n must be 1)", "n")
     logprobs = None if req.logprobs is None else int(_number(req.logprobs, "logprobs", 0, MAX_LOGPROBS, integer=True))
@@ -175,8 +187,10 @@ def prompt_text(req: GenerateRequest) -> str | None:
 
 
 def _check_session(req: GenerateRequest) -> None:
-    if req.session is not None and (not isinstance(req.session, str) or not 0 < len(req.session) <= 128):
-        raise RequestError("session must be an id of 1 to 128 characters", "session")
+    if req.session is not None and (not isinstance(req.session, str) or not 0 < len(req.session) <= MAX_SESSION_ID):
+        raise RequestError(f"session must be an id of 1 to {MAX_SESSION_ID} characters", "session")
+    if req.session is not None:
+        _text(req.session, "session")
     if req.session is not None and req.prompt is None and req.messages is None:
         return  # continuing a session: its prompt is in its snapshot
     _check_prompt(req)
@@ -190,12 +204,16 @@ def _check_prompt(req: GenerateRequest) -> None:
             raise RequestError("prompt must be a non-empty string or a non-empty list of token ids", "prompt")
     elif req.prompt is not None and (not isinstance(req.prompt, str) or not req.prompt):
         raise RequestError("prompt must be a non-empty string or a non-empty list of token ids", "prompt")
+    elif req.prompt is not None:
+        _text(req.prompt, "prompt")
     if req.messages is not None:
-        if not isinstance(req.messages, list) or not req.messages:
-            raise RequestError("messages must be a non-empty list", "messages")
+        if not isinstance(req.messages, list) or not 0 < len(req.messages) <= MAX_MESSAGES:
+            raise RequestError(f"messages must be a non-empty list of at most {MAX_MESSAGES}", "messages")
         for i, m in enumerate(req.messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise RequestError(f"messages[{i}] must have string role and content", "messages")
+            _text(m["role"], f"messages[{i}].role", "messages")
+            _text(m["content"], f"messages[{i}].content", "messages")
 
 
 def _model(req: GenerateRequest, members: list[str], model_name: str | None, method: str) -> tuple[str, str | None]:
@@ -218,13 +236,16 @@ def _weights(given, members: list[str]) -> dict[str, float]:
         raise RequestError(f"weights name unknown members {unknown}; members: {', '.join(members)}", "weights")
     for name, w in given.items():
         _number(w, f"weights.{name}", 0.0, math.inf)
-    total = sum(given.values())
-    if total <= 0:
+    largest = max(given.values())
+    if largest <= 0:
         raise RequestError("weights must have at least one positive value", "weights")
-    # A zero weight leaves a member out of this request; the rest are normalised to sum to 1. In the
-    # config's order, whatever the order given: the member drawn at step t comes from the cumulative
-    # weights in this order, and a gRPC map (or a client's JSON) keeps no order (invariant 3).
-    return {m: given[m] / total for m in members if given.get(m, 0) > 0}
+    # Scaled by the largest first: weights near the float maximum (1e308) would sum to inf and
+    # normalise to 0. A zero weight leaves a member out of this request; the rest are normalised to
+    # sum to 1. In the config's order, whatever the order given: the member drawn at step t comes from
+    # the cumulative weights in this order, and a gRPC map (or a client's JSON) keeps no order (invariant 3).
+    scaled = {m: given[m] / largest for m in members if given.get(m, 0) > 0}
+    total = sum(scaled.values())  # between 1 and the number of members
+    return {m: w / total for m, w in scaled.items()}
 
 
 def _check_tokenizers(req: GenerateRequest | Plan, method: str, weights: dict[str, float], logprobs: int | None,
@@ -252,17 +273,41 @@ def _check_tokenizers(req: GenerateRequest | Plan, method: str, weights: dict[st
 
 
 def _sampling(req: GenerateRequest) -> SamplingParams:
-    temperature = _number(req.temperature, "temperature", 0.0, 100.0)
+    temperature = _number(req.temperature, "temperature", 0.0, MAX_TEMPERATURE)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise RequestError(f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE} and {MAX_TEMPERATURE} "
+                           f"(got {temperature})", "temperature")
     top_p = _number(req.top_p, "top_p", 0.0, 1.0)
     if top_p <= 0:
         raise RequestError(f"top_p must be in (0, 1] (got {top_p})", "top_p")
-    top_k = _number(req.top_k, "top_k", 0, 1 << 20, integer=True)
+    top_k = _number(req.top_k, "top_k", 0, MAX_TOP_K, integer=True)
     max_tokens = _number(req.max_tokens, "max_tokens", 1, MAX_TOKENS_LIMIT, integer=True)
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    if len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError(f"stop must be up to {MAX_STOP} non-empty strings", "stop")
-    seed = secrets.randbits(63) if req.seed is None else _number(req.seed, "seed", 0, (1 << 63) - 1, integer=True)
-    return SamplingParams(float(temperature), float(top_p), int(top_k), int(max_tokens), stop, int(seed))
+    seed = secrets.randbits(63) if req.seed is None else _number(req.seed, "seed", 0, MAX_SEED, integer=True)
+    return SamplingParams(float(temperature), float(top_p), int(top_k), int(max_tokens), _stop(req.stop), int(seed))
+
+
+def _stop(given) -> tuple[str, ...]:
+    if given is None:
+        return ()
+    stop = (given,) if isinstance(given, str) else tuple(given) if isinstance(given, (list, tuple)) else None
+    if stop is None or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(f"stop must be a string or a list of up to {MAX_STOP} non-empty strings "
+                           f"(got {given!r:.80})", "stop")
+    for s in stop:
+        if len(_text(s, "stop")) > MAX_STOP_BYTES:
+            raise RequestError(f"stop strings must be at most {MAX_STOP_BYTES} bytes each (got one of "
+                               f"{len(s.encode())})", "stop")
+    return stop
+
+
+def _text(value: str, name: str, param: str | None = None) -> bytes:
+    """`value` in UTF-8: a string with a lone surrogate (valid JSON: "\\ud800") is no text a
+    tokenizer or a snapshot can take, and is refused here rather than failing in a member."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError as e:
+        raise RequestError(f"{name} is not valid Unicode: a lone surrogate at character {e.start}",
+                           param or name) from None
 
 
 def _number(value, name: str, low, high, integer: bool = False):

@@ -2,32 +2,25 @@
 the router; the members are Ray actors it starts from the config (docs/architecture.md, "Shape").
 
 `build_app(config)` is the one entry point: `mixserve serve` deploys it, and so does
-`serve run cluster/serve.yaml` through `app_builder`. (No `from __future__ import annotations` here:
-FastAPI reads the route signatures' annotations at runtime.)
+`serve run cluster/serve.yaml` through `app_builder`.
 """
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from mixserve import cluster
 from mixserve.config import EnsembleConfig, load_config, parse_config
-from mixserve.router.request import RequestError
 
 from .ensemble import build_ensemble
-
 from .grpc_service import start_grpc
+from .http_app import http_app
 from .metrics import Metrics
-from .openai_http import Shaper, error_body, events, parse
 from .service import EnsembleService
-
-http = FastAPI(title="mixserve")
 
 
 # Admission control bounds the work; Serve's own queue limit only needs to stay above it.
 @serve.deployment(max_ongoing_requests=4096)
-@serve.ingress(http)
+@serve.ingress()
 class Ingress:
     async def __init__(self, config: EnsembleConfig, grpc_host: str | None = None, grpc_port: int | None = None):
         self.metrics = Metrics()
@@ -35,53 +28,9 @@ class Ingress:
         self.service = EnsembleService(self.ensemble.router, self.metrics)
         self.grpc = await start_grpc(self.service, grpc_host, grpc_port) if grpc_port else None
 
-    # Serve's proxy answers /-/healthz itself (proxy liveness); /health asks the members.
-    @http.get("/health")
-    async def health(self):
-        """live_sessions: sessions each member holds; active_sessions: sessions this router has
-        admitted and not finished (what max_concurrent_sessions bounds)."""
-        live = await self.service.live_sessions()
-        ok = live is not None
-        return JSONResponse({"status": "ok" if ok else "degraded", "live_sessions": live,
-                             "active_sessions": self.service.admission.active}, status_code=200 if ok else 503)
-
-    @http.get("/v1/models")
-    async def models(self, request: Request):
-        try:
-            self.service.authorize(request.headers.get("authorization"))
-        except RequestError as e:
-            return JSONResponse(error_body(e), status_code=e.status)
-        data = [{"object": "model", "owned_by": "mixserve", **m} for m in self.service.models()]
-        return {"object": "list", "data": data}
-
-    @http.post("/v1/completions")
-    async def completions(self, request: Request):
-        return await self._generate(request, chat=False)
-
-    @http.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request):
-        return await self._generate(request, chat=True)
-
-    async def _generate(self, request: Request, chat: bool):
-        try:
-            self.service.authorize(request.headers.get("authorization"))
-            try:
-                body = await request.json()
-            except ValueError:
-                raise RequestError("request body is not valid JSON") from None
-            req, stream, include_usage = parse(body, chat)
-            plan = self.service.validate(req)
-            shaper = Shaper(req.model or self.service.config.model_name, chat)
-            if not stream:
-                return shaper.full(await self.service.generate(plan))
-            items = self.service.stream(plan)
-            # A refusal that comes later (admission, an unknown session, a prompt past a member's
-            # context) fails here too, with its status code, not mid-stream.
-            first = await items.__anext__()
-        except RequestError as e:
-            return JSONResponse(error_body(e), status_code=e.status)
-        return StreamingResponse(events(first, items, shaper, plan.method, include_usage),
-                                 media_type="text/event-stream")
+    def __serve_build_asgi_app__(self):
+        """Serve asks for the HTTP app once this replica's service exists (mixserve/serving/http_app.py)."""
+        return http_app(self.service)
 
 
 def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000,

@@ -11,6 +11,7 @@ import threading
 from contextlib import aclosing
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -40,7 +41,7 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
         sessions on every member (tests/serving/test_grpc_service.py cancels it as gRPC does)."""
         try:
             self._authorize(context)
-            plan = self.service.validate(GenerateRequest(**_fields(request)))
+            plan = self.service.validate(GenerateRequest(**_fields(_decoded(request))))
             async with aclosing(self._stream(plan)) as items:
                 async for item in items:
                     await context.write(_usage_chunk(item) if isinstance(item, GenerateResult) else pb2.GenerateChunk(
@@ -75,12 +76,49 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
     async def ListModels(self, request, context):
         try:
             self._authorize(context)
+            _decoded(request)
         except RequestError as e:
             await context.abort(STATUS[e.status], str(e))
         cards = [pb2.ModelCard(id=m["id"], model=m.get("model", ""), weight=m.get("weight", 1.0),
                                tokenizer=m.get("tokenizer", ""))
                  for m in self.service.models()]
         return pb2.ListModelsResponse(models=cards)
+
+
+class Undecodable:
+    """What arrives in place of a request protobuf could not decode: a proto3 string must be UTF-8,
+    and gRPC's own decoding answered a client's bad bytes with UNKNOWN instead of INVALID_ARGUMENT."""
+
+    def __init__(self, message_type, error: Exception):
+        self.why = f"the request is no {message_type.DESCRIPTOR.name} (it does not decode: {error})"
+
+
+def _decoder(message_type):
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError as e:
+            return Undecodable(message_type, e)
+
+    return decode
+
+
+def _decoded(request):
+    if isinstance(request, Undecodable):
+        raise RequestError(request.why)
+    return request
+
+
+def _handlers(servicer: EnsembleServicer) -> grpc.GenericRpcHandler:
+    """The Ensemble service as pb2_grpc's add_EnsembleServicer_to_server registers it, but decoding
+    requests with `_decoder`."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            servicer.Generate, request_deserializer=_decoder(pb2.GenerateRequest),
+            response_serializer=pb2.GenerateChunk.SerializeToString),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels, request_deserializer=_decoder(pb2.ListModelsRequest),
+            response_serializer=pb2.ListModelsResponse.SerializeToString)})
 
 
 def _fields(request) -> dict:
@@ -111,10 +149,13 @@ def _usage_chunk(result: GenerateResult):
 
 async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio.Server:
     """The gRPC server, started on an event loop of its own in a daemon thread (the module's
-    docstring says why); its Generate calls run their requests on this, the caller's, loop."""
+    docstring says why); its Generate calls run their requests on this, the caller's, loop. A request
+    message over the config's max_body_bytes (its bound on an HTTP body too) is refused by gRPC itself,
+    RESOURCE_EXHAUSTED, before it is decoded."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="mixserve-grpc", daemon=True).start()
-    started = asyncio.run_coroutine_threadsafe(_serve(service, asyncio.get_running_loop(), host, port), loop)
+    home = asyncio.get_running_loop()
+    started = asyncio.run_coroutine_threadsafe(_serve(service, home, host, port), loop)
     try:
         return await asyncio.wrap_future(started)
     except BaseException:
@@ -123,8 +164,8 @@ async def start_grpc(service: EnsembleService, host: str, port: int) -> grpc.aio
 
 
 async def _serve(service: EnsembleService, home: asyncio.AbstractEventLoop, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server()
-    pb2_grpc.add_EnsembleServicer_to_server(EnsembleServicer(service, home), server)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", service.config.max_body_bytes)])
+    server.add_generic_rpc_handlers((_handlers(EnsembleServicer(service, home)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

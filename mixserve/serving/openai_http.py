@@ -1,4 +1,5 @@
-"""OpenAI-compatible request parsing and response shapes for /v1/completions and /v1/chat/completions.
+"""OpenAI-compatible requests translated and responses shaped, for /v1/completions and
+/v1/chat/completions (the bodies' types: mixserve/serving/openai_models.py; the app: http_app.py).
 
 Ensemble controls ride as extra body fields (the openai client's `extra_body`): `method`, `weights`,
 `top_k`. Every response says which method ran; chunks say which member produced them.
@@ -16,59 +17,93 @@ from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.result import GenerateResult
 from mixserve.router.session_log import Chunk
 
+from .openai_models import ChatCompletionRequest, CompletionRequest
+
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error"}
-# OpenAI fields we accept and ignore: they change nothing about what is sampled.
-IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "best_of", "stream_options",
-           "stream", "model", "prompt", "messages", "logprobs", "echo", "top_logprobs", "max_completion_tokens"}
+               413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+# What a request takes from a body, beside the endpoint's own prompt or messages.
 SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights", "session",
-            "token_healing"}
+            "token_healing", "model"}
 
 
 def error_body(e: RequestError) -> dict:
-    return {"error": {"message": str(e), "type": ERROR_TYPES.get(e.status, "invalid_request_error"),
-                      "param": e.param, "code": e.code}}
+    return {"error": {"message": _printable(str(e)), "type": ERROR_TYPES.get(e.status, "invalid_request_error"),
+                      "param": None if e.param is None else _printable(e.param), "code": e.code}}
 
 
-def parse(body, chat: bool):
-    """A JSON body -> (GenerateRequest, stream, include_usage): the OpenAI shape translated, and what
-    only this wire has (stream, the endpoint's fields) checked; the request itself is checked once,
-    by router/request.py's validate."""
-    if not isinstance(body, dict):
-        raise RequestError("request body must be a JSON object")
-    unknown = sorted(set(body) - IGNORED - SAMPLING)
-    if unknown:
-        raise RequestError(f"unknown fields {unknown}", unknown[0])
-    if not isinstance(body.get("stream", False), bool):
-        raise RequestError("stream must be true or false", "stream")
-    if chat and (body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None):
+def _printable(text: str) -> str:
+    """An error may quote what it refuses, lone surrogates included; those are no UTF-8 to send."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def to_request(body: CompletionRequest | ChatCompletionRequest, chat: bool) -> tuple[GenerateRequest, bool, bool]:
+    """A parsed body -> (GenerateRequest, stream, include_usage): the OpenAI shape translated, and what
+    only this wire has checked; the request itself is checked once, by router/request.py's validate."""
+    if chat and (body.logprobs or body.top_logprobs is not None):
         raise RequestError("logprobs are served on /v1/completions (as `logprobs: N`), not on chat", "logprobs")
-    if body.get("stream") and (body.get("logprobs") is not None or body.get("echo")):
+    if not chat and body.stream and (body.logprobs is not None or body.echo):
         raise RequestError("logprobs and echo need stream: false (they score the whole text at the end)",
-                           "logprobs" if body.get("logprobs") is not None else "echo")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise RequestError("stream_options must be an object", "stream_options")
-    fields = {k: body[k] for k in SAMPLING if k in body and body[k] is not None}
-    if not chat:
-        fields.update({k: body[k] for k in ("logprobs", "echo") if body.get(k) is not None})
-    if "max_completion_tokens" in body and "max_tokens" not in fields:
-        fields["max_tokens"] = body["max_completion_tokens"]
-    if isinstance(fields.get("stop"), list):
-        fields["stop"] = tuple(fields["stop"])
+                           "logprobs" if body.logprobs is not None else "echo")
+    fields = body.model_dump(include=SAMPLING, exclude_none=True)
+    if body.max_tokens is None and body.max_completion_tokens is not None:
+        fields["max_tokens"] = body.max_completion_tokens
+    if isinstance(body.stop, list):
+        fields["stop"] = tuple(body.stop)
     if chat:
-        fields["messages"] = body.get("messages")
+        fields["messages"] = None if body.messages is None else [{"role": m.role, "content": m.content}
+                                                                 for m in body.messages]
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch of one (lm-eval sends [[ids]] and ["text"])
-        fields["prompt"] = prompt
-    if chat and fields["messages"] is None and "session" not in fields:
-        raise RequestError("messages is required", "messages")
-    if not chat and fields["prompt"] is None and "session" not in fields:
-        raise RequestError("prompt is required", "prompt")
-    return GenerateRequest(model=body.get("model"), **fields), body.get("stream", False), \
-        bool(options.get("include_usage"))
+        fields.update(body.model_dump(include={"logprobs", "echo"}, exclude_none=True), prompt=_one(body.prompt))
+    what = "messages" if chat else "prompt"
+    if fields[what] is None and body.session is None:
+        raise RequestError(f"{what} is required", what)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return GenerateRequest(**fields), bool(body.stream), include_usage
+
+
+def _one(prompt):
+    """A batch of one (lm-eval sends [[ids]] and ["text"]) is its prompt; a longer batch is refused."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) > 1:
+            raise RequestError(f"prompt is a batch of {len(prompt)}; send one prompt per request", "prompt")
+        return prompt[0]
+    return prompt
+
+
+def validation_error(errors: list[dict]) -> RequestError:
+    """FastAPI's validation errors (pydantic's, or an unparsable body) as one RequestError naming the
+    field: the top-level field is `param`, as the errors `validate` raises name theirs."""
+    first = errors[0]
+    loc = [part for part in first["loc"] if part != "body"]
+    if first["type"] == "json_invalid":
+        return RequestError(f"request body is not valid JSON: {first['ctx']['error']} at character {loc[0]}")
+    if not loc and first["type"] == "string_unicode":
+        return RequestError("a field's name is not valid Unicode: it has a lone surrogate")
+    if not loc:
+        return RequestError("request body must be a JSON object (Content-Type: application/json)")
+    if first["type"] == "extra_forbidden":
+        unknown = sorted(_unknown([p for p in e["loc"] if p != "body"])
+                         for e in errors if e["type"] == "extra_forbidden")
+        return RequestError(f"unknown fields {unknown}", str(loc[0]))
+    same = [e["msg"] for e in errors if [p for p in e["loc"] if p != "body"][:1] == loc[:1]]
+    return RequestError(f"{_path(loc)}: {'; or '.join(dict.fromkeys(same))} (got {first['input']!r:.60})",
+                        str(loc[0]))
+
+
+def _unknown(loc: list) -> str:
+    """An unknown field's name, as given, after the path to its object (stream_options.colour)."""
+    return ".".join([_path(loc[:-1]), str(loc[-1])]) if loc[:-1] else str(loc[-1])
+
+
+def _path(loc: list) -> str:
+    """messages[2].role, leaving out the type names pydantic puts in a union's path (stop.list[str])."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier() and part not in ("str", "int", "float", "bool"):
+            path += f".{part}" if path else part
+    return path
 
 
 class Shaper:

@@ -68,6 +68,10 @@ def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir)
     ({"members": members(), "data_plane": "grpc"}, r"data_plane must be one of zmq, ray \(got 'grpc'\)"),
     ({"members": members(), "data_plane_host": ""}, "data_plane_host must be an address"),
     ({"members": members(), "next_run_ahead": "no"}, "next_run_ahead must be true or false"),
+    ({"members": members(), "max_body_bytes": 100}, r"max_body_bytes must be an integer of at least 1024 bytes "
+                                                    r"\(got 100\)"),
+    ({"members": members(), "max_body_bytes": "4MB"}, r"max_body_bytes must be an integer .* \(got '4MB'\)"),
+    ({"members": members(), "max_body_bytes": True}, "max_body_bytes must be an integer"),
     ([1, 2], "config must be a mapping"),
 ])
 def test_bad_top_level_fields_are_named(tiny_dir, raw, message):
@@ -80,6 +84,11 @@ def test_the_data_plane_defaults_to_zmq_with_runs_opened_ahead(tiny_dir):
     assert (config.data_plane, config.data_plane_host, config.next_run_ahead) == ("zmq", None, True)
     config = parse_config({"members": members(), "data_plane": "ray", "next_run_ahead": False}, tiny_dir)
     assert (config.data_plane, config.next_run_ahead) == ("ray", False)
+
+
+def test_a_body_is_bounded_at_4_mib_unless_set(tiny_dir):
+    assert parse_config({"members": members()}, tiny_dir).max_body_bytes == 4 * 1024 * 1024
+    assert parse_config({"members": members(), "max_body_bytes": 65536}, tiny_dir).max_body_bytes == 65536
 
 
 def test_missing_and_malformed_files(tmp_path):

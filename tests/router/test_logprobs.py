@@ -62,7 +62,7 @@ def test_a_prompt_of_token_ids_reads_as_its_text(client, tiny_dir):
     ({"prompt": "x", "logprobs": 1}, "logprobs", "log-probabilities of an ensemble needs members that share"),
     ({"prompt": [5, 6], "weights": {"a": 1, "c": 1}}, "prompt", "a prompt of token ids needs members that share"),
     ({"prompt": [5, 100000], "model": "a"}, "prompt", "the vocabulary has"),
-    ({"prompt": [5, True], "model": "a"}, "prompt", "list of token ids"),
+    ({"prompt": [5, True], "model": "a"}, "prompt", "Input should be a valid integer"),
     ({"prompt": "x", "model": "a", "logprobs": 99}, "logprobs", "between 0 and 20"),
     ({"prompt": "x", "model": "a", "logprobs": 1, "stream": True}, "logprobs", "stream: false"),
 ])

@@ -33,6 +33,19 @@ def check(infos=None, **fields):
     ({"prompt": "x", "weights": {"a": -1}}, "weights.a", "between"),
     ({"prompt": "x", "weights": {"z": 1}}, "weights", r"unknown members \['z'\]"),
     ({"prompt": "x", "weights": {"a": 0}}, "weights", "at least one positive"),
+    ({"prompt": "x", "weights": {"a": float("inf")}}, "weights.a", "must be a number"),
+    ({"prompt": "x", "stop": 5}, "stop", r"a string or a list of up to 4 non-empty strings \(got 5\)"),
+    ({"prompt": "x", "stop": True}, "stop", "a string or a list"),
+    ({"prompt": "x", "stop": ("a",) * 5}, "stop", "up to 4"),
+    ({"prompt": "x", "stop": ("x" * 1_000_000,) * 4}, "stop", r"at most 256 bytes each \(got one of 1000000\)"),
+    ({"prompt": "x", "stop": ("é" * 129,)}, "stop", "at most 256 bytes"),  # 258 bytes in UTF-8
+    ({"prompt": "x", "stop": ("\ud800",)}, "stop", "stop is not valid Unicode: a lone surrogate at character 0"),
+    ({"prompt": "h\ud800i"}, "prompt", "prompt is not valid Unicode: a lone surrogate at character 1"),
+    ({"messages": [{"role": "user", "content": "\udfff"}]}, "messages", r"messages\[0\]\.content is not valid"),
+    ({"messages": [{"role": "user", "content": "x"}] * 1025}, "messages", "at most 1024"),
+    ({"prompt": "x", "session": "s\ud800"}, "session", "not valid Unicode"),
+    ({"prompt": "x", "temperature": 1e-310}, "temperature", r"0 \(greedy\) or between 0.01 and 100.0"),
+    ({"prompt": "x", "temperature": 0.009}, "temperature", r"0 \(greedy\) or between"),
 ])
 def test_bad_fields_are_named(fields, param, message):
     with pytest.raises(RequestError, match=message) as e:
@@ -84,3 +97,16 @@ def test_defaults_are_exact_mixture_sampling_with_a_reported_seed():
     assert (p.temperature, p.top_p, p.top_k, p.max_tokens) == (1.0, 1.0, 0, 16)
     assert plan.weights == {"a": 0.5, "b": 0.5} and isinstance(p.seed, int)
     assert check(prompt="x", weights={"a": 1, "b": 0}).weights == {"a": 1.0}  # zero leaves a member out
+
+
+def test_weights_near_the_float_maximum_normalise_to_the_mixture_asked_for():
+    """1e308 + 1e308 is inf: summed first, both weights normalised to 0."""
+    assert check(prompt="x", weights={"a": 1e308, "b": 1e308}).weights == {"a": 0.5, "b": 0.5}
+    assert check(prompt="x", weights={"a": 1.5e308, "b": 0.5e308}).weights == pytest.approx({"a": 0.75, "b": 0.25})
+    assert check(prompt="x", weights={"a": 5e-324, "b": 0}).weights == {"a": 1.0}  # the smallest positive float
+
+
+def test_the_smallest_temperature_and_greedy_are_taken():
+    assert check(prompt="x", temperature=0.01).params.temperature == 0.01
+    assert check(prompt="x", temperature=0).params.temperature == 0.0
+    assert check(prompt="x", stop="é" * 128).params.stop == ("é" * 128,)  # 256 bytes: the most

@@ -64,10 +64,10 @@ def test_models_list_the_ensemble_and_each_member_which_can_be_asked_alone(clien
     ({"prompt": ""}, 400, "prompt", "non-empty string"),
     ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", "between 1 and 4096"),
     ({"prompt": "x", "max_tokens": 100000}, 400, "max_tokens", "between 1 and 4096"),
-    ({"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens", "must be an integer"),
+    ({"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens", "max_tokens: Input should be a valid integer"),
     ({"prompt": "x", "temperature": -1}, 400, "temperature", "between"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p", "(0, 1]"),
-    ({"prompt": "x", "stream": "yes"}, 400, "stream", "true or false"),
+    ({"prompt": "x", "stream": "yes"}, 400, "stream", "stream: Input should be a valid boolean"),
     ({"prompt": "x", "weights": {"a": -1}}, 400, "weights.a", "between"),
     ({"prompt": "x", "weights": {"zed": 1}}, 400, "weights", "unknown members ['zed']"),
     ({"prompt": "x", "colour": "red"}, 400, "colour", "unknown fields ['colour']"),
@@ -81,6 +81,41 @@ def test_bad_requests_get_openai_style_errors(server, body, status, param, messa
     error = r.json()["error"]
     assert message in error["message"] and error["param"] == param and error["type"]
     assert set(error) == {"message", "type", "param", "code"}
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    ("/v1/completions", {"model": "mixserve", "prompt": "hi", "stop": 5}, "stop", "stop: Input should be a valid"),
+    ("/v1/chat/completions", {"model": "mixserve", **CHAT, "stop": True}, "stop", "valid string; or Input should be"),
+    ("/v1/completions", "[" * 5000 + "]" * 5000, None, "nests 5000 levels deep; this API takes at most 16"),
+    ("/v1/completions", '{"prompt": "hi", "stop": ["\\ud800"]}', "stop", "stop is not valid Unicode"),
+    ("/v1/completions", '{"prompt": "h\\ud800i"}', "prompt", "prompt is not valid Unicode"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages",
+     "messages[0].content is not valid Unicode"),
+    ("/v1/completions", {"prompt": "hi", "temperature": 1e-310}, "temperature", "0 (greedy) or between 0.01"),
+    ("/v1/completions", {"prompt": "hi", "stop": ["x" * 1_000_000] * 4}, "stop", "at most 256 bytes each"),
+    ("/v1/completions", '{"prompt": "hi", "\\ud800": 1}', None, "a field's name is not valid Unicode"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": {"usage": True}}, "stream_options",
+     "unknown fields ['stream_options.usage']"),
+], ids=["stop-number", "stop-bool", "deep", "surrogate-stop", "surrogate-prompt", "surrogate-chat", "tiny-temperature",
+        "huge-stops", "surrogate-field", "nested-unknown"])
+def test_inputs_that_once_failed_the_server_are_refused_and_it_serves_on(server, path, body, param, message):
+    """Issue 28's table: each was a 500, or accepted."""
+    r = post(server, path, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["param"] == param and error["type"] == "invalid_request_error"
+    assert post(server, "/v1/completions", {"prompt": "the sky", "max_tokens": 2, "seed": 0}).status_code == 200
+
+
+def test_weights_near_the_float_maximum_sample_the_mixture_asked_for(server):
+    body = {"prompt": "the sky", "max_tokens": 4, "seed": 0, "method": "ce", "weights": {"a": 1e308, "b": 1e308}}
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == 200 and r.json()["weights"] == {"a": 0.5, "b": 0.5}, r.text
+    same = post(server, "/v1/completions", {**body, "weights": {"a": 1, "b": 1}}).json()
+    assert r.json()["choices"][0]["text"] == same["choices"][0]["text"]
 
 
 def test_a_client_that_disconnects_mid_stream_frees_every_member(server):

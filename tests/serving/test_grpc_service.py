@@ -67,14 +67,34 @@ def test_same_seed_same_text_over_http_grpc_and_the_cli(channel, server):
 
 def test_errors_map_to_status_codes(channel):
     stub = pb2_grpc.EnsembleStub(channel)
-    cases = [(request(prompt=""), grpc.StatusCode.INVALID_ARGUMENT, "exactly one of prompt or messages"),
-             (request(prompt="x", model="nope"), grpc.StatusCode.NOT_FOUND, "does not exist"),
-             (request(prompt="x", temperature=-1), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
-             (request(prompt="x", n=10_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "concurrent sessions")]
-    for req, code, message in cases:
+    raw = channel.unary_stream(f"/{SERVICE}/Generate", request_serializer=bytes,
+                               response_deserializer=pb2.GenerateChunk.FromString)
+    cases = [(stub.Generate, request(prompt=""), grpc.StatusCode.INVALID_ARGUMENT, "exactly one of prompt or messages"),
+             (stub.Generate, request(prompt="x", model="nope"), grpc.StatusCode.NOT_FOUND, "does not exist"),
+             (stub.Generate, request(prompt="x", temperature=-1), grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+             (stub.Generate, request(prompt="x", n=10_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "concurrent sessions"),
+             # issue 28's inputs, where gRPC has the field
+             (stub.Generate, request(prompt="x", temperature=1e-310), grpc.StatusCode.INVALID_ARGUMENT,
+              "0 (greedy) or between 0.01"),
+             (stub.Generate, pb2.GenerateRequest(prompt="x", sampling=pb2.SamplingParams(stop=["x" * 1_000_000] * 3)),
+              grpc.StatusCode.INVALID_ARGUMENT, "at most 256 bytes each"),
+             (stub.Generate, request(prompt="x" * (4 << 20)), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+             (raw, b"\x0a\x04h\xed\xa0\x80", grpc.StatusCode.INVALID_ARGUMENT, "String field had bad UTF-8")]
+    for call, req, code, message in cases:
         with pytest.raises(grpc.RpcError) as e:
-            list(stub.Generate(req, timeout=30))
+            list(call(req, timeout=30))
         assert e.value.code() == code and message in e.value.details()
+        assert list(stub.Generate(request(prompt="the sky", max_tokens=2, seed=0), timeout=60))[-1].usage
+
+
+def test_weights_near_the_float_maximum_sample_the_mixture_asked_for(channel):
+    def generate(weights):
+        return list(pb2_grpc.EnsembleStub(channel).Generate(
+            request(prompt="the sky", method="ce", weights=weights, max_tokens=4, seed=0), timeout=60))
+
+    huge = generate({"a": 1e308, "b": 1e308})
+    assert dict(huge[-1].weights) == {"a": 0.5, "b": 0.5}
+    assert "".join(c.text for c in huge) == "".join(c.text for c in generate({"a": 1, "b": 1}))
 
 
 def test_a_cancelled_generate_frees_every_member_at_once(ensemble):
