@@ -64,13 +64,13 @@ class Ingress:
 
     async def _generate(self, request: Request, chat: bool):
         try:
-            self.service.authorize(request.headers.get("authorization"))
+            owner = self.service.authorize(request.headers.get("authorization"))
             try:
                 body = await request.json()
             except ValueError:
                 raise RequestError("request body is not valid JSON") from None
             req, stream, include_usage = parse(body, chat)
-            plan = self.service.validate(req)
+            plan = self.service.validate(req, owner)
             shaper = Shaper(req.model or self.service.config.model_name, chat)
             if not stream:
                 return shaper.full(await self.service.generate(plan))

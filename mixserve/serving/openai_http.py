@@ -17,7 +17,7 @@ from mixserve.router.result import GenerateResult
 from mixserve.router.session_log import Chunk
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+               429: "rate_limit_error", 500: "server_error", 503: "server_error", 504: "server_error"}
 # OpenAI fields we accept and ignore: they change nothing about what is sampled.
 IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "best_of", "stream_options",
            "stream", "model", "prompt", "messages", "logprobs", "echo", "top_logprobs", "max_completion_tokens"}
