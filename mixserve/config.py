@@ -26,9 +26,9 @@ CAPACITY = 10_000  # named sessions' snapshots kept by default (max_stored_sessi
 DATA_PLANES = ("zmq", "ray")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
-            "max_concurrent_sessions", "max_concurrent_tokens", "request_timeout_s", "api_key_env", "member_retry_s", "eager_sync",
+            "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
             "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
-            "next_run_ahead", "gate"}
+            "next_run_ahead", "gate", "max_concurrent_tokens", "request_timeout_s"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = tuple(engines.ENGINES)

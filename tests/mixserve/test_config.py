@@ -68,6 +68,11 @@ def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir)
     ({"members": members(), "data_plane": "grpc"}, r"data_plane must be one of zmq, ray \(got 'grpc'\)"),
     ({"members": members(), "data_plane_host": ""}, "data_plane_host must be an address"),
     ({"members": members(), "next_run_ahead": "no"}, "next_run_ahead must be true or false"),
+    ({"members": members(), "max_concurrent_tokens": 0}, r"max_concurrent_tokens must be a positive integer \(got 0\)"),
+    ({"members": members(), "max_concurrent_tokens": 1.5}, "max_concurrent_tokens must be a positive integer"),
+    ({"members": members(), "request_timeout_s": 0}, r"request_timeout_s must be a positive number of seconds \(got 0\)"),
+    ({"members": members(), "request_timeout_s": ".inf"}, "request_timeout_s must be a positive number"),
+    ({"members": members(), "request_timeout_s": float("inf")}, "request_timeout_s must be a positive number"),
     ([1, 2], "config must be a mapping"),
 ])
 def test_bad_top_level_fields_are_named(tiny_dir, raw, message):
@@ -80,6 +85,14 @@ def test_the_data_plane_defaults_to_zmq_with_runs_opened_ahead(tiny_dir):
     assert (config.data_plane, config.data_plane_host, config.next_run_ahead) == ("zmq", None, True)
     config = parse_config({"members": members(), "data_plane": "ray", "next_run_ahead": False}, tiny_dir)
     assert (config.data_plane, config.next_run_ahead) == ("ray", False)
+
+
+def test_admission_counts_work_and_requests_have_a_deadline_by_default(tiny_dir):
+    config = parse_config({"members": members()}, tiny_dir)
+    assert (config.max_concurrent_sessions, config.max_concurrent_tokens) == (64, 131072)
+    assert config.request_timeout_s == 600
+    config = parse_config({"members": members(), "max_concurrent_tokens": 4096, "request_timeout_s": 30}, tiny_dir)
+    assert (config.max_concurrent_tokens, config.request_timeout_s) == (4096, 30.0)
 
 
 def test_missing_and_malformed_files(tmp_path):
