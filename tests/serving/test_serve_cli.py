@@ -37,11 +37,6 @@ def loopback(address: str) -> bool:
     return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
 
 
-def gcs_port(root: psutil.Process) -> int:
-    (gcs,) = [p for p in root.children(recursive=True) if p.name() == "gcs_server"]
-    return int(next(a for a in gcs.cmdline() if a.startswith("--gcs_server_port=")).split("=")[1])
-
-
 def test_serve_prints_a_working_curl_line_and_stops_on_ctrl_c(tiny_dir):
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     token = secrets.token_hex(32)
@@ -73,7 +68,8 @@ def test_serve_prints_a_working_curl_line_and_stops_on_ctrl_c(tiny_dir):
                 with pytest.raises(grpc.RpcError) as refused:
                     serve_pb2_grpc.ASGIServiceStub(channel).HandleRequest(serve_pb2.ASGIRequest(), timeout=30)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        with grpc.insecure_channel(f"127.0.0.1:{gcs_port(root)}") as channel:
+        (gcs,) = [port for name, _, port in sockets if name == "gcs_server"]
+        with grpc.insecure_channel(f"127.0.0.1:{gcs}") as channel:
             jobs = gcs_service_pb2_grpc.JobInfoGcsServiceStub(channel).GetAllJobInfo
             with pytest.raises(grpc.RpcError) as refused:
                 jobs(gcs_service_pb2.GetAllJobInfoRequest(), timeout=30)
