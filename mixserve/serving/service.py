@@ -72,7 +72,12 @@ class EnsembleService:
         self._gauge()
         arrived: Mailbox = Mailbox(bound=CHUNKS_AHEAD)
         running = asyncio.create_task(self._run(plan, arrived))
-        running.add_done_callback(lambda _: (held.release(), self._gauge()))  # even if cancelled unstarted
+
+        def ended(_) -> None:  # a done callback: it runs even for a task cancelled before it started
+            held.release()
+            self._gauge()
+
+        running.add_done_callback(ended)
         try:
             async for item in arrived:
                 if isinstance(item, GenerateResult) and self.metrics:
