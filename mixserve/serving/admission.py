@@ -6,8 +6,8 @@ Work is counted in tokens, as n x (prompt + max_tokens): what a request can make
 and hold in their caches. Sessions alone let one request with a large n and a long max_tokens take
 the whole server. The prompt is measured before it is tokenized (tokenizing is a call to every
 member, made after admission): token ids count as given; text and chat contents count their UTF-8
-bytes, which no byte-level or byte-fallback tokenizer exceeds in tokens. A continued session counts
-only what it adds (its log is in its snapshot)."""
+bytes, past which a byte-level tokenizer makes no tokens but a start token and a chat template's
+own. A continued session counts only what it adds (its log is in its snapshot)."""
 from __future__ import annotations
 
 from mixserve.router.request import Plan, RequestError
