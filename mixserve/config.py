@@ -31,7 +31,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
             "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
-            "next_run_ahead", "gate", "max_body_bytes"}
+            "next_run_ahead", "gate", "max_body_bytes", "max_concurrent_tokens", "request_timeout_s"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter"}
 ENGINES = tuple(engines.ENGINES)
@@ -74,7 +74,10 @@ class EnsembleConfig:
     load_timeout_s: float = 600.0
     model_name: str = "mixserve"  # the ensemble's id in /v1/models and the `model` request field
     max_concurrent_sessions: int = 64  # past this, requests are refused at once (429), never queued
-    api_key_env: str | None = None  # if set and that variable is non-empty, clients must send the key
+    # Work in flight, in tokens: each admitted request holds n x (prompt + max_tokens) (mixserve/serving/admission.py)
+    max_concurrent_tokens: int = 131_072
+    request_timeout_s: float = 600.0  # a request still running then ends (504), its sessions and slots freed
+    api_key_env: str | None = None  # clients must send a key from this variable (one, or several comma-separated)
     member_retry_s: float = 120.0  # how long a session waits for a member that went down to come back
     eager_sync: bool = False  # after a run, send its tokens to the idle members at once (docs/performance.md)
     token_healing: bool = False  # a member taking over mid-word re-spells the word's start (docs/architecture.md, "Members with different tokenizers")
@@ -145,6 +148,12 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     sessions = raw.get("max_concurrent_sessions", 64)
     if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
         raise ConfigError(f"max_concurrent_sessions must be a positive integer (got {sessions!r})")
+    tokens = raw.get("max_concurrent_tokens", 131_072)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ConfigError(f"max_concurrent_tokens must be a positive integer (got {tokens!r})")
+    deadline = raw.get("request_timeout_s", 600.0)
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < math.inf:
+        raise ConfigError(f"request_timeout_s must be a positive number of seconds (got {deadline!r})")
     key_env = raw.get("api_key_env")
     if key_env is not None and (not isinstance(key_env, str) or not key_env):
         raise ConfigError(f"api_key_env must name an environment variable (got {key_env!r})")
@@ -175,7 +184,8 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
             gate = parse_gate(_gate_fields(raw["gate"], base_dir), names)
         except GateError as e:
             raise ConfigError(str(e)) from None
-    return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, key_env,
+    return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, tokens,
+                          float(deadline), key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
                           restarts, plane, host, raw.get("next_run_ahead", True), gate, body_bytes)
 

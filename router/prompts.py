@@ -11,7 +11,7 @@ from mixserve.actors.messages import MemberInfo
 from . import logprobs, snapshot
 from .calls import MemberCalls
 from .logprobs import LogProbs
-from .request import NotFoundError, Plan, RequestError
+from .request import NotFoundError, Plan, RequestError, UnavailableError
 from .result import Choice
 from .session_log import Entry
 from .vocab import EOS, SharedVocab, UnionVocab
@@ -33,7 +33,7 @@ class Prompts:
 
     async def resume(self, plan: Plan) -> tuple[dict[str, list[int]] | None, list[Entry]]:
         """A named session's prompt and log from its snapshot; (None, []) for a new one."""
-        blob = await self.store.call("get", plan.session)
+        blob = await self._stored("get", snapshot.stored_name(plan.owner, plan.session))
         if blob is None:
             if plan.prompt is None and plan.messages is None:
                 raise NotFoundError(f"unknown session {plan.session!r}; start it with a prompt", "session")
@@ -50,7 +50,20 @@ class Prompts:
 
     async def save(self, plan: Plan, prompt_ids: dict[str, list[int]], log: list[Entry]) -> None:
         """The session's snapshot, which the next request on it resumes."""
-        await self.store.call("put", plan.session, snapshot.dump(prompt_ids, log))
+        await self._stored("put", snapshot.stored_name(plan.owner, plan.session), snapshot.dump(prompt_ids, log))
+
+    async def _stored(self, method: str, *args):
+        """A call to the session store, answered within member_retry_s or 503, as a member's would be
+        (docs/architecture.md invariant 6). Ray restarts the store when its process dies and holds the
+        calls made meanwhile; one lost with the process is sent again."""
+        calls = self.calls
+        try:
+            return await asyncio.wait_for(calls.retrying("session store", lambda: self.store.call(method, *args)),
+                                          calls.retry_s)
+        except (asyncio.TimeoutError, UnavailableError):
+            raise snapshot.StoreUnavailableError(
+                f"the session store did not answer within {calls.retry_s:g} s (member_retry_s); "
+                f"retry the request") from None
 
     async def ids(self, plan: Plan) -> dict[str, list[int]]:
         """Each member's prompt tokens: the request's ids, or its text or messages in the member's

@@ -109,6 +109,7 @@ class Plan:
     logprobs: int | None = None
     echo: bool = False
     token_healing: bool | None = None
+    owner: str = ""  # whose named session this is: the caller's key's id (mixserve/serving/keys.py); "" without keys
 
 
 def validate(req: GenerateRequest, members: Iterable[str], weights: dict[str, float], method: str,

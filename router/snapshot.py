@@ -9,10 +9,23 @@ import msgpack
 
 from mixserve.config import CAPACITY
 
+from .request import UnavailableError
 from .session_log import Entry
 
 VERSION = 1
 STORE_ACTOR = "mixserve_sessions"
+
+
+class StoreUnavailableError(UnavailableError):
+    """The session store did not answer in time (down, or restarting past the bound)."""
+
+    code = "session_store_unavailable"
+
+
+def stored_name(owner: str, session: str) -> str:
+    """A session's name in the store: its owner's id (mixserve/serving/keys.py; "" without keys) and the
+    client's name. An owner id holds no "/", so one owner's names never reach another's."""
+    return f"{owner}/{session}"
 
 
 def dump(prompt_ids: dict[str, list[int]], log: list[Entry]) -> bytes:
@@ -30,9 +43,9 @@ def load(blob: bytes) -> tuple[dict[str, list[int]], list[Entry]]:
 
 
 class SessionStore:
-    """Snapshots by session id, least recently used dropped past `capacity` (the config's
+    """Snapshots by stored name, least recently used dropped past `capacity` (the config's
     max_stored_sessions). In a Ray cluster it runs as the named actor mixserve_sessions, shared by
-    every router replica."""
+    every router replica; Ray restarts it if its process dies, empty (mixserve/serving/ensemble.py)."""
 
     def __init__(self, capacity: int = CAPACITY):
         self.capacity = capacity

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# Set before Ray starts so every worker, the secured ingress included, inherits it.
-os.environ["MIXSERVE_TEST_KEY"] = "sesame"
+# Set before Ray starts so every worker, the secured ingress included, inherits it: two clients' keys.
+os.environ["MIXSERVE_TEST_KEY"] = "sesame,open-sesame"
 # Every Ray and Serve the suite starts (its own and the CLIs' in subprocesses) idles at about a
 # quarter of this 2-core machine (measured: 28% with three members served); without Ray's metrics
 # and with Serve's control loop at 0.5 s instead of 0.1 s, 18%. No test reads Ray's metrics.

@@ -13,6 +13,8 @@ import threading
 from mixserve.cluster.ray_cluster import connect
 from mixserve.config import ConfigError, load_config
 
+from .keys import ApiKeys
+
 
 def add_commands(sub) -> None:
     gen = sub.add_parser("generate", help="generate from an ensemble config")
@@ -64,6 +66,11 @@ def member_weights(text: str) -> dict[str, float]:
 def serve_forever(config_path: str, host: str, http_port: int, grpc_port: int, address: str | None,
                   metrics_port: int) -> None:
     config = load_config(config_path)  # config mistakes fail here, before Ray starts
+    if address is None:
+        # An embedded Ray's ingress inherits this environment: a key variable named but empty fails
+        # here, in a second, rather than in the ingress after Ray and the members have started. (A
+        # joined cluster's ingress reads its own node's environment, and checks it there.)
+        ApiKeys.from_config(config)
     connect(address, metrics_port=metrics_port)
     import ray
     from ray import serve

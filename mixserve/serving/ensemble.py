@@ -91,15 +91,25 @@ def build_ensemble(config: EnsembleConfig | str | Path, *, in_process: bool = Fa
         members = {name: ChannelMember(actor, Channel(actor, key, config.data_plane_host))
                    if config.data_plane == "zmq" else RayMember(actor) for name, actor in actors.items()}
         infos = _wait_ready(config, actors)
-        # Detached and named: every router replica finds the same snapshots, and they outlive any one.
-        actor = ray.remote(SessionStore).options(
-            name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0,
-        ).remote(config.max_stored_sessions)
-        # One that was running already (an earlier deployment's) was made with its capacity: set ours.
-        ray.get(actor.resize.remote(config.max_stored_sessions))
-        store = RayMember(actor)
+        store = RayMember(session_store(config))
     router = Router(config, members, infos, metrics=metrics, store=store)
     return Ensemble(config, router, actors)
+
+
+def session_store(config: EnsembleConfig):
+    """The session store's actor, started unless running. Detached and named: every router replica
+    finds the same snapshots, and they outlive any one. Ray restarts it when its process dies, with
+    no snapshots (they live in its memory: the sessions named before are then unknown), and sends a
+    call that was in flight again; the router bounds every call to it (router/prompts.py)."""
+    import ray
+
+    actor = ray.remote(SessionStore).options(
+        name=STORE_ACTOR, namespace="mixserve", get_if_exists=True, lifetime="detached", num_cpus=0,
+        max_restarts=-1, max_task_retries=-1,
+    ).remote(config.max_stored_sessions)
+    # One that was running already (an earlier deployment's) was made with its capacity: set ours.
+    ray.get(actor.resize.remote(config.max_stored_sessions), timeout=config.load_timeout_s)
+    return actor
 
 
 def actor_name(member: str) -> str:

@@ -20,14 +20,11 @@ from mixserve.proto import SERVICE, pb2, pb2_grpc
 from mixserve.router.request import GenerateRequest, RequestError
 from mixserve.router.result import GenerateResult
 
-from .service import EnsembleService
+from .service import CHUNKS_AHEAD, EnsembleService
 
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           404: grpc.StatusCode.NOT_FOUND, 429: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
-          503: grpc.StatusCode.UNAVAILABLE}
-# Chunks the router may be ahead of a slow client by: past it the request waits for the client, as
-# an HTTP stream waits on its socket, instead of piling its text up in this replica's memory.
-CHUNKS_AHEAD = 64
+          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class EnsembleServicer(pb2_grpc.EnsembleServicer):
@@ -40,8 +37,8 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
         this task wherever it awaits, and closing the stream ends the samples and frees their
         sessions on every member (tests/serving/test_grpc_service.py cancels it as gRPC does)."""
         try:
-            self._authorize(context)
-            plan = self.service.validate(GenerateRequest(**_fields(_decoded(request))))
+            owner = self._authorize(context)
+            plan = self.service.validate(GenerateRequest(**_fields(_decoded(request))), owner)
             async with aclosing(self._stream(plan)) as items:
                 async for item in items:
                     await context.write(_usage_chunk(item) if isinstance(item, GenerateResult) else pb2.GenerateChunk(
@@ -70,8 +67,8 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
         finally:
             pumping.cancel()  # a client gone: the router's stream closes, its samples end, sessions freed
 
-    def _authorize(self, context) -> None:
-        self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
+    def _authorize(self, context) -> str:
+        return self.service.authorize(dict(context.invocation_metadata()).get("authorization"))
 
     async def ListModels(self, request, context):
         try:

@@ -47,12 +47,12 @@ def http_app(service: EnsembleService) -> FastAPI:
         return {"object": "list", "data": [{"object": "model", "owned_by": "mixserve", **m} for m in service.models()]}
 
     @api.post("/v1/completions", response_model=Completion, responses=STREAMED)
-    async def completions(body: CompletionRequest):
-        return await _generate(service, body, chat=False)
+    async def completions(body: CompletionRequest, request: Request):
+        return await _generate(service, body, request.state.owner, chat=False)
 
     @api.post("/v1/chat/completions", response_model=ChatCompletion, responses=STREAMED)
-    async def chat_completions(body: ChatCompletionRequest):
-        return await _generate(service, body, chat=True)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        return await _generate(service, body, request.state.owner, chat=True)
 
     app.include_router(api)
     app.add_exception_handler(RequestError, _refused)
@@ -61,9 +61,9 @@ def http_app(service: EnsembleService) -> FastAPI:
     return app
 
 
-async def _generate(service: EnsembleService, body, chat: bool):
+async def _generate(service: EnsembleService, body, owner: str, chat: bool):
     req, stream, include_usage = to_request(body, chat)
-    plan = service.validate(req)
+    plan = service.validate(req, owner)
     shaper = Shaper(req.model or service.config.model_name, chat)
     if not stream:
         return shaper.full(await service.generate(plan))

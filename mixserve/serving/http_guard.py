@@ -44,7 +44,8 @@ def guarded_route(service: EnsembleService, max_body_bytes: int) -> type[APIRout
             async def guarded(request: Request) -> Response:
                 request = BoundedRequest(request.scope, request.receive, max_body_bytes)
                 try:
-                    service.authorize(request.headers.get("authorization"))
+                    # who the caller is (a session belongs to its key): the routes read it there
+                    request.state.owner = service.authorize(request.headers.get("authorization"))
                     if request.method == "POST":
                         check_depth(await request.body())
                 except RequestError as e:

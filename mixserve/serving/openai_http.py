@@ -20,7 +20,8 @@ from mixserve.router.session_log import Chunk
 from .openai_models import ChatCompletionRequest, CompletionRequest
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-               413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+               413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error",
+               504: "server_error"}
 # What a request takes from a body, beside the endpoint's own prompt or messages.
 SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "method", "weights", "session",
             "token_healing", "model"}

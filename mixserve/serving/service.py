@@ -1,24 +1,30 @@
-"""The protocol-neutral ingress: authentication, admission and metrics around the router. HTTP
-(mixserve/serving/openai_http.py) and gRPC (mixserve/serving/grpc_service.py) are thin translations on top of it."""
+"""The protocol-neutral ingress: authentication, admission, the request's deadline and metrics around
+the router. HTTP (mixserve/serving/openai_http.py) and gRPC (mixserve/serving/grpc_service.py) are thin
+translations on top of it."""
 from __future__ import annotations
 
 import asyncio
-import hmac
-import os
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 
+from mixserve.actors.mailbox import Mailbox
 from mixserve.router.request import GenerateRequest, Plan, RequestError
 from mixserve.router.result import GenerateResult, final
 from mixserve.router.router import Router
 from mixserve.router.session_log import Chunk
 
-from .admission import Admission, OverloadedError
+from .admission import Admission, OverloadedError, work
+from .keys import ApiKeys, UnauthorizedError
+
+# Chunks the router may be ahead of a slow client by: past it the request waits for the client
+# instead of piling its text up in this replica's memory, and its deadline runs on.
+CHUNKS_AHEAD = 64
 
 
-class UnauthorizedError(RequestError):
-    status = 401
-    code = "invalid_api_key"
+class DeadlineError(RequestError):
+    status = 504
+    code = "request_timeout"
 
 
 class EnsembleService:
@@ -26,17 +32,16 @@ class EnsembleService:
         self.config = config = router.config
         self.router = router
         self.metrics = metrics
-        self.admission = Admission(config.max_concurrent_sessions)
-        self.api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self.admission = Admission(config.max_concurrent_sessions, config.max_concurrent_tokens)
+        self.keys = ApiKeys.from_config(config)  # a key variable named but empty stops the server here
 
-    def authorize(self, authorization: str | None) -> None:
-        """`authorization` is the raw header / metadata value: "Bearer KEY"."""
-        if not self.api_key:
-            return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+    def authorize(self, authorization: str | None) -> str:
+        """`authorization` is the raw header / metadata value: "Bearer KEY". The caller's owner id."""
+        try:
+            return self.keys.owner(authorization)
+        except UnauthorizedError:
             self._reject("unauthorized")
-            raise UnauthorizedError("missing or wrong API key: send `Authorization: Bearer <key>`")
+            raise
 
     def models(self) -> list[dict]:
         """The ensemble first, then each member: a client may ask for one member by name."""
@@ -45,31 +50,63 @@ class EnsembleService:
         return [ensemble] + [{"id": m.name, "model": m.model, "weight": m.weight,
                               "tokenizer": self.router.infos[m.name].tokenizer} for m in self.config.members]
 
-    def validate(self, req: GenerateRequest) -> Plan:
-        """The request checked, once (the router's validate); a refusal is counted."""
+    def validate(self, req: GenerateRequest, owner: str = "") -> Plan:
+        """The request checked, once (the router's validate), for the caller `authorize` named; a
+        refusal is counted."""
         try:
-            return self.router.validate(req)
+            return replace(self.router.validate(req), owner=owner)
         except RequestError as e:
             self._reject(str(e.status))
             raise
 
     async def stream(self, plan: Plan) -> AsyncIterator[Chunk | GenerateResult]:
+        """The plan's chunks, then its result. It runs in a task of its own, ahead of the reader by
+        up to CHUNKS_AHEAD chunks, for request_timeout_s at most: then it ends, its sessions and
+        admission freed at once, and the reader gets what was sent ahead, then a DeadlineError. A
+        reader that stops reading thus holds the service no longer than that."""
         try:
-            with self.admission.hold(plan.n):
-                self._gauge()
-                async with aclosing(self.router.stream(plan)) as items:
-                    async for item in items:
-                        if isinstance(item, GenerateResult) and self.metrics:
-                            self.metrics.delivered(item.usage.member_tokens)
-                        yield item
+            held = self.admission.admit(plan.n, work(plan))
         except OverloadedError:
             self._reject("overloaded")
             raise
+        self._gauge()
+        arrived: Mailbox = Mailbox(bound=CHUNKS_AHEAD)
+        running = asyncio.create_task(self._run(plan, arrived))
+
+        def ended(_) -> None:  # a done callback: it runs even for a task cancelled before it started
+            held.release()
+            self._gauge()
+
+        running.add_done_callback(ended)
+        try:
+            async for item in arrived:
+                if isinstance(item, GenerateResult) and self.metrics:
+                    self.metrics.delivered(item.usage.member_tokens)
+                yield item
         except RequestError as e:
             self._reject(str(e.status))
             raise
         finally:
-            self._gauge()
+            running.cancel()  # a reader gone: the router's stream closes, its sessions are freed
+            await asyncio.gather(running, return_exceptions=True)
+
+    async def _run(self, plan: Plan, arrived: Mailbox) -> None:
+        timeout_s = self.config.request_timeout_s
+        try:
+            await asyncio.wait_for(self._pump(plan, arrived), timeout_s)
+        except asyncio.TimeoutError:  # _pump raises nothing itself: this is the deadline
+            arrived.fail(DeadlineError(
+                f"the request ran past request_timeout_s ({timeout_s:g} s): its client read too slowly or it "
+                f"generates too much; its sessions are freed"))
+
+    async def _pump(self, plan: Plan, arrived: Mailbox) -> None:
+        try:
+            async with aclosing(self.router.stream(plan)) as items:
+                async for item in items:
+                    await arrived.send(item)
+            arrived.close()
+        except Exception as e:  # noqa: BLE001 - raised where the reader is
+            arrived.fail(e)
 
     async def generate(self, plan: Plan) -> GenerateResult:
         return await final(self.stream(plan))
@@ -88,4 +125,3 @@ class EnsembleService:
     def _gauge(self) -> None:
         if self.metrics:
             self.metrics.active.set(self.admission.active)
-

@@ -72,6 +72,11 @@ def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir)
                                                     r"\(got 100\)"),
     ({"members": members(), "max_body_bytes": "4MB"}, r"max_body_bytes must be an integer .* \(got '4MB'\)"),
     ({"members": members(), "max_body_bytes": True}, "max_body_bytes must be an integer"),
+    ({"members": members(), "max_concurrent_tokens": 0}, r"max_concurrent_tokens must be a positive integer \(got 0\)"),
+    ({"members": members(), "max_concurrent_tokens": 1.5}, "max_concurrent_tokens must be a positive integer"),
+    ({"members": members(), "request_timeout_s": 0}, r"request_timeout_s must be a positive number of seconds \(got 0\)"),
+    ({"members": members(), "request_timeout_s": ".inf"}, "request_timeout_s must be a positive number"),
+    ({"members": members(), "request_timeout_s": float("inf")}, "request_timeout_s must be a positive number"),
     ([1, 2], "config must be a mapping"),
 ])
 def test_bad_top_level_fields_are_named(tiny_dir, raw, message):
@@ -89,6 +94,12 @@ def test_the_data_plane_defaults_to_zmq_with_runs_opened_ahead(tiny_dir):
 def test_a_body_is_bounded_at_4_mib_unless_set(tiny_dir):
     assert parse_config({"members": members()}, tiny_dir).max_body_bytes == 4 * 1024 * 1024
     assert parse_config({"members": members(), "max_body_bytes": 65536}, tiny_dir).max_body_bytes == 65536
+def test_admission_counts_work_and_requests_have_a_deadline_by_default(tiny_dir):
+    config = parse_config({"members": members()}, tiny_dir)
+    assert (config.max_concurrent_sessions, config.max_concurrent_tokens) == (64, 131072)
+    assert config.request_timeout_s == 600
+    config = parse_config({"members": members(), "max_concurrent_tokens": 4096, "request_timeout_s": 30}, tiny_dir)
+    assert (config.max_concurrent_tokens, config.request_timeout_s) == (4096, 30.0)
 
 
 def test_missing_and_malformed_files(tmp_path):
