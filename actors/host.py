@@ -17,7 +17,8 @@ from contextlib import aclosing
 from mixserve.engines import ENGINES
 
 from .dataplane import DataPlane
-from .messages import MemberInfo, Scores, StepRequest, StepResult
+from .messages import Scores, StepRequest, StepResult
+from .sessions import BookFront
 
 
 async def _answer(out):
@@ -25,25 +26,22 @@ async def _answer(out):
     return await out if inspect.isawaitable(out) else out
 
 
-class MemberHost:
+class MemberHost(BookFront):
+    """info, prompt_ids, pieces and live_sessions are answered from the engine's session book."""
+
     def __init__(self, engine: str, **args):
         """`engine`: the config's name for it ("transformers", "vllm"); `args` its constructor's."""
         self.engine = ENGINES[engine].engine_class()(**args)
         self.plane: DataPlane | None = None
 
+    @property
+    def book(self):
+        return self.engine.book
+
     def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API: the engine's
         return repr(self.engine)
 
     # -- the member's calls, as Ray tasks ------------------------------------------------------
-
-    def info(self) -> MemberInfo:
-        return self.engine.info()
-
-    def prompt_ids(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
-        return self.engine.prompt_ids(prompt, messages)
-
-    def pieces(self) -> list[bytes]:
-        return self.engine.pieces()
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
         async with aclosing(self.engine.step(req)) as parts:  # a cancelled caller ends the engine's run now
@@ -55,9 +53,6 @@ class MemberHost:
 
     async def release(self, session: str) -> bool:
         return await _answer(self.engine.release(session))
-
-    def live_sessions(self) -> int:
-        return self.engine.live_sessions()
 
     async def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
         return await _answer(self.engine.score(ids, top, rows))
