@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import jinja2
 import torch
 
 from .codec import TokenCodec
-from .messages import MemberInfo, Segment, SessionLost, StepRequest
+from .messages import InputRefused, MemberInfo, Segment, SessionLost, StepRequest
 from .packed import KV
 
 
@@ -53,8 +54,11 @@ class SessionBook:
         """The prompt in this member's tokens: a chat through its own chat template."""
         if messages is not None:
             if not self.tokenizer.chat_template:
-                raise ValueError(f"member {self.name!r} has no chat template; send a prompt instead")
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                raise InputRefused(f"member {self.name!r} has no chat template; send a prompt instead")
+            try:
+                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except jinja2.TemplateError as e:  # the template's own rule (Gemma's: roles must alternate)
+                raise InputRefused(f"member {self.name!r}'s chat template refused these messages: {e}") from None
             return self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.encode(prompt)
 

@@ -5,7 +5,7 @@ import torch
 from mixserve.actors import packed
 from mixserve.references import resolve
 from mixserve.actors.member import MemberCore
-from mixserve.actors.messages import SamplingParams, Segment, SessionLost, StepRequest
+from mixserve.actors.messages import InputRefused, SamplingParams, Segment, SessionLost, StepRequest
 from mixserve.actors.sampling import pick
 
 
@@ -140,3 +140,20 @@ def test_a_healed_step_always_writes_new_text(member):
         resampled += out.forwards > 2
         member.release(f"h{seed}")
     assert resampled > 0  # the case under test happened
+
+
+def test_messages_a_chat_template_refuses_are_the_requests_fault(member):
+    """A template's own rule (Gemma's: roles must alternate) and a member with no template refuse the
+    input as InputRefused, the router's 400 naming the member (router/calls.py), not a member failure."""
+    tokenizer = member.book.tokenizer
+    kept = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+        with pytest.raises(InputRefused, match="roles must alternate"):
+            member.prompt_ids(messages=[{"role": "assistant", "content": "hi"}])
+        tokenizer.chat_template = None
+        with pytest.raises(InputRefused, match="no chat template"):
+            member.prompt_ids(messages=[{"role": "user", "content": "hi"}])
+    finally:
+        tokenizer.chat_template = kept
+    assert member.prompt_ids(messages=[{"role": "user", "content": "hi"}])  # the real template still serves
