@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -53,6 +55,18 @@ class Mailbox(Generic[T]):
             self.room.clear()
             await self.room.wait()
         self.put(item)
+
+    async def pour(self, items: AsyncIterator[T]) -> None:
+        """Send every item of `items` (from any thread, as `send`), then close; a failure of `items`
+        fails the mailbox instead, to be raised where the reader is. `items` is closed however this
+        ends, a cancellation included."""
+        try:
+            async with aclosing(items) as source:
+                async for item in source:
+                    await self.send(item)
+            self.close()
+        except Exception as e:  # noqa: BLE001 - the reader raises it
+            self.fail(e)
 
     def close(self) -> None:
         self._end(None)

@@ -51,16 +51,8 @@ class EnsembleServicer(pb2_grpc.EnsembleServicer):
         """The service's stream of the plan, run on the router's loop; closing this closes it there."""
         arrived = Mailbox(bound=CHUNKS_AHEAD)
 
-        async def pump() -> None:  # on the router's loop
-            try:
-                async with aclosing(self.service.stream(plan)) as items:
-                    async for item in items:
-                        await arrived.send(item)
-                arrived.close()
-            except Exception as e:  # noqa: BLE001 - raised on gRPC's side (a RequestError is answered)
-                arrived.fail(e)
-
-        pumping = asyncio.run_coroutine_threadsafe(pump(), self.home)
+        # On the router's loop; what fails there is raised on gRPC's side (a RequestError is answered).
+        pumping = asyncio.run_coroutine_threadsafe(arrived.pour(self.service.stream(plan)), self.home)
         try:
             async for item in arrived:
                 yield item

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import replace
 
 from mixserve.actors.mailbox import Mailbox
@@ -93,20 +92,11 @@ class EnsembleService:
     async def _run(self, plan: Plan, arrived: Mailbox) -> None:
         timeout_s = self.config.request_timeout_s
         try:
-            await asyncio.wait_for(self._pump(plan, arrived), timeout_s)
-        except asyncio.TimeoutError:  # _pump raises nothing itself: this is the deadline
+            await asyncio.wait_for(arrived.pour(self.router.stream(plan)), timeout_s)
+        except asyncio.TimeoutError:  # pour raises nothing itself: this is the deadline
             arrived.fail(DeadlineError(
                 f"the request ran past request_timeout_s ({timeout_s:g} s): its client read too slowly or it "
                 f"generates too much; its sessions are freed"))
-
-    async def _pump(self, plan: Plan, arrived: Mailbox) -> None:
-        try:
-            async with aclosing(self.router.stream(plan)) as items:
-                async for item in items:
-                    await arrived.send(item)
-            arrived.close()
-        except Exception as e:  # noqa: BLE001 - raised where the reader is
-            arrived.fail(e)
 
     async def generate(self, plan: Plan) -> GenerateResult:
         return await final(self.stream(plan))

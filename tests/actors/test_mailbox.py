@@ -147,3 +147,32 @@ def test_send_from_another_loop_waits_for_room_there():
         return got
 
     assert asyncio.run(main()) == list(range(5))
+
+
+def test_pour_sends_every_item_then_the_end_or_the_failure_and_closes_its_source():
+    closed = []
+
+    async def source(fail: bool):
+        try:
+            yield 1
+            yield 2
+            if fail:
+                raise KeyError("gone")
+        finally:
+            closed.append(fail)
+
+    async def main(fail: bool):
+        box = Mailbox(bound=1)  # the pour waits for the reader at each item
+        pouring = asyncio.create_task(box.pour(source(fail)))
+        got = []
+        try:
+            async for item in box:
+                got.append(item)
+        except KeyError as e:
+            got.append(repr(e))
+        await pouring
+        return got
+
+    assert asyncio.run(main(False)) == [1, 2]
+    assert asyncio.run(main(True)) == [1, 2, "KeyError('gone')"]
+    assert closed == [False, True]
