@@ -18,6 +18,7 @@ import yaml
 from mixserve.references import ModelReferenceError, ModelSource, resolve, with_adapter
 from mixserve import engines
 from mixserve.gate import ClusterGate, GateError, parse_gate
+from mixserve.scaling import Autoscaling, Scale, ScalingError, parse_pool, parse_router, parse_total
 
 # Owned here, not by the router, so that the config imports no layer above the members (docs/architecture.md,
 # "Layout"): the policies (router/policies/) and the session store (router/snapshot.py) take them from here.
@@ -31,9 +32,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "load_timeout_s", "model_name",
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
             "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
-            "next_run_ahead", "gate", "max_body_bytes", "max_concurrent_tokens", "request_timeout_s"}
+            "next_run_ahead", "gate", "max_body_bytes", "max_concurrent_tokens", "request_timeout_s",
+            "router", "member_replicas"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
-               "batch_invariant", "engine", "engine_options", "adapter"}
+               "batch_invariant", "engine", "engine_options", "adapter", "replicas", "autoscaling", "sim"}
 ENGINES = tuple(engines.ENGINES)
 
 
@@ -57,6 +59,14 @@ class MemberConfig:
     batch_invariant: bool = False
     engine: str = engines.DEFAULT  # the member's forward: our transformers engine, or vLLM (docs/configuration.md, "Engines")
     engine_options: dict = field(default_factory=dict)  # the engine's own, passed through (mixserve/engines.py)
+    sim: dict = field(default_factory=dict)  # engine: sim's step time and seed (actors/sim_engine.py)
+    # The member's pool (mixserve/scaling.py, cluster/pools.py): a count, "auto", or autoscaling
+    replicas: int | str = 1
+    autoscaling: Autoscaling | None = None
+
+    @property
+    def scale(self) -> Scale:
+        return Scale(self.replicas, self.autoscaling)
 
     @property
     def devices(self) -> int:
@@ -90,6 +100,8 @@ class EnsembleConfig:
     next_run_ahead: bool = True  # open the next member's run while this one decodes (zmq data plane only)
     gate: ClusterGate | None = None  # weights from the prompt (mixserve/gate.py; `mixserve weights fit` writes it)
     max_body_bytes: int = MAX_BODY_BYTES  # an HTTP body or a gRPC request past this is refused unread (413)
+    router: Scale = Scale()  # router replicas: a count or Ray Serve autoscaling (mixserve/scaling.py)
+    member_replicas: int | None = None  # the replicas that members with replicas: auto share
 
     @property
     def weights(self) -> dict[str, float]:
@@ -178,6 +190,11 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     restarts = raw.get("member_restarts", 3)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < -1:
         raise ConfigError(f"member_restarts must be an integer >= 0, or -1 for always (got {restarts!r})")
+    try:
+        router = parse_router(raw.get("router"))
+        member_replicas = parse_total(raw.get("member_replicas"), [m.scale for m in members])
+    except ScalingError as e:
+        raise ConfigError(str(e)) from None
     gate = None
     if raw.get("gate") is not None:
         try:
@@ -187,7 +204,8 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, tokens,
                           float(deadline), key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
-                          restarts, plane, host, raw.get("next_run_ahead", True), gate, body_bytes)
+                          restarts, plane, host, raw.get("next_run_ahead", True), gate, body_bytes, router,
+                          member_replicas)
 
 
 def _gate_fields(gate, base_dir):
@@ -261,8 +279,13 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     if engine not in ENGINES:
         raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     options = _engine_options(raw, engine, where)
+    try:
+        scale = parse_pool(raw, where)
+    except ScalingError as e:
+        raise ConfigError(str(e)) from None
     return MemberConfig(name, model, source, float(weight), dtype, dict(resources), **bounds, max_batch=max_batch,
-                        batch_invariant=invariant, engine=engine, engine_options=options)
+                        batch_invariant=invariant, engine=engine, engine_options=options,
+                        sim=dict(raw.get("sim") or {}), replicas=scale.replicas, autoscaling=scale.autoscaling)
 
 
 def _engine_options(raw: dict, name: str, where: str) -> dict:

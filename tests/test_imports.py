@@ -117,7 +117,7 @@ LAYERS = (
     ("mixserve.bench", "mixserve.eval", "mixserve.models", "mixserve.soak"),  # the tools
     ("mixserve",),  # the command line: mixserve/cli.py dispatches to each tool's cli.py
 )
-CONFIG = {"mixserve.config", "mixserve.gate", "mixserve.engines", "mixserve.references"}
+CONFIG = {"mixserve.config", "mixserve.gate", "mixserve.engines", "mixserve.references", "mixserve.scaling"}
 
 
 def package(module: str) -> str:
