@@ -39,7 +39,7 @@ class MemberEngine(BatchingEngine):
     def stats(self) -> dict:
         """The core's counters; compute_s is the time the engine thread spent in forwards (the rest of
         a token's time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
-        return {**self.core.stats(), "compute_s": self.compute_s, "pid": os.getpid()}
+        return {**self.core.stats(), "compute_s": self.compute_s, "pid": os.getpid(), "busy": len(self.jobs)}
 
     def release(self, session: str) -> bool:
         """Free the session and end its run, if one is going (the client went away)."""

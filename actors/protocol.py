@@ -53,7 +53,7 @@ class Member(Protocol):
 
     def stats(self) -> dict:
         """Counters for metrics, tests and the bench; a member actor's hold `compute_s` (seconds spent
-        computing) and `pid` (its process)."""
+        computing), `pid` (its process) and `busy` (sessions with a run in progress: a pool's load, cluster/autoscale.py)."""
 
 
 class MemberActor(Member, Protocol):

@@ -81,7 +81,7 @@ class VllmEngine(BatchingEngine):
         """Counters; compute_s is the time the vLLM thread spent in engine steps (scheduling, the
         forward, sampling: vLLM's whole step)."""
         return {"steps": self.steps, "shared_steps": self.shared_steps, "requests": self.requests, "evictions": self.book.evictions,
-                "running": self.vllm.get_num_unfinished_requests(), "compute_s": self.compute_s, "pid": os.getpid(),
+                "running": self.vllm.get_num_unfinished_requests(), "busy": len(self.by_session), "compute_s": self.compute_s, "pid": os.getpid(),
                 "streams": len(self.streams.open), "streams_opened": self.streams.opened}
 
     async def release(self, session: str) -> bool:

@@ -33,8 +33,9 @@ class MemberClient(Protocol):
 
     def release(self, session: str) -> Awaitable[bool]: ...
 
-    def can_open(self) -> bool:
-        """Whether a run can be opened ahead on this member now (it has a data plane, connected)."""
+    def can_open(self, session: str | None = None) -> bool:
+        """Whether a run of `session` can be opened ahead on this member now (it has a data plane,
+        connected); only then `open`."""
 
     def open(self, req: StepRequest):
         """The session's next run, opened ahead (router/dataplane.py's OpenRun); only when can_open()."""
@@ -55,7 +56,7 @@ class _Typed:
     def live_sessions(self) -> Awaitable[int]:
         return self.call("live_sessions")
 
-    def can_open(self) -> bool:
+    def can_open(self, session: str | None = None) -> bool:
         return False  # a run opened ahead needs a data plane (ChannelMember)
 
 
@@ -112,7 +113,7 @@ class ChannelMember(RayMember):
             async for part in parts:
                 yield part
 
-    def can_open(self) -> bool:
+    def can_open(self, session: str | None = None) -> bool:
         return self.channel.can_open()
 
     def open(self, req: StepRequest):

@@ -172,7 +172,7 @@ class Router:
             return None
         turn = job.policy.turn(end, s.step + s.remaining - end)
         nxt = turn.members[0]
-        if turn.weights or nxt == member or not self.members[nxt].can_open():
+        if turn.weights or nxt == member or not self.members[nxt].can_open(s.id):
             return None
         fresh = nxt not in s.cursor
         delta = s.take_delta(nxt) if self._feedable(s, nxt) else ()

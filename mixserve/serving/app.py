@@ -1,5 +1,8 @@
-"""The Ray Serve application: one ingress deployment serving OpenAI-compatible HTTP and gRPC over
-the router; the members are Ray actors it starts from the config (docs/architecture.md, "Shape").
+"""The Ray Serve application (docs/architecture.md, "Shape" and "Pools"): the ingress deployment, each
+replica a router serving OpenAI-compatible HTTP and gRPC (`router: {replicas | autoscaling}` in the
+config), and the pools' keeper, a deployment of one replica that starts, replaces and sizes the member
+replicas (cluster/pools.py). The members belong to the keeper, not to a router: a router replica that
+dies loses only its requests in flight, and its replacement attaches to the same members.
 
 `build_app(config)` is the one entry point: `mixserve serve` deploys it, and so does
 `serve run cluster/serve.yaml` through `app_builder`.
@@ -9,6 +12,7 @@ from pathlib import Path
 from ray import serve
 
 from mixserve import cluster
+from mixserve.cluster.pools import PoolKeeper
 from mixserve.config import EnsembleConfig, load_config, parse_config
 
 from .ensemble import build_ensemble
@@ -22,9 +26,10 @@ from .service import EnsembleService
 @serve.deployment(max_ongoing_requests=4096)
 @serve.ingress()
 class Ingress:
-    async def __init__(self, config: EnsembleConfig, grpc_host: str | None = None, grpc_port: int | None = None):
+    async def __init__(self, config: EnsembleConfig, pools, grpc_host: str | None = None, grpc_port: int | None = None):
         self.metrics = Metrics()
-        self.ensemble = build_ensemble(config, metrics=self.metrics)
+        view = await pools.view.remote()  # the keeper's Serve handle answers only awaited, on this loop
+        self.ensemble = build_ensemble(config, metrics=self.metrics, keeper=pools, view=view)
         self.service = EnsembleService(self.ensemble.router, self.metrics)
         self.grpc = await start_grpc(self.service, grpc_host, grpc_port) if grpc_port else None
 
@@ -33,11 +38,42 @@ class Ingress:
         return http_app(self.service)
 
 
+# One replica: the pools are one keeper's. Serve restarts it if it dies (its members go with it: it owns them).
+@serve.deployment(num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+class Pools:
+    async def __init__(self, config: EnsembleConfig):
+        self.keeper = PoolKeeper(config)
+        await self.keeper.ready()  # the app is up once every member has loaded
+
+    def view(self) -> dict:
+        return self.keeper.view()
+
+    def sizes(self) -> dict[str, int]:
+        return self.keeper.sizes()
+
+    async def pids(self) -> dict[str, int]:
+        return await self.keeper.pids()
+
+    def scaling(self) -> list:
+        return self.keeper.autoscaler.history
+
+
 def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000,
               ingress_resources: "dict | None" = None):
-    """`ingress_resources` pins the ingress replica (and so its gRPC port) to nodes declaring them."""
+    """`ingress_resources` pins the ingress replicas (and so their gRPC port) to nodes declaring them.
+    Several replicas on a node share the gRPC port (SO_REUSEPORT, gRPC's default on Linux): a client's
+    connection lands on one of them, and a new one on a replica that is alive."""
     options = {"num_cpus": 0, "resources": ingress_resources or {}}
-    return Ingress.options(ray_actor_options=options).bind(config, grpc_host, grpc_port)
+    scale = config.router
+    if scale.autoscaling is not None:
+        a = scale.autoscaling
+        sizing = {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                         "target_ongoing_requests": a.target, "upscale_delay_s": a.upscale_delay_s,
+                                         "downscale_delay_s": a.downscale_delay_s}}
+    else:
+        sizing = {"num_replicas": scale.replicas}
+    pools = Pools.bind(config)
+    return Ingress.options(ray_actor_options=options, **sizing).bind(config, pools, grpc_host, grpc_port)
 
 
 def app_builder(args: dict):
