@@ -26,7 +26,7 @@ from .sizing import initial_sizes
 
 log = logging.getLogger(__name__)
 MEMBER_PREFIX = "mixserve_member:"
-WATCH_S = 1.0  # how often the keeper looks for replicas Ray gave up on, and at autoscaled pools' load
+WATCH_S = 1.0  # how often the keeper looks at autoscaled pools' load
 DRAIN_S = 60.0  # a replica leaving its pool first waits this long for its sessions to end
 
 
@@ -140,22 +140,8 @@ class PoolKeeper:
         ray.kill(replica.actor)
 
     async def _watch(self) -> None:
-        """Replace the replicas Ray gave up on (past member_restarts), and let the autoscaler look."""
-        import ray
-
+        """Let the autoscaler look at the pools every WATCH_S."""
         while True:
-            for member, pool in self.pools.items():
-                for replica in list(pool.values()):
-                    try:
-                        await asyncio.wait_for(replica.actor.__ray_ready__.remote(), WATCH_S)
-                    except ray.exceptions.ActorDiedError:
-                        log.warning("member replica %s is gone for good; starting another", replica.id)
-                        pool.pop(replica.id, None)
-                        if not replica.draining:
-                            self._start(member)
-                        self.version += 1
-                    except (asyncio.TimeoutError, ray.exceptions.RayError):
-                        pass  # busy, loading or restarting: Ray brings it back
             await self.autoscaler.tick()
             await asyncio.sleep(WATCH_S)
 

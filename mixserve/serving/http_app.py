@@ -4,6 +4,9 @@
 answers in OpenAI's error shape with the offending field named (docs/serving.md, "Errors").
 (No `from __future__ import annotations` here: FastAPI reads the routes' annotations at runtime.)
 """
+import os
+import socket
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -21,6 +24,9 @@ from .service import EnsembleService
 ERRORS = {"4XX": {"model": ErrorResponse, "description": "bad input, a missing key, an unknown model, a body too "
                                                         "large, or too many sessions at once"},
           "5XX": {"model": ErrorResponse, "description": "a member failed on the request or stayed down"}}
+# Which router replica streams a completion (host:pid): an operator's trace of a request across replicas, and the
+# scale-out tests' way to tell the requests a killed replica held from the others'.
+ROUTER = {"x-mixserve-router": f"{socket.gethostname()}:{os.getpid()}"}
 STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                   "description": "the completion; with stream: true, server-sent events: `data: {chunk}` per stretch "
                                  "of text (the member that wrote it in choices[].member), a usage chunk if asked, "
@@ -71,7 +77,8 @@ async def _generate(service: EnsembleService, body, owner: str, chat: bool):
     # A refusal that comes later (admission, an unknown session, a prompt past a member's context)
     # fails here too, with its status code, not mid-stream.
     first = await items.__anext__()
-    return StreamingResponse(events(first, items, shaper, plan.method, include_usage), media_type="text/event-stream")
+    return StreamingResponse(events(first, items, shaper, plan.method, include_usage), media_type="text/event-stream",
+                             headers=ROUTER)
 
 
 async def _refused(_: Request, e: RequestError) -> JSONResponse:
