@@ -18,14 +18,19 @@ def default_raw():
     return yaml.safe_load((ROOT / "cluster" / "default.yaml").read_text())
 
 
-def test_committed_manifest_is_the_render_of_the_default_config_and_valid():
-    committed = (ROOT / "k8s" / "rayservice.yaml").read_text()
-    assert committed == to_yaml(manifests(default_raw(), IMAGE)), "re-run: mixserve k8s render (see k8s/README.md)"
-    rayservice, grpc = yaml.safe_load_all(committed)
+@pytest.mark.parametrize("config, committed", [("cluster/default.yaml", "k8s/rayservice.yaml"),
+                                               ("k8s/scaled.yaml", "k8s/rayservice-scaled.yaml")])
+def test_committed_manifests_are_the_renders_of_their_configs_and_valid(config, committed):
+    text = (ROOT / committed).read_text()
+    raw = yaml.safe_load((ROOT / config).read_text())
+    assert text == to_yaml(manifests(raw, IMAGE)), "re-run: mixserve k8s render (see docs/deploy.md, Kubernetes)"
+    rayservice, grpc = yaml.safe_load_all(text)
     assert problems(rayservice) == []
     assert kubernetes_problems(grpc) == []
-    # The laptop's default: one router replica and one replica of each member, nothing autoscaling.
-    cluster = rayservice["spec"]["rayClusterConfig"]
+
+
+def test_the_default_render_runs_everything_once_as_on_a_laptop():
+    cluster = render(default_raw(), IMAGE)["spec"]["rayClusterConfig"]
     assert "enableInTreeAutoscaling" not in cluster
     assert [(g["groupName"], g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in cluster["workerGroupSpecs"]] \
         == [("router", 1, 1, 1), ("member-smollm2", 1, 1, 1), ("member-gemma3", 1, 1, 1)]
