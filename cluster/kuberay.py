@@ -40,6 +40,7 @@ def manifests(raw: dict, image: str) -> list[dict]:
 
 
 def render(raw: dict, image: str) -> dict:
+    """The RayService: the Serve application with the router's scale, the head, the worker groups."""
     config = parse_config(raw, resolve_models=False)  # a bad config renders nothing
     serve_config = {
         "proxy_location": "EveryNode",
