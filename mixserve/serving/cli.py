@@ -142,13 +142,13 @@ def _generate(args) -> None:
 def _render(args) -> None:
     import yaml
 
-    from mixserve.cluster.kuberay import render, to_yaml
+    from mixserve.cluster.kuberay import manifests, to_yaml
 
     try:
         raw = yaml.safe_load(open(args.config))
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {args.config!r}: {e}") from None
-    text = to_yaml(render(raw, args.image))
+    text = to_yaml(manifests(raw, args.image))
     if args.out:
         open(args.out, "w").write(text)
     else:
