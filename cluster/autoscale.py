@@ -10,10 +10,6 @@ import asyncio
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .pools import PoolKeeper
 
 WINDOW_S = 10.0  # the busy sessions the decisions read: a mean over this window, samples each WATCH_S
 
@@ -24,7 +20,8 @@ def desired(busy: float, target: float, lo: int, hi: int) -> int:
 
 
 class Autoscaler:
-    def __init__(self, keeper: PoolKeeper):
+    def __init__(self, keeper):
+        """`keeper`: cluster/pools.py's PoolKeeper, whose pools this sizes (`pools`, `sizes`, `resize`)."""
         self.keeper = keeper
         self.samples: dict[str, deque] = {m.name: deque() for m in keeper.config.members if m.autoscaling}
         self.since: dict[str, tuple[int, float]] = {}  # member -> (the size it wants, since when)

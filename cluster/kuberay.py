@@ -18,9 +18,10 @@ from mixserve.config import EnsembleConfig, parse_config
 from mixserve.scaling import Scale
 
 from mixserve.cluster.kuberay_groups import (GRPC_PORT, HTTP_PORT, INGRESS_RESOURCE, METRICS_PORT, ROUTER_LABELS,
-                                             container, member_groups, member_resource, router_group)
+                                             container, member_groups, member_resource, resources_param, router_group)
 
 RAY_VERSION = "2.60.0"
+POOLS_RESOURCE = "mixserve_pools"  # the head's: where the pools' keeper runs
 INGRESS_DEPLOYMENT = "Ingress"  # mixserve/serving/app.py's deployment, which serveConfigV2 scales
 # A pod is removed this long after its last replica went (KubeRay's default); a pool's own delays
 # (downscale_delay_s) decide when a replica goes.
@@ -50,7 +51,7 @@ def render(raw: dict, image: str) -> dict:
             "route_prefix": "/",
             "import_path": "mixserve.serving.app:app_builder",
             "args": {"ensemble": pinned(raw), "grpc_host": "0.0.0.0", "grpc_port": GRPC_PORT,
-                     "ingress_resources": {INGRESS_RESOURCE: 1}},
+                     "ingress_resources": {INGRESS_RESOURCE: 1}, "pools_resources": {POOLS_RESOURCE: 1}},
             "deployments": [ingress_deployment(config.router)],
         }],
     }
@@ -63,7 +64,10 @@ def render(raw: dict, image: str) -> dict:
     if autoscales(config, groups):
         cluster["enableInTreeAutoscaling"] = True
         cluster["autoscalerOptions"] = {"idleTimeoutSeconds": IDLE_TIMEOUT_S, "upscalingMode": "Default"}
-    cluster["headGroupSpec"] = {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+    # The pools' keeper lives on the head, beside Serve's controller: a router pod the autoscaler
+    # removes when idle must not take the keeper, and with it every member, along.
+    cluster["headGroupSpec"] = {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0",
+                                                   "resources": resources_param({POOLS_RESOURCE: 1})},
                                 "template": {"spec": {"containers": [head]}}}
     cluster["workerGroupSpecs"] = groups
     return {

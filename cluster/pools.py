@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mixserve.actors.host import MemberHost
 from mixserve.config import EnsembleConfig
 
+from .autoscale import Autoscaler
 from .placement import actor_options, member_args
 from .sizing import initial_sizes
 
@@ -62,8 +63,6 @@ class PoolKeeper:
         for name, size in initial_sizes(config).items():
             for _ in range(size):
                 self._start(name)
-        from .autoscale import Autoscaler  # the policy, in its own file
-
         self.autoscaler = Autoscaler(self)
 
     def _start(self, member: str) -> Replica:

@@ -59,8 +59,9 @@ class Pools:
 
 
 def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "int | None" = 9000,
-              ingress_resources: "dict | None" = None):
-    """`ingress_resources` pins the ingress replicas (and so their gRPC port) to nodes declaring them.
+              ingress_resources: "dict | None" = None, pools_resources: "dict | None" = None):
+    """`ingress_resources` pins the ingress replicas (and so their gRPC port) to nodes declaring them,
+    `pools_resources` the pools' keeper (KubeRay: the head, cluster/kuberay.py).
     Several replicas on a node share the gRPC port (SO_REUSEPORT, gRPC's default on Linux): a client's
     connection lands on one of them, and a new one on a replica that is alive."""
     options = {"num_cpus": 0, "resources": ingress_resources or {}}
@@ -72,7 +73,7 @@ def build_app(config: EnsembleConfig, grpc_host: str = "127.0.0.1", grpc_port: "
                                          "downscale_delay_s": a.downscale_delay_s}}
     else:
         sizing = {"num_replicas": scale.replicas}
-    pools = Pools.bind(config)
+    pools = Pools.options(ray_actor_options={"num_cpus": 0, "resources": pools_resources or {}}).bind(config)
     return Ingress.options(ray_actor_options=options, **sizing).bind(config, pools, grpc_host, grpc_port)
 
 
@@ -80,7 +81,7 @@ def app_builder(args: dict):
     """For Serve config files (cluster/serve.yaml, KubeRay's serveConfigV2): `import_path:
     mixserve.serving.app:app_builder` with args `config` (a path; a bare name such as default.yaml is
     looked up in mixserve's cluster/ folder too) or `ensemble` (the config inline, as `mixserve k8s
-    render` writes it), and `grpc_host`, `grpc_port`, `ingress_resources`."""
+    render` writes it), and `grpc_host`, `grpc_port`, `ingress_resources`, `pools_resources`."""
     if "ensemble" in args:
         config = parse_config(args["ensemble"])
     else:
@@ -89,4 +90,4 @@ def app_builder(args: dict):
             path = Path(cluster.__file__).parent / path.name
         config = load_config(path)
     return build_app(config, args.get("grpc_host", "127.0.0.1"), args.get("grpc_port", 9000),
-                     args.get("ingress_resources"))
+                     args.get("ingress_resources"), args.get("pools_resources"))
