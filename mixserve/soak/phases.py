@@ -36,12 +36,13 @@ QUIET_TRIES = 20  # a quiet replay refused with 429 (another replay's sessions) 
 def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0, warmup_s: float = 30,
              member_kills: int | None = None, pauses: int | None = None, router_kills: int | None = None,
              workers: int | None = None, hostile: float = 0.0, topology: str = "single",
-             available: bool | None = None) -> dict:
+             require_availability: bool | None = None) -> dict:
     """Serve `config_path` in a fresh local Ray on free loopback ports and soak it; returns the report
     (also written to `out`). Fault counts default to the duration's share of 18 kills, 6 pauses and 2
     router kills per 10 minutes; `hostile` is the share of requests a hostile client sends
-    (mixserve/soak/hostile.py); `topology` the copies served (mixserve/soak/topology.py); `available`
-    whether missing the availability targets fails the soak (default: with the scaled topology)."""
+    (mixserve/soak/hostile.py); `topology` the copies served (mixserve/soak/topology.py);
+    `require_availability` whether missing the availability targets fails the soak (default: with the
+    scaled topology)."""
     config = served_config(config_path, topology)
     # Prometheus counters are compared with what the clients saw: Ray exports them every second.
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
@@ -63,7 +64,7 @@ def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0,
             "pause": max(1, round(6 * share)) if pauses is None else pauses,
             "router_kill": round(2 * share) if router_kills is None else router_kills}
     soak = Soak(config, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics_port, seed, hostile,
-                topology == "scaled" if available is None else available)
+                topology == "scaled" if require_availability is None else require_availability)
     # About twice max_concurrent_sessions offered: a request asks for 1.6 sessions on average (n).
     workers = workers or max(1, round(2 * config.max_concurrent_sessions / 1.6))
     report = asyncio.run(soak.run(duration_s, warmup_s, plan, workers))
@@ -77,9 +78,9 @@ def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0,
 
 class Soak:
     def __init__(self, config: EnsembleConfig, http: str, grpc: str, metrics_port: int, seed: int,
-                 hostile: float = 0.0, available: bool = False):
+                 hostile: float = 0.0, require_availability: bool = False):
         self.config = config
-        self.available = available  # missing the availability targets fails the soak
+        self.require_availability = require_availability  # missing the availability targets fails the soak
         self.http = http
         self.grpc = grpc
         self.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -110,7 +111,8 @@ class Soak:
         for spec in mix.primer():
             self.outcomes.append(out := await self.client.send(spec))
             mix.finished(out)
-        load = (self.clock(), self.clock() + warmup_s)  # the warm-up's load: the availability's reference
+        start = self.clock()
+        load = (start, start + warmup_s)  # the warm-up's load: the availability's reference
         await drive(self.client, mix, load[1], workers, self.outcomes, limit)
         await self._drained()
         warm_end = self.clock()
@@ -146,7 +148,7 @@ class Soak:
         oracle = Oracle(setup, self.outcomes, self.faults, quiet)
         verdicts = oracle.judge_all()
         done = [o.t1 for o in self.outcomes if o.status == 200]
-        served = availability(done, load, (begin, end), self.available)
+        served = availability(done, load, (begin, end), self.require_availability)
         return _report(self, setup, plan, verdicts, oracle.problems, live, memory, prometheus, sessions,
                        served, warm_end, duration_s)
 
