@@ -5,8 +5,9 @@ Two questions, both bounded at 10% by the soak:
   process with the one that died says nothing about a leak; so each process is measured against itself,
   from the end of its own warm-up (as long as the soak's warm-up: a restarted member has to serve the
   same mix as long as the first one did before its size says anything) to its end;
-- does the service grow? Each role (the router replica, each member) at the end of the soak, after the
-  drain, against the same role once warm-up was over, whatever processes came and went between.
+- does the service grow? Each role (the router replicas, each member replica) at the end of the soak,
+  after the drain, against the same role once warm-up was over, whatever processes came and went
+  between; a role served by several processes at once (two router replicas) is their sum.
 Every sample is kept, for the plot: a leak climbs, a warm-up levels off.
 """
 from __future__ import annotations
@@ -32,8 +33,9 @@ class Life:
 
 
 class MemoryWatch:
-    def __init__(self, clock, warmup_s: float, every_s: float = 2.0):
+    def __init__(self, clock, warmup_s: float, members: list[str], every_s: float = 2.0):
         self.clock = clock
+        self.members = members
         self.warmup_s = warmup_s
         self.every_s = every_s
         self.lives: dict[int, Life] = {}
@@ -49,7 +51,7 @@ class MemoryWatch:
         now = self.clock()
         first = self.started is None
         self.started = now if first else self.started
-        for name, pid in pids().items():
+        for pid, name in pids(self.members).items():
             try:
                 rss = psutil.Process(pid).memory_info().rss
             except psutil.NoSuchProcess:
@@ -72,14 +74,16 @@ class MemoryWatch:
         return rows
 
     def roles(self) -> list[dict]:
-        """Each role's size after the soak against its size once warm-up was over."""
+        """Each role's size after the soak against its size once warm-up was over: the sum over its
+        processes sampled at its first sample and at its last."""
         rows = []
         for name in sorted({x.name for x in self.lives.values()}):
-            lives = sorted((x for x in self.lives.values() if x.name == name and x.samples), key=lambda x: x.seen)
-            first = next((x for x in lives if x.seen == self.started), None)
-            if first is None:
+            lives = [x for x in self.lives.values() if x.name == name and x.samples]
+            if not any(x.seen == self.started for x in lives):
                 continue  # not alive when the soak began: nothing warm to compare with
-            base, last = first.samples[0][1], lives[-1].samples[-1][1]
+            end = max(x.samples[-1][0] for x in lives)
+            base = sum(x.samples[0][1] for x in lives if x.seen == self.started)
+            last = sum(x.samples[-1][1] for x in lives if x.samples[-1][0] == end)
             rows.append({"name": name, "warm_bytes": base, "end_bytes": last, "processes": len(lives),
                          "growth": round(last / base - 1, 4)})
         return rows

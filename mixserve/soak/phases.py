@@ -19,26 +19,31 @@ from pathlib import Path
 
 import aiohttp
 
-from mixserve.config import EnsembleConfig, load_config
+from mixserve.config import EnsembleConfig
 
+from .availability import availability
 from .faults import Injector
 from .memory import MemoryWatch
 from .load import Client, Mix, Outcome, clock_from, drive
 from .oracle import Oracle, Setup
 from .prometheus import agreement, settled
 from .report import write_report
+from .topology import served_config
 
 QUIET_TRIES = 20  # a quiet replay refused with 429 (another replay's sessions) is sent again
 
 
 def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0, warmup_s: float = 30,
              member_kills: int | None = None, pauses: int | None = None, router_kills: int | None = None,
-             workers: int | None = None, hostile: float = 0.0) -> dict:
+             workers: int | None = None, hostile: float = 0.0, topology: str = "single",
+             require_availability: bool | None = None) -> dict:
     """Serve `config_path` in a fresh local Ray on free loopback ports and soak it; returns the report
     (also written to `out`). Fault counts default to the duration's share of 18 kills, 6 pauses and 2
     router kills per 10 minutes; `hostile` is the share of requests a hostile client sends
-    (mixserve/soak/hostile.py)."""
-    config = load_config(config_path)
+    (mixserve/soak/hostile.py); `topology` the copies served (mixserve/soak/topology.py);
+    `require_availability` whether missing the availability targets fails the soak (default: with the
+    scaled topology)."""
+    config = served_config(config_path, topology)
     # Prometheus counters are compared with what the clients saw: Ray exports them every second.
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     from mixserve.cluster.ray_cluster import connect
@@ -58,11 +63,13 @@ def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0,
     plan = {"member_kill": round(18 * share) if member_kills is None else member_kills,
             "pause": max(1, round(6 * share)) if pauses is None else pauses,
             "router_kill": round(2 * share) if router_kills is None else router_kills}
-    soak = Soak(config, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics_port, seed, hostile)
+    soak = Soak(config, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", metrics_port, seed, hostile,
+                topology == "scaled" if require_availability is None else require_availability)
     # About twice max_concurrent_sessions offered: a request asks for 1.6 sessions on average (n).
     workers = workers or max(1, round(2 * config.max_concurrent_sessions / 1.6))
     report = asyncio.run(soak.run(duration_s, warmup_s, plan, workers))
-    report["settings"].update(config=str(config_path), load_s=round(load_s, 1), phases=soak.phases)
+    report["settings"].update(config=str(config_path), topology=topology, load_s=round(load_s, 1),
+                              phases=soak.phases)
     write_report(report, soak.outcomes, soak.faults, Path(out))
     (Path(out) / "metrics.txt").write_text(soak.metrics_text)  # the last scrape, as Prometheus saw it
     serve.delete("mixserve")
@@ -71,8 +78,9 @@ def run_soak(config_path: str, out: str, duration_s: float = 600, seed: int = 0,
 
 class Soak:
     def __init__(self, config: EnsembleConfig, http: str, grpc: str, metrics_port: int, seed: int,
-                 hostile: float = 0.0):
+                 hostile: float = 0.0, require_availability: bool = False):
         self.config = config
+        self.require_availability = require_availability  # missing the availability targets fails the soak
         self.http = http
         self.grpc = grpc
         self.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -80,6 +88,7 @@ class Soak:
         self.hostile = hostile
         self.clock = clock_from(time.monotonic())
         self.retry_s = config.member_retry_s
+        self.members = [m.name for m in config.members]
         self.client: Client | None = None  # made in run(): aiohttp binds to the running loop
         self.outcomes: list[Outcome] = []
         self.metrics_text = ""
@@ -89,7 +98,7 @@ class Soak:
     async def run(self, duration_s: float, warmup_s: float, plan: dict, workers: int) -> dict:
         # A request may wait out a member's retry bound and a router replica's restart, not more.
         self.client = Client(self.http, self.grpc, self.config.model_name, self.clock, timeout_s=3 * self.retry_s + 120,
-                             members=[m.name for m in self.config.members])
+                             members=self.members)
         try:
             return await self._run(duration_s, warmup_s, plan, workers)
         finally:
@@ -102,12 +111,15 @@ class Soak:
         for spec in mix.primer():
             self.outcomes.append(out := await self.client.send(spec))
             mix.finished(out)
-        await drive(self.client, mix, self.clock() + warmup_s, workers, self.outcomes, limit)
+        start = self.clock()
+        load = (start, start + warmup_s)  # the warm-up's load: the availability's reference
+        await drive(self.client, mix, load[1], workers, self.outcomes, limit)
         await self._drained()
         warm_end = self.clock()
 
         begin, end = self.clock(), self.clock() + duration_s
-        injectors = [Injector(self.clock, self.seed * 1000 + k, self.http, bound_s=300) for k in range(3)]
+        busy: set[str] = set()  # the members under a fault: one fault per pool at a time
+        injectors = [Injector(self.clock, self.seed * 1000 + k, self.http, 300, self.members, busy) for k in range(3)]
         pause_s = (0.3 * self.retry_s, 1.6 * self.retry_s)  # some pauses past the retry bound, some not
         timelines = [
             injectors[0].run("member_kill", injectors[0].times(plan["member_kill"], begin + 2, end - 10)),
@@ -115,7 +127,7 @@ class Soak:
             injectors[2].run("router_kill", injectors[2].times(plan["router_kill"], begin + 0.1 * duration_s,
                                                                begin + 0.6 * duration_s)),
         ]
-        memory = MemoryWatch(self.clock, warmup_s)
+        memory = MemoryWatch(self.clock, warmup_s, self.members)
         memory.sample()
         watch = asyncio.create_task(memory.run(end))
         await asyncio.gather(drive(self.client, mix, end, workers, self.outcomes, limit), *timelines)
@@ -135,8 +147,10 @@ class Soak:
         self.phases = {k: round(v, 1) for k, v in phases.items()}
         oracle = Oracle(setup, self.outcomes, self.faults, quiet)
         verdicts = oracle.judge_all()
+        done = [o.t1 for o in self.outcomes if o.status == 200]
+        served = availability(done, load, (begin, end), self.require_availability)
         return _report(self, setup, plan, verdicts, oracle.problems, live, memory, prometheus, sessions,
-                       warm_end, duration_s)
+                       served, warm_end, duration_s)
 
     async def _setup(self) -> Setup:
         async with aiohttp.ClientSession() as s, s.get(self.http + "/v1/models") as resp:
@@ -256,7 +270,7 @@ def _session_turns(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
 
 
 def _report(soak: Soak, setup: Setup, plan: dict, verdicts, problems, live, watch: MemoryWatch, prometheus,
-            sessions, warm_end: float, duration_s: float) -> dict:
+            sessions, served: dict, warm_end: float, duration_s: float) -> dict:
     faults = Counter(f.kind for f in soak.faults)
     memory, roles = watch.growth(), watch.roles()
     growth = max((m["growth"] for m in memory + roles), default=0.0)
@@ -270,10 +284,11 @@ def _report(soak: Soak, setup: Setup, plan: dict, verdicts, problems, live, watc
         "wrong_texts": verdicts.get("wrong_text", 0) + sessions["wrong"], "unexplained": verdicts.get("unexplained", 0),
         "router_lost": verdicts.get("router_lost", 0), "changed_after_crash": verdicts.get("changed_after_crash", 0),
         "leaked_sessions": live, "memory_growth_max": growth, "memory": memory, "memory_roles": roles,
-        "sessions": sessions, "prometheus": prometheus, "unrecovered": unrecovered,
+        "sessions": sessions, "prometheus": prometheus, "unrecovered": unrecovered, "availability": served,
     }
     summary["passed"] = (summary["wrong_texts"] == 0 and summary["unexplained"] == 0 and not leaked
-                         and growth < 0.10 and bool(roles) and prometheus["agree"] and not unrecovered)
+                         and growth < 0.10 and bool(roles) and prometheus["agree"] and not unrecovered
+                         and (served["met"] or not served["required"]))
     return {"summary": summary, "problems": problems[:50] + sessions["problems"][:20],
             "settings": {"seed": soak.seed, "duration_s": duration_s, "warmup_end_s": round(warm_end, 1),
                          "retry_s": soak.retry_s, "max_concurrent_sessions": setup.max_sessions,

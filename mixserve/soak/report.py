@@ -24,7 +24,7 @@ def write_report(report: dict, outcomes: list[Outcome], faults, out: Path) -> No
 
 def markdown(report: dict) -> str:
     s, st = report["summary"], report["settings"]
-    f, p = s["faults"], s["prometheus"]
+    f, p, a = s["faults"], s["prometheus"], s["availability"]
     growth = ", ".join(f"{m['name']} (pid {m['pid']}, {m['span_s']:g} s) {100 * m['growth']:+.1f}%" for m in s["memory"])
     roles = ", ".join(f"{m['name']} {m['warm_bytes'] / 2**20:.0f} → {m['end_bytes'] / 2**20:.0f} MiB "
                       f"({100 * m['growth']:+.1f}%, {m['processes']} process{'es' if m['processes'] > 1 else ''})"
@@ -33,6 +33,7 @@ def markdown(report: dict) -> str:
         f"# soak: {'passed' if s['passed'] else 'FAILED'}",
         "",
         f"{st['duration_s']:g} s of faults after {st['warmup_end_s']:g} s of warm-up, seed {st['seed']}, "
+        f"topology {st['topology']}, "
         f"engines {st['engines']}, member_retry_s {st['retry_s']:g}, "
         f"max_concurrent_sessions {st['max_concurrent_sessions']}.",
         "",
@@ -43,6 +44,12 @@ def markdown(report: dict) -> str:
         f"| {s['wrong_texts']} | {s['unexplained']} | {_leaked(s['leaked_sessions'])} "
         f"| {100 * s['memory_growth_max']:.1f}% |",
         "",
+        f"- availability: {a['seconds_without_completion']} of the fault window's {a['window_s']} s without a "
+        f"completed request ({100 * a['share_without_completion']:.1f}%, target at most "
+        f"{100 * a['targets']['share_without_completion_max']:g}%); completed requests per second "
+        f"{a['faults_per_s']:g} during faults against {a['warmup_per_s']:g} in the warm-up, ratio "
+        f"{_ratio(a['ratio'])} (target at least {a['targets']['ratio_min']:g}): "
+        f"{'met' if a['met'] else 'MISSED'}{'' if a['required'] else ' (not part of the verdict: see --availability)'}",
         f"- statuses: {s['statuses']}",
         f"- verdicts: {s['verdicts']}",
         f"- requests lost with a killed router replica (counted apart): {s['router_lost']}; "
@@ -63,6 +70,10 @@ def markdown(report: dict) -> str:
     if report["problems"]:
         lines += ["", "## Problems", ""] + [f"- {x}" for x in report["problems"]]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(ratio) -> str:
+    return "none (nothing completed in the warm-up)" if ratio is None else f"{ratio:g}"
 
 
 def _leaked(live) -> str:

@@ -9,11 +9,11 @@ from mixserve.soak.memory import MemoryWatch
 def _watch(monkeypatch, timeline):
     """timeline: [(t, {name: (pid, bytes)})]; sampled in order."""
     now = {"t": 0.0, "procs": {}}
-    monkeypatch.setattr(memory, "pids", lambda: {n: p for n, (p, _) in now["procs"].items()})
+    monkeypatch.setattr(memory, "pids", lambda members: {p: n for n, (p, _) in now["procs"].items()})
     sizes = lambda pid: next(b for p, b in now["procs"].values() if p == pid)  # noqa: E731
     monkeypatch.setattr(memory.psutil, "Process",
                         lambda pid: SimpleNamespace(memory_info=lambda: SimpleNamespace(rss=sizes(pid))))
-    watch = MemoryWatch(lambda: now["t"], warmup_s=30)
+    watch = MemoryWatch(lambda: now["t"], warmup_s=30, members=["a"])
     for t, procs in timeline:
         now["t"], now["procs"] = t, procs
         watch.sample()
@@ -44,3 +44,19 @@ def test_a_role_is_compared_across_its_processes(monkeypatch):
     assert roles["router"]["growth"] == 0.075 and roles["router"]["processes"] == 1
     # neither member process served 30 s after its warm-up: they say nothing about a leak
     assert {r["pid"] for r in watch.growth()} == {9}
+
+
+def test_a_role_of_two_replicas_is_their_sum(monkeypatch):
+    # Two router replicas (roles are pid -> name, so both are "router"); one killed and replaced.
+    now = {"t": 0.0, "procs": {}}
+    monkeypatch.setattr(memory, "pids", lambda members: {p: n for p, (n, _) in now["procs"].items()})
+    monkeypatch.setattr(memory.psutil, "Process",
+                        lambda pid: SimpleNamespace(memory_info=lambda: SimpleNamespace(rss=now["procs"][pid][1])))
+    watch = MemoryWatch(lambda: now["t"], warmup_s=30, members=["a"])
+    for now["t"], now["procs"] in [(0, {1: ("router", 400), 2: ("router", 500)}),
+                                   (50, {2: ("router", 520), 3: ("router", 300)}),
+                                   (90, {2: ("router", 520), 3: ("router", 470)})]:
+        watch.sample()
+    row = watch.roles()[0]
+    assert row["warm_bytes"] == 900 and row["end_bytes"] == 990 and row["processes"] == 3
+    assert row["growth"] == 0.1
