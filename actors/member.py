@@ -75,8 +75,8 @@ class MemberCore(BookFront):
     def stats(self) -> dict:
         return {"forwards": self.forwards, "rows": self.rows, "evictions": self.book.evictions}
 
-    def release(self, session: str) -> bool:
-        return self.book.release(session)
+    def release(self, session: str, keep: bool = False) -> bool:
+        return self.book.release(session, keep)
 
     def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int,
                 more: bool) -> tuple[int, bytes, str] | None:
