@@ -40,6 +40,7 @@ class MemberCore(BookFront):
         self.batch_invariant = batch_invariant
         self.forwards = 0  # model calls
         self.rows = 0  # sessions advanced, summed over model calls
+        self.positions = 0  # tokens fed to the model (prefill, catch-up and decode alike)
 
     def step(self, req: StepRequest) -> StepResult:
         """A whole step in this thread, one session per forward (in-process members and the
@@ -73,7 +74,8 @@ class MemberCore(BookFront):
         return self.step(req)
 
     def stats(self) -> dict:
-        return {"forwards": self.forwards, "rows": self.rows, "evictions": self.book.evictions}
+        return {"forwards": self.forwards, "rows": self.rows, "positions": self.positions,
+                "evictions": self.book.evictions}
 
     def release(self, session: str, keep: bool = False) -> bool:
         return self.book.release(session, keep)
@@ -111,6 +113,7 @@ class MemberCore(BookFront):
             last.append(len(ids) - 1)
         logp = self._logp(spans, ids, positions, last)
         self.rows += len(rows)
+        self.positions += len(ids)
         for s in rows:
             s.cached = len(s.ids)
         return logp
