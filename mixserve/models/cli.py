@@ -90,6 +90,10 @@ def _models(args, parser) -> None:
     from mixserve.actors.loading import load
     from mixserve.config import load_config
 
+    from mixserve.engines import ENGINES
+
     for member in load_config(args.config).members:
+        if not ENGINES[member.engine].runs_model:  # engine sim: nothing to fetch
+            continue
         load(member.source, member.dtype, "cpu")
         print(f"ready: {member.name} ({member.model})", flush=True)
