@@ -16,9 +16,11 @@ from mixserve.models.sim import sim_config
 from tests.exact import p_value
 
 PROMPT = "the cat sat on"
-N = 2000
 # A correct sampler fails with probability ALPHA for a random seed; the fixed seed makes each run the
-# same. Against one member alone the chi-square's expected value is in the thousands (tests below).
+# same. N is what makes the test able to tell the mixture from member a alone (b's weight is only 0.2):
+# drawn straight from the exact mixture, 6,000 samples reject a alone at p below 1e-50 (five draws,
+# 1e-58 to 1e-92), where 2,000 reached only 1e-9 to 1e-16.
+N = 6000
 ALPHA = 1e-9
 
 
@@ -44,8 +46,8 @@ def test_a_tick_lasts_step_ms_plus_per_seq_ms_per_session_in_it():
         return (time.perf_counter() - started) / engine.batches * 1000
 
     alone, together = mean_tick(1), mean_tick(32)
-    assert 24 <= alone < 24 + 100  # asleep at least the tick's time; a busy machine only adds to it
-    assert 148 <= together < 148 + 100
+    assert 24 <= alone < 24 + 250  # asleep at least the tick's time; a busy machine only adds to it
+    assert 148 <= together < 148 + 250
     assert together - alone > 0.5 * 31 * 4  # the batch's cost shows, whatever the machine adds to both
 
 
@@ -97,7 +99,8 @@ def test_release_ends_a_run_and_the_session():
 
     async def go():
         run = asyncio.create_task(engine.whole(request(engine, "r", 1000)))
-        while engine.live_sessions() == 0 or engine.batches < 3:  # decoding
+        deadline = time.monotonic() + 60
+        while engine.batches < 3 and time.monotonic() < deadline:  # until it decodes
             await asyncio.sleep(0.01)
         assert engine.release("r") is True
         result = await asyncio.wait_for(run, 10)
