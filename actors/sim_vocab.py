@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import itertools
 
-from mixserve.models.tiny import CHAT_TEMPLATE, EOS
 from mixserve.sim import MAX_VOCAB, MIN_VOCAB
 
-SPECIAL = (EOS, "<|user|>", "<|assistant|>")
+SPECIAL = ("<|endoftext|>", "<|user|>", "<|assistant|>")  # the end token, then the chat's role markers
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def _merges(byte_char: dict[int, str]):
@@ -43,7 +44,7 @@ def sim_tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, additional_special_tokens=list(SPECIAL[1:]))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL[0], additional_special_tokens=list(SPECIAL[1:]))
     hf.chat_template = CHAT_TEMPLATE
     return hf
 
