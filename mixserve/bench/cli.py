@@ -17,7 +17,7 @@ def add_command(sub) -> None:
     bench.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     bench.add_argument("--engines", type=_engines, default=None,
                        help="member engines to measure, comma-separated (default: transformers,vllm where vLLM "
-                            "is installed, else transformers)")
+                            "is installed, else transformers; sim only when named)")
     bench.set_defaults(handler=_bench)
 
 

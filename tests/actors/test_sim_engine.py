@@ -132,16 +132,19 @@ def test_catching_up_costs_one_tick_and_decoding_none():
     assert engine.batches == 4 + 1 + 2  # what another member wrote: one tick to catch up, then the run
 
 
+def fast_config(vocab_sizes=(4096, 4096), **top):
+    raw = sim_config(**top)
+    for m, vocab_size in zip(raw["members"], vocab_sizes):
+        m["sim"].update(step_ms=2, per_seq_ms=0.05, vocab_size=vocab_size)  # fast ticks; ce's rows small
+        m["max_batch"] = 64
+    return parse_config(raw)
+
+
 @pytest.fixture(scope="module")
 def sims(ray_local):
     from mixserve.serving.ensemble import build_ensemble
 
-    raw = sim_config()
-    for m in raw["members"]:
-        m["sim"].update(step_ms=2, per_seq_ms=0.05, vocab_size=4096)  # fast ticks; ce's rows small
-        m["max_batch"] = 64
-    config = parse_config(raw)
-    with build_ensemble(config) as ensemble:
+    with build_ensemble(fast_config()) as ensemble:
         yield ensemble
 
 
@@ -176,3 +179,26 @@ def test_an_ensemble_of_sim_members_writes_the_same_texts_by_seed(sims):
     me = sims.generate(prompt=PROMPT, max_tokens=24, seed=5, method="me").choices[0]
     assert set(me.members) == {"a", "b"}  # both members wrote
     assert sims.live_sessions() == {"a": 0, "b": 0}
+    from mixserve.serving.ensemble import build_ensemble
+
+    in_process = build_ensemble(sims.config, in_process=True)  # the cores alone, no clock, no Ray
+    assert in_process.generate(prompt=PROMPT, max_tokens=24, seed=5, method="me").choices[0].text == me.text
+
+
+@pytest.mark.parametrize("method", ["me", "ce"])
+def test_sim_members_of_other_vocabularies_read_each_others_text(method):
+    from mixserve.serving.ensemble import build_ensemble
+
+    ensemble = build_ensemble(fast_config((4096, 8192), token_healing=True), in_process=True)
+    choice = ensemble.generate(prompt=PROMPT, max_tokens=24, seed=9, method=method).choices[0]
+    assert choice.finish_reason == "length" and len(choice.token_ids) == 24
+    if method == "me":
+        assert set(choice.members) == {"a", "b"}
+
+
+def test_sim_members_score_text_for_logprobs_and_echo(sims):
+    result = sims.generate(prompt=PROMPT, max_tokens=8, seed=3, logprobs=2, echo=True)
+    logprobs = result.choices[0].logprobs
+    assert logprobs.token_logprobs[0] is None and len(logprobs.token_logprobs) == logprobs.prompt_tokens + 8
+    assert all(-30 < lp < 0 for lp in logprobs.token_logprobs[1:])  # every token one the members can say
+    assert all(len(top) == 2 for top in logprobs.top_logprobs[1:])
