@@ -23,8 +23,10 @@ from .messages import Scores, StepRequest, StepResult, join
 
 
 class MemberEngine(BatchingEngine):
+    core_class = MemberCore  # what computes its forwards (engine sim: actors/sim_engine.py)
+
     def __init__(self, max_batch: int = 16, **core_args):
-        self.core = MemberCore(**core_args)
+        self.core = self.core_class(**core_args)
         super().__init__(self.core.book)
         self.max_batch = max_batch
         self.jobs: OrderedDict[str, Job] = OrderedDict()  # by session, in turn order
@@ -102,7 +104,7 @@ class MemberEngine(BatchingEngine):
     def _advance(self, job: Job, row) -> None:
         req = job.req
         if req.distribution:
-            return self._finish(job, StepResult(probs=row.exp().numpy(), forwards=1))
+            return self._finish(job, StepResult(probs=self.core.probs(row), forwards=1))
         if req.steps == 0:  # eager sync: the forward filled the cache, nothing to sample
             return self._finish(job, StepResult())
         job.forwards += 1

@@ -18,38 +18,23 @@ from .sampling import pick
 from .sessions import BookFront, SessionBook, SessionCache, eos_ids
 
 
-class MemberCore(BookFront):
-    """One model and its sessions' book. The book's `begin` applies a step request's delta, `forward`
-    runs any number of sessions in one packed model call, `advance` samples a session's next token
-    from its row: the batching engine (actors/engine.py) and the whole-run `step` below are both made
-    of these."""
+class StepCore(BookFront):
+    """A core whose steps run whole in this thread, one session per forward (in-process members, the
+    ce-sequential baseline), made of its `forward` (a row for each session), `advance` (a token from a
+    row) and `probs` (a row as a ce distribution): MemberCore's from a model, actors/sim_core.py's
+    SimCore's in closed form. The batching engines call the same three."""
 
-    def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
-                 max_sessions: int | None = None, max_cached_tokens: int | None = None,
-                 batch_invariant: bool = False):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            # One simulated accelerator per member (docs/architecture.md, "Environment facts").
-            torch.set_num_threads(threads)
-        self.model, tokenizer = load(source, dtype, self.device)
-        packed.register()
-        self.model.set_attn_implementation(packed.ATTENTION)
-        self.book = SessionBook(name, tokenizer, eos_ids(self.model.generation_config.eos_token_id, tokenizer),
-                                int(getattr(self.model.config, "max_position_embeddings", 1 << 20)),
-                                max_sessions, max_cached_tokens)
-        self.batch_invariant = batch_invariant
-        self.forwards = 0  # model calls
-        self.rows = 0  # sessions advanced, summed over model calls
-        self.positions = 0  # tokens fed to the model (prefill, catch-up and decode alike)
+    forwards = 0  # forwards run
+    rows = 0  # sessions advanced, summed over forwards
+    positions = 0  # tokens fed to the model (prefill, catch-up and decode alike)
 
     def step(self, req: StepRequest) -> StepResult:
-        """A whole step in this thread, one session per forward (in-process members and the
-        ce-sequential baseline). Same numbers as the batched engine: see `forward`."""
+        """A whole step in this thread. Same numbers as the batched engine: see MemberCore.forward."""
         s = self.book.begin(req)
         if self.book.full(s) and (req.steps or req.distribution):
             return StepResult(finish="length")  # never a forward past max_position_embeddings
         if req.distribution:
-            return StepResult(probs=self.forward([s])[0].exp().numpy(), forwards=1)
+            return StepResult(probs=self.probs(self.forward([s])[0]), forwards=1)
         tokens: list[int] = []
         pieces: list[bytes] = []
         finish = ""
@@ -80,6 +65,28 @@ class MemberCore(BookFront):
     def release(self, session: str, keep: bool = False) -> bool:
         return self.book.release(session, keep)
 
+
+class MemberCore(StepCore):
+    """One model and its sessions' book. The book's `begin` applies a step request's delta, `forward`
+    runs any number of sessions in one packed model call, `advance` samples a session's next token
+    from its row: the batching engine (actors/engine.py) and StepCore's whole-run `step` are both
+    made of these."""
+
+    def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
+                 max_sessions: int | None = None, max_cached_tokens: int | None = None,
+                 batch_invariant: bool = False):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            # One simulated accelerator per member (docs/architecture.md, "Environment facts").
+            torch.set_num_threads(threads)
+        self.model, tokenizer = load(source, dtype, self.device)
+        packed.register()
+        self.model.set_attn_implementation(packed.ATTENTION)
+        self.book = SessionBook(name, tokenizer, eos_ids(self.model.generation_config.eos_token_id, tokenizer),
+                                int(getattr(self.model.config, "max_position_embeddings", 1 << 20)),
+                                max_sessions, max_cached_tokens)
+        self.batch_invariant = batch_invariant
+
     def advance(self, s: SessionCache, logp: torch.Tensor, sampling, step: int,
                 more: bool) -> tuple[int, bytes, str] | None:
         """Sample step `step` from this session's row of log-probs and take it into the log
@@ -94,6 +101,10 @@ class MemberCore(BookFront):
         token = pick(logp, sampling, step)
         out = self.book.accept(s, token, heal, more)
         return None if out is None else (token, *out)
+
+    def probs(self, logp: torch.Tensor):
+        """A row of log-probs as a ce distribution: probabilities (vocab,) float32."""
+        return logp.exp().numpy()
 
     @torch.inference_mode()
     def forward(self, rows: list[SessionCache]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from mixserve.references import ModelReferenceError, ModelSource, resolve, with_
 from mixserve import engines
 from mixserve.gate import ClusterGate, GateError, parse_gate
 from mixserve.scaling import Autoscaling, Scale, ScalingError, parse_pool, parse_router, parse_total
+from mixserve.sim import SimError, parse_sim
 
 # Owned here, not by the router, so that the config imports no layer above the members (docs/architecture.md,
 # "Layout"): the policies (router/policies/) and the session store (router/snapshot.py) take them from here.
@@ -59,7 +60,7 @@ class MemberConfig:
     batch_invariant: bool = False
     engine: str = engines.DEFAULT  # the member's forward: our transformers engine, or vLLM (docs/configuration.md, "Engines")
     engine_options: dict = field(default_factory=dict)  # the engine's own, passed through (mixserve/engines.py)
-    sim: dict = field(default_factory=dict)  # engine: sim's step time and seed (actors/sim_engine.py)
+    sim: dict = field(default_factory=dict)  # engine: sim's keys, every one set (mixserve/sim.py, actors/sim_engine.py)
     # The member's pool (mixserve/scaling.py, cluster/pools.py): a count, "auto", or autoscaling
     replicas: int | str = 1
     autoscaling: Autoscaling | None = None
@@ -232,14 +233,22 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise ConfigError(f"{where}.name must be a non-empty string without surrounding spaces (got {name!r})")
     where = f"members[{index}] ({name})"
-    model = raw.get("model")
+    engine = raw.get("engine", engines.DEFAULT)
+    if engine not in ENGINES:
+        raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    runs_model = engines.ENGINES[engine].runs_model
+    model = raw.get("model", None if runs_model else engine)
+    if not runs_model and (model != engine or raw.get("adapter") is not None):
+        raise ConfigError(f"{where}: engine: {engine} runs no model, so it takes no model or adapter (leave them "
+                          f"out, or write model: {engine}; got model {raw.get('model')!r})")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a model directory, a .gguf file or package:NAME")
     adapter = raw.get("adapter")
     if adapter is not None and (not isinstance(adapter, str) or not adapter):
         raise ConfigError(f"{where}.adapter must be the path of a LoRA adapter folder (got {adapter!r})")
     try:
-        source = resolve(model, base_dir) if resolve_models else ModelSource("unresolved", model, adapter)
+        resolving = resolve_models and runs_model
+        source = resolve(model, base_dir) if resolving else ModelSource("unresolved", model, adapter)
     except ModelReferenceError as e:
         raise ConfigError(f"{where}.model: {e}") from None
     if adapter is not None and resolve_models:
@@ -275,17 +284,15 @@ def _member(raw, index: int, base_dir, resolve_models: bool) -> MemberConfig:
     invariant = raw.get("batch_invariant", False)
     if not isinstance(invariant, bool):
         raise ConfigError(f"{where}.batch_invariant must be true or false (got {invariant!r})")
-    engine = raw.get("engine", engines.DEFAULT)
-    if engine not in ENGINES:
-        raise ConfigError(f"{where}.engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     options = _engine_options(raw, engine, where)
     try:
         scale = parse_pool(raw, where)
-    except ScalingError as e:
+        sim = parse_sim(raw.get("sim"), name, where) if "sim" in engines.ENGINES[engine].keys else {}
+    except (ScalingError, SimError) as e:
         raise ConfigError(str(e)) from None
     return MemberConfig(name, model, source, float(weight), dtype, dict(resources), **bounds, max_batch=max_batch,
                         batch_invariant=invariant, engine=engine, engine_options=options,
-                        sim=dict(raw.get("sim") or {}), replicas=scale.replicas, autoscaling=scale.autoscaling)
+                        sim=sim, replicas=scale.replicas, autoscaling=scale.autoscaling)
 
 
 def _engine_options(raw: dict, name: str, where: str) -> dict:

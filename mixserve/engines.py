@@ -31,6 +31,7 @@ class EngineKind:
     # A member spanning several devices (MemberConfig.devices) runs its workers as Ray actors of the
     # engine's own, one GPU each: the member's actor holds none.
     spans_devices: bool = False
+    runs_model: bool = True  # False: its member takes no `model` (engine sim's draws tokens from a closed form)
 
     def engine_class(self) -> type:
         return _load(self.engine)
@@ -61,6 +62,10 @@ ENGINES: dict[str, EngineKind] = {
                  "gpu_memory_utilization": float, "enforce_eager": bool, "block_size": int,
                  "kv_cache_space_gib": float, "max_num_batched_tokens": int, "quantization": str,
                  "distributed_executor_backend": str}),
+    # No model: a clock and seeded tokens (actors/sim_engine.py), its keys under `sim:` (mixserve/sim.py).
+    "sim": EngineKind("sim", "sim_engine:SimEngine", core="sim_core:SimCore", keys=("sim",), runs_model=False,
+                      refusals={"max_cached_tokens": "a sim member keeps no KV cache; bound it with max_sessions",
+                                "batch_invariant": "a sim member's tokens never depend on the batch"}),
 }
 
 

@@ -27,6 +27,15 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sim_config(tmp_path_factory):
+    """sim.yaml: simulated members a (weight 0.8) and b (0.2), 20 ms + 0.5 ms per session a step, max_batch
+    32 (mixserve/models/sim.py); mixserve.models.sim.make_sim writes variants (router replicas, method)."""
+    from mixserve.models.sim import make_sim
+
+    return make_sim(tmp_path_factory.mktemp("sim"))
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     import ray
 

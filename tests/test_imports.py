@@ -105,8 +105,9 @@ def test_a_circle_is_found_and_named():
 
 # The packages in layers, bottom first (docs/architecture.md, "Layout"): a package imports its own layer's
 # and the layers below, never one above, and no two packages import each other round a circle. The config
-# (with what it checks: the prompt gate, the engine table, model references) is one node apart from the
-# rest of mixserve/, which is the command line; it imports none of the others, and all may import it.
+# (with what it checks: the prompt gate, the engine table, engine sim's keys, model references) is one
+# node apart from the rest of mixserve/, which is the command line; it imports none of the others, and all
+# may import it.
 LAYERS = (
     ("mixserve.config",),
     ("mixserve.proto",),
@@ -117,7 +118,8 @@ LAYERS = (
     ("mixserve.bench", "mixserve.eval", "mixserve.models", "mixserve.soak"),  # the tools
     ("mixserve",),  # the command line: mixserve/cli.py dispatches to each tool's cli.py
 )
-CONFIG = {"mixserve.config", "mixserve.gate", "mixserve.engines", "mixserve.references", "mixserve.scaling"}
+CONFIG = {"mixserve.config", "mixserve.gate", "mixserve.engines", "mixserve.references", "mixserve.scaling",
+          "mixserve.sim"}
 
 
 def package(module: str) -> str:

@@ -6,7 +6,9 @@ import argparse
 
 def add_command(sub) -> None:
     bench = sub.add_parser("bench", help="measure me against single members, ce-parallel and ce-sequential")
-    bench.add_argument("--config", required=True)
+    bench.add_argument("--config", help="the ensemble to measure (required unless --calibrate)")
+    bench.add_argument("--calibrate", metavar="BENCH_DIR",
+                       help="print engine sim's step_ms and per_seq_ms fitted from an earlier run's folder, and exit")
     bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in words (about tokens)")
     bench.add_argument("--max-tokens", type=int, default=128)
     bench.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="comma-separated, e.g. 1,4,16")
@@ -15,11 +17,18 @@ def add_command(sub) -> None:
     bench.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     bench.add_argument("--engines", type=_engines, default=None,
                        help="member engines to measure, comma-separated (default: transformers,vllm where vLLM "
-                            "is installed, else transformers)")
+                            "is installed, else transformers; sim only when named)")
     bench.set_defaults(handler=_bench)
 
 
 def _bench(args) -> None:
+    if args.calibrate:
+        from .calibrate import calibration_text
+
+        print(calibration_text(args.calibrate))
+        return
+    if not args.config:
+        raise ValueError("bench needs --config FILE (or --calibrate BENCH_DIR)")
     from .methods import run_bench
     from .report import markdown
 

@@ -94,7 +94,8 @@ def row(engine: str, method: str) -> str:
 
 
 def default_engines() -> tuple[str, ...]:
-    return tuple(name for name, engine in ENGINES.items() if engine.installed())
+    """The installed engines that run a model (engine sim only when asked: it measures the routers)."""
+    return tuple(name for name, engine in ENGINES.items() if engine.installed() and engine.runs_model)
 
 
 def methods(config: EnsembleConfig, engines=(DEFAULT,)) -> dict[str, dict]:

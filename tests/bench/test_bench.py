@@ -83,3 +83,9 @@ def test_vllm_rows_follow_their_own_transformers_rows_and_get_their_ratios(tiny_
     assert "vllm engine: floor" in markdown(alone) and "transformers engine" not in markdown(alone)
     write_report(alone, tmp_path)
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_bench_measures_sim_members_only_when_asked():
+    from mixserve.bench.methods import default_engines
+
+    assert "transformers" in default_engines() and "sim" not in default_engines()  # it runs no model

@@ -31,3 +31,13 @@ def test_models_tiny_writes_members_and_configs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"a", "b", "c", "ensemble.yaml", "hetero.yaml",
                                                    "soak-transformers.yaml", "soak-vllm.yaml", "soak-mixed.yaml"}
+
+
+def test_models_sim_writes_a_config_of_simulated_members(tmp_path):
+    from mixserve.config import load_config
+
+    out = run("models", "sim", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    config = load_config(tmp_path / "sim.yaml")
+    assert config.weights == {"a": 0.8, "b": 0.2} and {m.engine for m in config.members} == {"sim"}
+    assert [(m.sim["step_ms"], m.sim["per_seq_ms"], m.max_batch) for m in config.members] == [(20, 0.5, 32)] * 2

@@ -36,7 +36,7 @@ def test_weights_given_beside_the_file_replace_its_own(tiny_dir):
     ({"resources": {"num_gpus": 1.5}}, r"members\[0\] \(a\)\.resources\.num_gpus must be a fraction of one "
                                       r"GPU or whole GPUs \(got 1\.5; Ray refuses fractions above 1\)"),
     ({"colour": "red"}, r"unknown keys \['colour'\]"),
-    ({"engine": "llamacpp"}, r"engine must be one of transformers, vllm \(got 'llamacpp'\)"),
+    ({"engine": "llamacpp"}, r"engine must be one of transformers, vllm, sim \(got 'llamacpp'\)"),
     ({"engine": "vllm", "batch_invariant": True}, r"batch_invariant is not available on engine: vllm"),
     ({"engine": "vllm", "max_cached_tokens": 100}, r"max_cached_tokens is not available on engine: vllm "
                                                    r"\(vLLM bounds its KV cache itself"),
@@ -48,6 +48,36 @@ def test_weights_given_beside_the_file_replace_its_own(tiny_dir):
 def test_bad_member_fields_are_named(tiny_dir, override, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"members": members(**override)}, tiny_dir)
+
+
+def sim_member(**fields) -> dict:
+    return {"engine": "sim", "model": "sim", **fields}
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"engine": "sim", "model": "a"}, r"members\[0\] \(a\): engine: sim runs no model, so it takes no model or "
+                                      r"adapter \(leave them out, or write model: sim; got model 'a'\)"),
+    (sim_member(sim={"step": 20}), r"\(a\)\.sim: unknown keys \['step'\]; known keys: step_ms, per_seq_ms"),
+    (sim_member(sim=[20]), r"\(a\)\.sim must be a mapping"),
+    (sim_member(sim={"step_ms": -1}), r"sim\.step_ms must be a number of milliseconds, 0 or more \(got -1\)"),
+    (sim_member(sim={"per_seq_ms": "fast"}), r"sim\.per_seq_ms must be a number of milliseconds"),
+    (sim_member(sim={"vocab_size": 100}), r"sim\.vocab_size must be an integer from 512 to 262144 \(got 100\)"),
+    (sim_member(sim={"seed": 1.5}), r"sim\.seed must be an integer"),
+    (sim_member(max_cached_tokens=9), r"max_cached_tokens is not available on engine: sim \(a sim member "
+                                      r"keeps no KV cache"),
+    ({"sim": {"step_ms": 20}}, r"\(a\)\.sim is not available on engine: transformers \(only engine: sim honours it\)"),
+])
+def test_bad_sim_members_are_named(tiny_dir, override, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"members": members(**override)}, tiny_dir)
+
+
+def test_a_sim_member_needs_no_model_and_gets_every_sim_key(tiny_dir):
+    raw = [{"name": "a", "engine": "sim", "sim": {"step_ms": 5}}, {"name": "b", "engine": "sim", "model": "sim"}]
+    a, b = parse_config({"members": raw}, tiny_dir).members
+    assert a.sim == {"step_ms": 5.0, "per_seq_ms": 0.5, "vocab_size": 32768, "context_length": 4096, "seed": a.sim["seed"]}
+    assert a.sim["seed"] != b.sim["seed"] and b.sim["step_ms"] == 20.0  # each member its own tokens
+    assert parse_config({"members": raw}, tiny_dir).members[0].sim == a.sim  # the same every time: replicas agree
 
 
 def test_engine_defaults_to_transformers_and_vllm_options_pass_through(tiny_dir):
