@@ -31,6 +31,10 @@ from .mailbox import Mailbox
 from .messages import StepRequest
 
 log = logging.getLogger(__name__)
+# A router that sends nothing for this long is gone (it pings every PING_S): the sessions it opened here
+# are released. Members outlive routers (cluster/pools.py), so a dead router's sessions would stay for good.
+LEASE_S = 30.0
+PING_S = 2.0
 
 
 def keys(key: bytes, role: str) -> tuple[bytes, bytes]:
@@ -84,6 +88,9 @@ class DataPlane:
         self.feeds: dict[tuple[bytes, int], Feeds] = {}  # an open run's log so far, as the router sends it
         self.arrived: dict[tuple[bytes, int], float] = {}  # when a run's starting frame came in
         self.trace: deque = deque(maxlen=4096)  # (session, first step, frame in, first token out)
+        self.seen: dict[bytes, float] = {}  # router (its socket's identity) -> when it last sent a frame
+        self.opened: dict[str, bytes] = {}  # live session -> the router whose run last touched it
+        self.reaper = asyncio.create_task(self._reap())
         self._handlers = {wire.Step: self._step, wire.Open: self._open, wire.Whole: self._whole,
                           wire.Release: self._release}
         self.server = asyncio.create_task(self._serve())
@@ -97,6 +104,11 @@ class DataPlane:
                 log.exception("data plane: a frame that does not decode")
                 continue
             key = (peer, frame.rid)
+            self.seen[peer] = time.monotonic()
+            if isinstance(frame, wire.Ping):
+                continue
+            if isinstance(frame, (wire.Step, wire.Whole, wire.Open)):
+                self.opened[frame.req.session] = peer
             if isinstance(frame, wire.Cancel):
                 self.feeds.pop(key, None)
                 self.arrived.pop(key, None)
@@ -114,6 +126,7 @@ class DataPlane:
             if isinstance(frame, wire.Open):  # before its task starts: the feeds that follow at once must find it
                 self.feeds[key] = Feeds(frame.req.session)
             if isinstance(frame, wire.Release):  # a run opened for the session will never be started: drop it
+                self.opened.pop(frame.session, None)
                 for k in [k for k, f in self.feeds.items() if f.session == frame.session]:
                     self.feeds.pop(k)
                     if (task := self.tasks.pop(k, None)) is not None:
@@ -190,8 +203,26 @@ class DataPlane:
     async def _send(self, peer: bytes, frame: wire.Frame) -> None:
         await self.sock.send_multipart([peer, wire.encode(frame)], copy=False)
 
+    async def _reap(self) -> None:
+        """Release the sessions of routers silent past LEASE_S (killed: a live one pings every PING_S)."""
+        while True:
+            await asyncio.sleep(PING_S)
+            now = time.monotonic()
+            gone = {peer for peer, at in self.seen.items() if now - at > LEASE_S}
+            for peer in gone:
+                del self.seen[peer]
+            for session in [s for s, peer in self.opened.items() if peer in gone]:
+                del self.opened[session]
+                log.warning("data plane: session %s released, its router is gone", session)
+                try:
+                    out = self.member.release(session)
+                    await out if inspect.isawaitable(out) else None
+                except Exception:  # noqa: BLE001 - the next session's reap must still run
+                    log.exception("data plane: releasing %s", session)
+
     def close(self) -> None:
         self.server.cancel()
+        self.reaper.cancel()
         for task in self.tasks.values():
             task.cancel()
         self.auth.stop()

@@ -34,6 +34,7 @@ class Kind(enum.IntEnum):
     FEED = 4  # an open run's log as it grows; no answer
     RELEASE = 5  # forget a session: answered by one DONE, whether the member held it
     CANCEL = 6  # drop a call: the caller stopped reading; no answer
+    PING = 11  # the router is alive: renews its lease on the sessions it opened; no answer
     # member -> router
     PART = 7  # a run's tokens so far
     END = 8  # a run is over
@@ -69,6 +70,10 @@ class Release(Frame, tag=int(Kind.RELEASE)):
 
 
 class Cancel(Frame, tag=int(Kind.CANCEL)):
+    pass
+
+
+class Ping(Frame, tag=int(Kind.PING)):
     pass
 
 
@@ -112,7 +117,7 @@ def _dec_hook(cls: type, obj):
 
 encode = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
 DecodeError = msgspec.DecodeError  # malformed bytes, or a field of the wrong type (ValidationError)
-to_member = msgspec.msgpack.Decoder(Union[Step, Whole, Open, Feed, Release, Cancel], ext_hook=_ext_hook,
+to_member = msgspec.msgpack.Decoder(Union[Step, Whole, Open, Feed, Release, Cancel, Ping], ext_hook=_ext_hook,
                                     dec_hook=_dec_hook).decode
 to_router = msgspec.msgpack.Decoder(Union[Part, End, Done, Error], ext_hook=_ext_hook, dec_hook=_dec_hook).decode
 

@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from mixserve.actors import wire
-from mixserve.actors.dataplane import keys
+from mixserve.actors.dataplane import PING_S, keys
 from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
 
@@ -164,7 +164,14 @@ class Channel:
         self.sock, self.endpoint = sock, endpoint
         asyncio.create_task(self._read(sock))
         asyncio.create_task(self._watch(sock, _detached(self.actor.watch.remote)))
+        asyncio.create_task(self._ping(sock))
         return sock
+
+    async def _ping(self, sock) -> None:
+        """Renew this router's lease on its sessions (actors/dataplane.py's LEASE_S) while the socket is ours."""
+        while self.sock is sock:
+            self._post(sock, wire.Ping(0))
+            await asyncio.sleep(PING_S)
 
     async def _read(self, sock) -> None:
         try:

@@ -18,12 +18,19 @@ SCALED_REPLICAS = 2
 
 
 def scaled(raw: dict) -> dict:
-    """The config with `router: {replicas: 2}` and `replicas: 2` on each member."""
-    members = [{**{k: v for k, v in m.items() if k != "autoscaling"}, "replicas": SCALED_REPLICAS}
-               for m in raw["members"]]
+    """The config with `router: {replicas: 2}` and `replicas: 2` on each member, each replica asking for
+    its share of the member's CPUs (the soak's machine is the same: twice the copies must still fit)."""
+    members = [{**{k: v for k, v in m.items() if k != "autoscaling"}, "replicas": SCALED_REPLICAS,
+                "resources": _shared(m.get("resources") or {})} for m in raw["members"]]
     # member_replicas is refused without members of `replicas: auto`, and none is left
     top = {k: v for k, v in raw.items() if k != "member_replicas"}
     return {**top, "router": {"replicas": SCALED_REPLICAS}, "members": members}
+
+
+def _shared(resources: dict) -> dict:
+    if "num_cpus" not in resources:
+        return resources
+    return {**resources, "num_cpus": resources["num_cpus"] / SCALED_REPLICAS}
 
 
 def served_config(path: str | Path, topology: str) -> EnsembleConfig:
