@@ -1,6 +1,8 @@
 """The one way to build an ensemble from a config: the CLI, the server and the tests all call
-`build_ensemble`. Members start as Ray actors (or in this process with in_process=True, for tests and
-the ce-sequential baseline); the router runs in the caller's process.
+`build_ensemble`. Members start as Ray actors, the replicas of each member's pool, owned by the pools'
+keeper (cluster/pools.py: this process's own, or the Serve app's Pools deployment to attach to), or in
+this process with in_process=True (tests and the ce-sequential baseline); the router runs in the
+caller's process.
 """
 from __future__ import annotations
 
