@@ -13,8 +13,9 @@ RATE_RATIO_MIN = 0.7  # completed requests per second during faults, at least th
 
 
 def availability(done: list[float], warmup: tuple[float, float], faults: tuple[float, float],
-                 required: bool) -> dict:
-    """`done`: the soak seconds at which requests completed; `warmup` and `faults`: [begin, end) windows."""
+                 required: bool, router_kills: list[float] = ()) -> dict:
+    """`done`: the soak seconds at which requests completed; `warmup` and `faults`: [begin, end) windows;
+    `router_kills`: when router replicas were killed (each gets the wait until the next completion)."""
     begin, end = faults
     seconds = int(end - begin)  # the window's whole seconds; a last fraction of one is not judged
     answered = {int(t - begin) for t in done if begin <= t < begin + seconds}
@@ -27,6 +28,8 @@ def availability(done: list[float], warmup: tuple[float, float], faults: tuple[f
             "warmup_per_s": round(warm_rate, 3), "faults_per_s": round(fault_rate, 3),
             "ratio": None if ratio is None else round(ratio, 3),
             "targets": {"share_without_completion_max": SILENT_SHARE_MAX, "ratio_min": RATE_RATIO_MIN},
+            "router_kill_to_next_completion_s": [round(min((t for t in done if t >= k), default=end) - k, 2)
+                                                 for k in router_kills],
             "met": met, "required": required}
 
 

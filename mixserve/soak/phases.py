@@ -148,7 +148,8 @@ class Soak:
         oracle = Oracle(setup, self.outcomes, self.faults, quiet)
         verdicts = oracle.judge_all()
         done = [o.t1 for o in self.outcomes if o.status == 200]
-        served = availability(done, load, (begin, end), self.require_availability)
+        kills = [f.start for f in self.faults if f.kind == "router_kill"]
+        served = availability(done, load, (begin, end), self.require_availability, kills)
         return _report(self, setup, plan, verdicts, oracle.problems, live, memory, prometheus, sessions,
                        served, warm_end, duration_s)
 

@@ -50,6 +50,7 @@ def markdown(report: dict) -> str:
         f"{a['faults_per_s']:g} during faults against {a['warmup_per_s']:g} in the warm-up, ratio "
         f"{_ratio(a['ratio'])} (target at least {a['targets']['ratio_min']:g}): "
         f"{'met' if a['met'] else 'MISSED'}{'' if a['required'] else ' (not part of the verdict: see --availability)'}",
+        f"- router replica kills: the next request completed {_waits(a.get('router_kill_to_next_completion_s'))}",
         f"- statuses: {s['statuses']}",
         f"- verdicts: {s['verdicts']}",
         f"- requests lost with a killed router replica (counted apart): {s['router_lost']}; "
@@ -125,3 +126,7 @@ def _memory(ax, series: list[dict]) -> None:
                 label=x["name"] if x is next(y for y in series if y["name"] == x["name"]) else None)
     ax.set_ylabel("resident memory, MiB")
     ax.legend(loc="lower right", fontsize=7)
+
+
+def _waits(waits) -> str:
+    return ", ".join(f"{w:g}" for w in waits) + " s after each" if waits else "(none killed)"

@@ -58,3 +58,9 @@ def test_only_the_window_s_whole_seconds_are_judged():
 def test_nothing_completed_in_the_warm_up_has_no_ratio_and_misses():
     a = availability(every(*FAULTS, 10), WARMUP, FAULTS, required=True)
     assert a["ratio"] is None and not a["met"]
+
+
+def test_each_router_kill_gets_its_wait_until_the_next_completion():
+    done = every(*WARMUP, 10) + every(*FAULTS, 10, skip=(60.0, 63.5))
+    a = availability(done, WARMUP, FAULTS, required=True, router_kills=[60.0, 100.05])
+    assert a["router_kill_to_next_completion_s"] == [3.5, 0.05]
