@@ -75,7 +75,8 @@ def plot(report: dict, path: Path) -> None:
     members.set(xscale="log", xlabel="replicas per member", ylabel="tokens / s", title="Member pools (1 router)")
     routers.set(xlabel="router replicas", ylabel="tokens / s", title="Router replicas")
     for ax in (members, routers):
-        ax.legend(fontsize=8)
+        if ax.lines:  # a grid without that axis's rows draws none
+            ax.legend(fontsize=8)
     r = report["ramp"]
     times = [t for t, _ in r["sizes"]]
     for name in (r["heavy"], r["light"]):
