@@ -73,6 +73,9 @@ def plot(report: dict, path: Path) -> None:
         if len(line) > 1:
             routers.plot(*zip(*line), marker="o", label=f"concurrency {c}, {top} replicas per member")
     members.set(xscale="log", xlabel="replicas per member", ylabel="tokens / s", title="Member pools (1 router)")
+    sizes = sorted({r["member_replicas"] for r in rows})
+    members.set_xticks(sizes, [str(n) for n in sizes])
+    members.minorticks_off()
     routers.set(xlabel="router replicas", ylabel="tokens / s", title="Router replicas")
     for ax in (members, routers):
         if ax.lines:  # a grid without that axis's rows draws none
