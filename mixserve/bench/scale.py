@@ -38,7 +38,8 @@ def ramp_levels(peak: int, up_s: int, hold_s: int, down_s: int) -> tuple[int, ..
 
 @dataclass(frozen=True)
 class Plan:
-    """What the bench runs; the defaults finish within 5 minutes on 2 cores."""
+    """What the bench runs; the defaults are sized for 5 minutes on a quiet 2-core machine, most of it start-up
+    and the ramp."""
 
     sim: dict = field(default_factory=lambda: dict(SIM))  # each member's step: step_ms + per_seq_ms * batch
     max_batch: int = 32
