@@ -24,7 +24,9 @@ class Autoscaler:
         """`keeper`: cluster/pools.py's PoolKeeper, whose pools this sizes (`pools`, `sizes`, `resize`)."""
         self.keeper = keeper
         self.samples: dict[str, deque] = {m.name: deque() for m in keeper.config.members if m.autoscaling}
-        self.since: dict[str, tuple[int, float]] = {}  # member -> (the size it wants, since when)
+        # member -> (whether it wants more replicas or fewer, since when): a climbing load asks for a new
+        # size every tick, and the delay is the direction's, as Ray Serve's, not one size's
+        self.since: dict[str, tuple[bool, float]] = {}
         self.history: list[tuple[float, dict[str, int]]] = []  # (time, sizes) at each change (the bench)
 
     async def tick(self) -> None:
@@ -43,8 +45,8 @@ class Autoscaler:
             if want == have:
                 self.since.pop(member, None)
                 continue
-            if self.since.get(member, (None,))[0] != want:
-                self.since[member] = (want, now)
+            if self.since.get(member, (None,))[0] != (want > have):
+                self.since[member] = (want > have, now)
             delay = policy.upscale_delay_s if want > have else policy.downscale_delay_s
             if now - self.since[member][1] >= delay:
                 await self.keeper.resize(member, want)

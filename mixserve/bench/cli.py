@@ -9,6 +9,9 @@ def add_command(sub) -> None:
     bench.add_argument("--config", help="the ensemble to measure (required unless --calibrate)")
     bench.add_argument("--calibrate", metavar="BENCH_DIR",
                        help="print engine sim's step_ms and per_seq_ms fitted from an earlier run's folder, and exit")
+    bench.add_argument("--scale", action="store_true",
+                       help="measure routers and member pools at scale on simulated members instead "
+                            "(scale.json, scale.md, scale.png in --out; docs/performance.md, \"Scale-out\")")
     bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in words (about tokens)")
     bench.add_argument("--max-tokens", type=int, default=128)
     bench.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="comma-separated, e.g. 1,4,16")
@@ -27,8 +30,15 @@ def _bench(args) -> None:
 
         print(calibration_text(args.calibrate))
         return
+    if args.scale:
+        from .scale import run_scale
+        from .scale_report import markdown as scale_table
+
+        print(scale_table(run_scale(args.out, address=args.address)))
+        print(f"wrote scale.json, scale.md and scale.png to {args.out}")
+        return
     if not args.config:
-        raise ValueError("bench needs --config FILE (or --calibrate BENCH_DIR)")
+        raise ValueError("bench needs --config FILE (or --calibrate BENCH_DIR, or --scale)")
     from .methods import run_bench
     from .report import markdown
 
