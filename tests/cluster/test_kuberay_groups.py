@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from mixserve.cli import main
-from mixserve.cluster.kuberay import IDLE_TIMEOUT_S, INGRESS_DEPLOYMENT, grpc_service, member_resource, render
+from mixserve.cluster.kuberay import IDLE_TIMEOUT_S, INGRESS_DEPLOYMENT, POOLS_RESOURCE, grpc_service, member_resource, render
 from mixserve.cluster.kuberay_groups import INGRESS_RESOURCE
 from mixserve.config import ConfigError
 from mixserve.serving.app import Ingress
@@ -69,7 +69,10 @@ def test_router_replicas_are_serves_num_replicas_one_per_router_pod():
     # One replica per router pod, none on the head: each replica's gRPC port 9000 is its own pod's.
     assert app["args"]["ingress_resources"] == {INGRESS_RESOURCE: 1}
     assert declared(group(cluster, "router")) == {"CPU": 0.0, "GPU": 0.0, INGRESS_RESOURCE: 1}
-    assert "resources" not in cluster["headGroupSpec"]["rayStartParams"]
+    head = cluster["headGroupSpec"]["rayStartParams"]
+    assert INGRESS_RESOURCE not in head.get("resources", "")  # no router replica on the head
+    # the pools' keeper is the head's, where the autoscaler never removes it
+    assert POOLS_RESOURCE in head["resources"] and app["args"]["pools_resources"] == {POOLS_RESOURCE: 1}
 
 
 def test_router_autoscaling_is_serves_autoscaling_config():
