@@ -31,8 +31,7 @@ class MemberClient(Protocol):
     def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """A run's tokens as the member samples them (its Member.step)."""
 
-    def release(self, session: str, keep: bool = False) -> Awaitable[bool]:
-        """Free the session on the member; `keep`: hold its KV for its next turn (a named session)."""
+    def release(self, session: str) -> Awaitable[bool]: ...
 
     def can_open(self, session: str | None = None) -> bool:
         """Whether a run of `session` can be opened ahead on this member now (it has a data plane,
@@ -79,13 +78,13 @@ class RayMember(_Typed):
     def call(self, method: str, *args) -> asyncio.Future:
         return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
 
-    def release(self, session: str, keep: bool = False) -> asyncio.Future:
+    def release(self, session: str) -> asyncio.Future:
         """Sent as no request's child. Serve cancels the request of a client that went away with
         ray.cancel(recursive=True), which cancels every task the request submitted, the releases in
         its cleanup too: the member would hold the session for good (seen in three runs of 40 HTTP
         disconnects: from the 1st, 11th and 37th on). An empty context carries no Ray task id
         (ray-project/ray#52476)."""
-        ref = contextvars.Context().run(self.actor.release.remote, session, *((True,) if keep else ()))
+        ref = contextvars.Context().run(self.actor.release.remote, session)
         return asyncio.ensure_future(_down_on_actor_error(ref))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
@@ -106,8 +105,8 @@ class ChannelMember(RayMember):
         super().__init__(actor)
         self.channel = channel
 
-    def release(self, session: str, keep: bool = False) -> asyncio.Future:
-        return self.channel.release(session, keep)  # sent before the caller's next await, as no request's child
+    def release(self, session: str) -> asyncio.Future:
+        return self.channel.release(session)  # sent before the caller's next await, as no request's child
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         async with aclosing(self.channel.stream(req)) as parts:
@@ -135,8 +134,8 @@ class LocalMember(_Typed):
             done.set_exception(e)
         return done
 
-    def release(self, session: str, keep: bool = False) -> asyncio.Future:
-        return self.call("release", session, *((True,) if keep else ()))
+    def release(self, session: str) -> asyncio.Future:
+        return self.call("release", session)
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         await asyncio.sleep(0)  # a yield, not a wait: other sessions interleave, as they do on a remote member
