@@ -112,5 +112,6 @@ def server(tiny_dir, serve_instance):
 
 @pytest.fixture(scope="session")
 def secure_server(tiny_dir, serve_instance):
-    raw = {"members": [{"name": "a", "model": "a"}], "model_name": "secure", "api_key_env": "MIXSERVE_TEST_KEY"}
+    raw = {"members": [{"name": "a", "model": "a", "resources": {"num_cpus": 0.25}}], "model_name": "secure",
+           "api_key_env": "MIXSERVE_TEST_KEY"}
     return _deploy(tiny_dir, serve_instance, "secure", "/secure", raw)
