@@ -178,7 +178,7 @@ class DataPlane:
         await self._call(peer, frame.rid, self.member.whole, frame.req, traced=True)
 
     async def _release(self, peer: bytes, frame: wire.Release) -> None:
-        await self._call(peer, frame.rid, self.member.release, frame.session)
+        await self._call(peer, frame.rid, lambda session: self.member.release(session, frame.keep), frame.session)
 
     async def _call(self, peer: bytes, rid: int, method, body, traced: bool = False) -> None:
         try:

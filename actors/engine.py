@@ -43,13 +43,15 @@ class MemberEngine(BatchingEngine):
         a token's time is the hand-offs, Ray and the router: docs/architecture.md, "Performance model")."""
         return {**self.core.stats(), "compute_s": self.compute_s, "pid": os.getpid(), "busy": len(self.jobs)}
 
-    def release(self, session: str) -> bool:
-        """Free the session and end its run, if one is going (the client went away)."""
-        self.released.add(session)
+    def release(self, session: str, keep: bool = False) -> bool:
+        """Free the session and end its run, if one is going (the client went away); `keep` holds its
+        KV for the session's next turn (actors/sessions.py's `held`)."""
+        if not keep:
+            self.released.add(session)
         job = self.jobs.pop(session, None)
         if job is not None:
             job.parts.close()
-        return self.book.release(session)
+        return self.book.release(session, keep)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """The step's tokens, streamed as they are sampled (a caller asks with num_returns="streaming")."""

@@ -51,8 +51,8 @@ class MemberHost(BookFront):
     async def whole(self, req: StepRequest) -> StepResult:
         return await self.engine.whole(req)
 
-    async def release(self, session: str) -> bool:
-        return await _answer(self.engine.release(session))
+    async def release(self, session: str, keep: bool = False) -> bool:
+        return await _answer(self.engine.release(session, keep))
 
     async def score(self, ids: list[int], top: int = 0, rows: bool = False) -> Scores:
         return await _answer(self.engine.score(ids, top, rows))

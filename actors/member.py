@@ -62,8 +62,8 @@ class StepCore(BookFront):
         return {"forwards": self.forwards, "rows": self.rows, "positions": self.positions,
                 "evictions": self.book.evictions}
 
-    def release(self, session: str) -> bool:
-        return self.book.release(session)
+    def release(self, session: str, keep: bool = False) -> bool:
+        return self.book.release(session, keep)
 
 
 class MemberCore(StepCore):

@@ -41,8 +41,10 @@ class Member(Protocol):
         """The same step as one reply, for steps with one part (a ce distribution, a one-token run):
         a plain call's reply costs less than a stream's item."""
 
-    def release(self, session: str) -> bool:
-        """Forget the session and end its run if one is going; whether the member held it."""
+    def release(self, session: str, keep: bool = False) -> bool:
+        """Forget the session and end its run if one is going; whether the member held it. `keep`
+        (a named session between turns) holds its log and KV for its next turn instead, bounded and
+        not live (actors/sessions.py's `held`)."""
 
     def live_sessions(self) -> int:
         """Sessions the member holds (nothing leaks: docs/architecture.md invariant 7)."""

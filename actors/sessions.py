@@ -30,6 +30,9 @@ class SessionCache:
     heal: bytes = b""  # token healing: the next token must start with these bytes, already in the log
 
 
+HELD = 256  # named sessions' caches kept between turns per member (memory: each holds its KV)
+
+
 class SessionBook:
     """One member's tokenizer and its sessions' logs."""
 
@@ -42,6 +45,9 @@ class SessionBook:
         self.eos_ids = eos_ids
         self.context_length = context_length
         self.sessions: OrderedDict[str, SessionCache] = OrderedDict()  # least recently used first
+        # Named sessions between their turns (release with keep): their KV kept for the next turn, which
+        # any router replica may send (router/pools.py); at most HELD of them, least recently used dropped.
+        self.held: OrderedDict[str, SessionCache] = OrderedDict()
         self.max_sessions = max_sessions
         self.max_cached_tokens = max_cached_tokens
         self.evictions = 0
@@ -69,8 +75,11 @@ class SessionBook:
     def begin(self, req: StepRequest, busy: frozenset[str] = frozenset()) -> SessionCache:
         """The session's cache with the request's delta appended; `busy` sessions are never evicted."""
         if req.fresh:
+            self.held.pop(req.session, None)
             s = self.sessions[req.session] = SessionCache()
-        elif (s := self.sessions.get(req.session)) is None:
+        elif (s := self.sessions.get(req.session)) is None and (s := self.held.pop(req.session, None)) is not None:
+            self.sessions[req.session] = s
+        elif s is None:
             raise SessionLost(req.session)
         self.sessions.move_to_end(req.session)
         self._evict(keep=busy | {req.session})
@@ -108,8 +117,14 @@ class SessionBook:
             return None
         return piece, "length" if more and self.full(s) else ""
 
-    def release(self, session: str) -> bool:
-        return self.sessions.pop(session, None) is not None
+    def release(self, session: str, keep: bool = False) -> bool:
+        """Forget the session; with `keep`, hold its log and KV for its next turn instead (not live)."""
+        s = self.sessions.pop(session, None)
+        if keep and s is not None:
+            self.held[session] = s
+            while len(self.held) > HELD:
+                self.held.popitem(last=False)
+        return s is not None
 
     def live_sessions(self) -> int:
         return len(self.sessions)

@@ -84,17 +84,17 @@ class VllmEngine(BatchingEngine):
                 "running": self.vllm.get_num_unfinished_requests(), "busy": len(self.by_session), "compute_s": self.compute_s, "pid": os.getpid(),
                 "streams": len(self.streams.open), "streams_opened": self.streams.opened}
 
-    async def release(self, session: str) -> bool:
+    async def release(self, session: str, keep: bool = False) -> bool:
         """Free the session and abort its request, if one is running (the client went away); when this
         returns, vLLM holds nothing for it."""
-        self.released.add(session)
+        self.released.update(() if keep else (session,))  # kept: its log stays, vLLM's prefix cache its KV
         if (job := self.by_session.pop(session, None)) is not None:
             self._drop(job, None)
         if (stream := self.streams.close(session)) is not None:
             self.to_abort.append(stream.rid)
         if self.to_abort:  # this run's, or one its reader dropped when the router cancelled it
             await asyncio.get_running_loop().run_in_executor(self.thread, self._abort)
-        return self.book.release(session)
+        return self.book.release(session, keep)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """The step's tokens, streamed as vLLM samples them."""

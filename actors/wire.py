@@ -66,6 +66,7 @@ class Feed(Frame, tag=int(Kind.FEED)):
 
 class Release(Frame, tag=int(Kind.RELEASE)):
     session: str
+    keep: bool = False  # hold the session's KV for its next turn (a named session between turns)
 
 
 class Cancel(Frame, tag=int(Kind.CANCEL)):

@@ -154,24 +154,29 @@ class MemberCalls:
         if self.syncs.get((s.id, member)) is asyncio.current_task():
             del self.syncs[(s.id, member)]
 
-    async def release(self, s: Session) -> None:
+    async def release(self, s: Session, keep: bool = False) -> set[str]:
         """Free the session on every member that saw it (docs/architecture.md invariant 7), even when the request
         is being cancelled. The calls are sent before the first await, so no cancellation can drop
         them, and as no request's child, so Ray's recursive cancellation cannot either
         (router/clients.py). The wait for their answers runs under a shield and for RELEASE_WAIT_S
         at most: a member restarting or paused answers later (a restarted one holds nothing), and
         the request, with its admission slots, must not wait for it (the soak saw gone clients'
-        slots held through a member's restart, refusing others with 429).
+        slots held through a member's restart, refusing others with 429). With `keep` (a named
+        session that can go on) each member holds the session's KV for its next turn instead, which
+        is then not live; returns the members that hold it.
         """
+        kept = set(s.cursor) if keep else set()
         for member in s.cursor:
             if (sync := self.syncs.pop((s.id, member), None)) is not None:
                 sync.cancel()
-        calls = asyncio.gather(*(self.members[m].release(s.id) for m in s.cursor), return_exceptions=True)
+                kept.discard(member)  # what it holds of the log is unknown: the next turn replays it
+        calls = asyncio.gather(*(self.members[m].release(s.id, m in kept) for m in s.cursor), return_exceptions=True)
         try:
             await _awhile(calls)
         except asyncio.CancelledError:
             await _awhile(calls)
             raise
+        return kept
 
 
 async def _awhile(calls: asyncio.Future) -> None:

@@ -31,7 +31,8 @@ class MemberClient(Protocol):
     def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """A run's tokens as the member samples them (its Member.step)."""
 
-    def release(self, session: str) -> Awaitable[bool]: ...
+    def release(self, session: str, keep: bool = False) -> Awaitable[bool]:
+        """Free the session on the member; `keep`: hold its KV for its next turn (a named session)."""
 
     def can_open(self, session: str | None = None) -> bool:
         """Whether a run of `session` can be opened ahead on this member now (it has a data plane,
@@ -78,13 +79,13 @@ class RayMember(_Typed):
     def call(self, method: str, *args) -> asyncio.Future:
         return asyncio.ensure_future(_down_on_actor_error(getattr(self.actor, method).remote(*args)))
 
-    def release(self, session: str) -> asyncio.Future:
+    def release(self, session: str, keep: bool = False) -> asyncio.Future:
         """Sent as no request's child. Serve cancels the request of a client that went away with
         ray.cancel(recursive=True), which cancels every task the request submitted, the releases in
         its cleanup too: the member would hold the session for good (seen in three runs of 40 HTTP
         disconnects: from the 1st, 11th and 37th on). An empty context carries no Ray task id
         (ray-project/ray#52476)."""
-        ref = contextvars.Context().run(self.actor.release.remote, session)
+        ref = contextvars.Context().run(self.actor.release.remote, session, *((True,) if keep else ()))
         return asyncio.ensure_future(_down_on_actor_error(ref))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
@@ -105,8 +106,8 @@ class ChannelMember(RayMember):
         super().__init__(actor)
         self.channel = channel
 
-    def release(self, session: str) -> asyncio.Future:
-        return self.channel.release(session)  # sent before the caller's next await, as no request's child
+    def release(self, session: str, keep: bool = False) -> asyncio.Future:
+        return self.channel.release(session, keep)  # sent before the caller's next await, as no request's child
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         async with aclosing(self.channel.stream(req)) as parts:
@@ -134,8 +135,8 @@ class LocalMember(_Typed):
             done.set_exception(e)
         return done
 
-    def release(self, session: str) -> asyncio.Future:
-        return self.call("release", session)
+    def release(self, session: str, keep: bool = False) -> asyncio.Future:
+        return self.call("release", session, *((True,) if keep else ()))
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         await asyncio.sleep(0)  # a yield, not a wait: other sessions interleave, as they do on a remote member

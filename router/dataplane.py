@@ -109,9 +109,9 @@ class Channel:
         if sock is self.sock:
             sock.send(wire.encode(frame), flags=zmq.NOBLOCK)
 
-    def release(self, session: str) -> asyncio.Future:
+    def release(self, session: str, keep: bool = False) -> asyncio.Future:
         """Sent before the caller's next await (a task's first step), answered True when freed."""
-        return asyncio.ensure_future(self._answer(wire.Release, session))
+        return asyncio.ensure_future(self._answer(lambda rid, s: wire.Release(rid, s, keep), session))
 
     async def _answer(self, kind: type[wire.Frame], body):
         _, rid, inbox = await self._send(kind, body)

@@ -139,13 +139,13 @@ class PoolMember(_Typed):
             self._down(rid, req.session)
             raise
 
-    def release(self, session: str):
+    def release(self, session: str, keep: bool = False):
         rid = self.placed.pop(session, None)
         if rid is None or rid not in self.slots:
             done = asyncio.get_running_loop().create_future()
             done.set_result(False)
             return done
-        return self.slots[rid].client.release(session)
+        return self.slots[rid].client.release(session, keep)
 
     def can_open(self, session: str | None = None) -> bool:
         """Whether the session's replica can open a run now: a session new to this member is placed

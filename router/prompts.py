@@ -31,13 +31,14 @@ class Prompts:
             self.eos_ids[info.tokenizer] = self.eos_ids.get(info.tokenizer, frozenset()) | set(info.eos_ids)
         self.vocabs: dict[frozenset[str], SharedVocab | UnionVocab] = {}  # ce: members' tokenizers -> vocabulary
 
-    async def resume(self, plan: Plan) -> tuple[dict[str, list[int]] | None, list[Entry]]:
-        """A named session's prompt and log from its snapshot; (None, []) for a new one."""
-        blob = await self._stored("get", snapshot.stored_name(plan.owner, plan.session))
+    async def resume(self, plan: Plan) -> tuple[dict[str, list[int]] | None, list[Entry], dict | None]:
+        """A named session's prompt and log from its snapshot, and where its members hold its KV
+        (router/router.py's `_hold`); (None, [], None) for a new one."""
+        blob, held = await self._stored("take", snapshot.stored_name(plan.owner, plan.session))
         if blob is None:
             if plan.prompt is None and plan.messages is None:
                 raise NotFoundError(f"unknown session {plan.session!r}; start it with a prompt", "session")
-            return None, []
+            return None, [], None
         if plan.prompt is not None or plan.messages is not None:
             raise RequestError(f"session {plan.session!r} exists: continue it without a prompt", "prompt")
         prompt_ids, history = snapshot.load(blob)
@@ -46,11 +47,12 @@ class Prompts:
             raise RequestError(f"session {plan.session!r} was not started with members {missing}", "weights")
         if history and history[-1].token in self.eos_ids.get(history[-1].tokenizer, ()):
             raise RequestError(f"session {plan.session!r} ended with an end-of-sequence token", "session")
-        return prompt_ids, history
+        return prompt_ids, history, held
 
-    async def save(self, plan: Plan, prompt_ids: dict[str, list[int]], log: list[Entry]) -> None:
+    async def save(self, plan: Plan, prompt_ids: dict[str, list[int]], log: list[Entry], held: dict | None) -> None:
         """The session's snapshot, which the next request on it resumes."""
-        await self._stored("put", snapshot.stored_name(plan.owner, plan.session), snapshot.dump(prompt_ids, log))
+        await self._stored("put", snapshot.stored_name(plan.owner, plan.session), snapshot.dump(prompt_ids, log),
+                           held)
 
     async def _stored(self, method: str, *args):
         """A call to the session store, answered within member_retry_s or 503, as a member's would be

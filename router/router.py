@@ -85,7 +85,7 @@ class Router:
         iterator early (a client went away) cancels the sessions and frees them on every member."""
         plan = req if isinstance(req, Plan) else self.validate(req)
         started = time.perf_counter()
-        prompt_ids, history = await self.prompts.resume(plan) if plan.session else (None, [])
+        prompt_ids, history, held = await self.prompts.resume(plan) if plan.session else (None, [], None)
         prompt_ids = prompt_ids or await self.prompts.ids(plan)
         check_context(plan, prompt_ids, len(history), self.infos)  # before any member works
         tokenizers = {m: self.infos[m].tokenizer for m in plan.weights}
@@ -100,11 +100,12 @@ class Router:
                 async with in_flight:
                     params = msgspec.structs.replace(plan.params, seed=plan.params.seed + j)
                     s = Session(prompt_ids, tokenizers, self.prompts.eos_ids, params, index=j, history=history)
+                    self._hold(s, held)
                     choice = await self._sample(plan, s, stats, lambda: events.put_nowait(s.take_chunk()))
                     if plan.logprobs is not None:
                         choice = replace(choice, logprobs=await self.prompts.score(plan, prompt_ids, choice))
                     if plan.session:
-                        await self.prompts.save(plan, prompt_ids, s.log)
+                        await self.prompts.save(plan, prompt_ids, s.log, s.held)
                 events.put_nowait(choice)
             except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
                 events.put_nowait(e)
@@ -138,6 +139,7 @@ class Router:
                              self.config.run_length_scheduling)
         job = Sampling(plan, s, policy, stats, emit)
         ahead: Ahead | None = None  # the next turn's run, opened on its member while this one decodes
+        keep = False  # a named session that can go on: its members hold its KV for the next turn
         try:
             while s.finish_reason is None:
                 turn = policy.turn(s.step, s.remaining)
@@ -148,12 +150,28 @@ class Router:
                     opened, ahead = ahead, None
                     ahead = self._open_next(job, turn.members[0], s.step + turn.steps)
                     await self._run(job, turn, opened, ahead)
+            # Only a run that ended at max_tokens leaves each member's log where the router's is.
+            keep = plan.session is not None and s.finish_reason == "length"
         finally:
             if ahead is not None:
                 ahead.run.cancel()  # the text ended before its turn
-            await self.calls.release(s)
+            where = {m: getattr(self.members[m], "where", lambda _: None)(s.id) for m in s.cursor}
+            kept = await self.calls.release(s, keep)
+            s.held = {"session": s.id, "members": {m: [where[m], s.cursor[m]] for m in kept}}
         return Choice(s.output_text(), [e.token for e in s.output()], [e.member for e in s.output()],
                       s.finish_reason, s.first_token_s, s.stretches(), s.index)
+
+    def _hold(self, s: Session, held: dict | None) -> None:
+        """A named session's next turn goes on where its members hold its KV (router/pools.py): the
+        same member session, on the same replicas, each sent only what it has not seen."""
+        if not held:
+            return
+        s.id = held["session"]
+        for m, (replica, cursor) in held["members"].items():
+            if m in s.tokenizers and cursor <= len(s.log):
+                s.cursor[m] = cursor
+                if replica is not None and hasattr(self.members[m], "pin"):
+                    self.members[m].pin(s.id, replica)
 
     def _heals(self, plan: Plan, member: str) -> bool:
         """Token healing for this member's runs. A healed token's id spans text another member wrote,

@@ -62,6 +62,9 @@ class Session:
         self.shown_tokens = self.first
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
+        # A named session's members that hold its KV after this turn: {"session": id, "members": {member:
+        # [replica, cursor]}}, kept with its snapshot for the next turn (router/router.py's `_hold`)
+        self.held: dict | None = None
 
     @property
     def step(self) -> int:

@@ -50,6 +50,9 @@ class SessionStore:
     def __init__(self, capacity: int = CAPACITY):
         self.capacity = capacity
         self.blobs: OrderedDict[str, bytes] = OrderedDict()
+        # Where a session's members hold its KV (router/router.py's `_hold`), taken by its next turn
+        # alone: two turns racing on one session cannot both extend the members' copy.
+        self.held: dict[str, dict] = {}
 
     def resize(self, capacity: int) -> None:
         """The named actor outlives deployments: a router that finds it running sets its own config's
@@ -62,11 +65,18 @@ class SessionStore:
             self.blobs.move_to_end(session)
         return self.blobs.get(session)
 
-    def put(self, session: str, blob: bytes) -> None:
+    def put(self, session: str, blob: bytes, held: dict | None = None) -> None:
         self.blobs[session] = blob
         self.blobs.move_to_end(session)
+        self.held.pop(session, None)
+        if held:
+            self.held[session] = held
         self._trim()
+
+    def take(self, session: str) -> tuple[bytes | None, dict | None]:
+        """The snapshot, and where its KV is held (taken: the next taker replays)."""
+        return self.get(session), self.held.pop(session, None)
 
     def _trim(self) -> None:
         while len(self.blobs) > self.capacity:
-            self.blobs.popitem(last=False)
+            self.held.pop(self.blobs.popitem(last=False)[0], None)

@@ -29,6 +29,7 @@ class FakeCore:
         self.tokenizer = tokenizer
         self.eos_weight = eos_weight
         self.sessions: dict[str, list[int]] = {}
+        self.held: dict[str, list[int]] = {}  # named sessions between turns (release with keep)
         self.received: list[tuple[str, list]] = []  # (session, delta segments) per step call
         self.heal: list[bool] = []  # the token-healing flag of each step call
 
@@ -51,6 +52,8 @@ class FakeCore:
     def step(self, req: StepRequest) -> StepResult:
         if req.fresh:
             self.sessions[req.session] = []
+        elif req.session in self.held:
+            self.sessions[req.session] = self.held.pop(req.session)
         elif req.session not in self.sessions:
             raise SessionLost(req.session)
         ids = self.sessions[req.session]
@@ -81,7 +84,9 @@ class FakeCore:
         best = logp.topk(top, dim=-1)
         return Scores(chosen, best.indices.numpy(), best.values.numpy())
 
-    def release(self, session: str) -> bool:
+    def release(self, session: str, keep: bool = False) -> bool:
+        if keep and session in self.sessions:
+            self.held[session] = self.sessions[session]
         return self.sessions.pop(session, None) is not None
 
     def live_sessions(self) -> int:

@@ -227,7 +227,7 @@ def test_a_member_slow_to_confirm_a_release_does_not_hold_the_request():
     silent = asyncio.Event()
 
     class Silent(LocalMember):
-        def release(self, session):
+        def release(self, session, keep=False):
             return asyncio.ensure_future(silent.wait())  # sent, never answered
 
     router.members["a"] = Silent(router.members["a"].core)

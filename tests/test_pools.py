@@ -1,0 +1,48 @@
+"""Member pools seen from two routers (docs/architecture.md, "Pools"; issue 29): a named session's next
+turn, sent through another router over the same pools, reaches the replicas that hold its KV and feeds
+them only what they have not seen, never its history again; and the text is the one a single request
+would have written (invariant 3)."""
+import pytest
+import ray
+
+from mixserve.config import parse_config
+from mixserve.serving.ensemble import build_ensemble
+
+PROMPT = "the sun rises over the quiet hills and " * 12
+
+
+@pytest.fixture(scope="module")
+def routers(tiny_dir, ray_local):
+    members = [{"name": name, "model": model, "replicas": 2, "batch_invariant": True, "resources": {"num_cpus": 0.25}}
+               for name, model in (("h1", "a"), ("h2", "b"))]
+    config = parse_config({"members": members, "member_retry_s": 60}, tiny_dir)
+    with build_ensemble(config) as one:
+        with build_ensemble(config, keeper=one.keeper) as two:  # a second router attached to the same pools
+            yield one, two
+
+
+def fed(ensemble) -> dict[str, int]:
+    """Tokens each replica has fed its model so far."""
+    view = ray.get(ensemble.keeper.view.remote(), timeout=60)
+    return {rid: ray.get(actor.stats.remote(), timeout=60)["positions"]
+            for pool in view["pools"].values() for rid, actor, _ in pool}
+
+
+def test_a_second_turn_through_another_router_reuses_the_replicas_kv(routers):
+    one, two = routers
+    start = fed(one)
+    first = one.generate(prompt=PROMPT, max_tokens=24, seed=5, session="chat")
+    assert first.choices[0].finish_reason == "length"
+    after_first = fed(one)
+    used = {rid for rid in start if after_first[rid] > start[rid]}
+    assert {rid.split(":")[0] for rid in used} == {"h1", "h2"}  # one replica of each pool at least
+    second = two.generate(session="chat", max_tokens=24, seed=5)
+    after_second = fed(one)
+    grown = {rid: after_second[rid] - after_first[rid] for rid in start}
+    assert {rid for rid, n in grown.items() if n} <= used, (used, grown)  # the same replicas
+    history = first.usage.prompt_tokens + 24
+    # each token is fed to each member once (its own when sampled, the other's at its turn), plus the
+    # first turn's last token: about 2 x 24, never the history again
+    assert sum(grown.values()) <= 2 * 24 + 4 < history, (grown, history)
+    whole = one.generate(prompt=PROMPT, max_tokens=48, seed=5)
+    assert first.choices[0].text + second.choices[0].text == whole.choices[0].text
