@@ -87,7 +87,8 @@ class VllmEngine(BatchingEngine):
     async def release(self, session: str, keep: bool = False) -> bool:
         """Free the session and abort its request, if one is running (the client went away); when this
         returns, vLLM holds nothing for it."""
-        self.released.update(() if keep else (session,))  # kept: its log stays, vLLM's prefix cache its KV
+        if not keep:  # kept: its log stays, vLLM's prefix cache its KV
+            self.released.add(session)
         if (job := self.by_session.pop(session, None)) is not None:
             self._drop(job, None)
         if (stream := self.streams.close(session)) is not None:

@@ -170,13 +170,25 @@ class MemberCalls:
             if (sync := self.syncs.pop((s.id, member), None)) is not None:
                 sync.cancel()
                 kept.discard(member)  # what it holds of the log is unknown: the next turn replays it
-        calls = asyncio.gather(*(self.members[m].release(s.id, m in kept) for m in s.cursor), return_exceptions=True)
+        members = list(s.cursor)
+        calls = asyncio.gather(*(self.members[m].release(s.id, m in kept) for m in members), return_exceptions=True)
+        calls.add_done_callback(lambda done: _failed_releases(done, members, s.id))
         try:
             await _awhile(calls)
         except asyncio.CancelledError:
             await _awhile(calls)
             raise
         return kept
+
+
+def _failed_releases(calls: asyncio.Future, members: list[str], session: str) -> None:
+    """A release a member failed (not one it missed by being down) leaves the session on it: said in
+    the log, as nothing else would show it (a vLLM member's releases once all failed unseen)."""
+    if calls.cancelled():
+        return
+    for member, out in zip(members, calls.result()):
+        if isinstance(out, Exception) and not isinstance(out, (MemberDown, SessionLost, CallCancelled)):
+            log.warning("member %r failed to release session %s: %r", member, session, out)
 
 
 async def _awhile(calls: asyncio.Future) -> None:

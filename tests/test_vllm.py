@@ -185,6 +185,19 @@ def test_release_leaves_no_request_running_in_vllm(ens):
     assert wait_idle(ens, "ab") == {"a": (0, 0), "b": (0, 0)}
 
 
+def test_a_named_session_on_vllm_holds_nothing_running_between_turns_and_goes_on_as_one_request(ens):
+    """Between turns a named session's vLLM members keep its log (release with keep) but run nothing
+    and count no live session; the second turn writes what one request of both turns' length writes."""
+    mix = {"prompt": "the moon", "seed": 4, "weights": {"a": 1, "c": 1}}
+    first = ens.generate(**mix, max_tokens=12, session="held")
+    assert first.choices[0].finish_reason == "length"
+    assert wait_idle(ens, "a") == {"a": (0, 0)}
+    second = ens.generate(session="held", max_tokens=12, seed=4, weights={"a": 1, "c": 1})
+    whole = ens.generate(**mix, max_tokens=24)
+    assert first.choices[0].text + second.choices[0].text == whole.choices[0].text
+    assert wait_idle(ens, "a") == {"a": (0, 0)}
+
+
 def test_a_vllm_member_and_a_transformers_member_with_another_tokenizer(ens):
     result = ens.generate(prompt="the tree", max_tokens=30, seed=4, weights={"a": 1, "c": 1})
     choice = result.choices[0]
