@@ -5,10 +5,11 @@ so tens of member replicas and several routers run on 2 cores.
 
 Each tick takes every ready session up to max_batch (the rest wait their turn, round robin), lasts
 step_ms + per_seq_ms × the sessions in it, and gives each session one token. A session with more than
-one token to catch up on (its prompt, or what other members wrote since its last run) spends its
-tick catching up and samples on the next: one tick however long the delta, as a catch-up over a few
-tokens costs about one decode on the bench's members (docs/performance.md). Tokens are the core's:
-the same seed gives the same text whatever the batch (docs/architecture.md invariant 3).
+one token to catch up on (its prompt, or what other members wrote since its last run) catches up and
+samples in the same tick, as a real engine's forward over the delta gives the next token's row (the
+transformers engine's batch, vLLM's chunked prefill); its prefill counts as one more session in the
+tick's cost, whatever the delta's length. Tokens are the core's: the same seed gives the same text
+whatever the batch (docs/architecture.md invariant 3).
 """
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ import time
 
 from mixserve.sim import DEFAULTS
 
-from .batching import Job
 from .engine import MemberEngine
-from .messages import StepResult
 from .sessions import SessionCache
 from .sim_core import SimCore
 
@@ -31,21 +30,11 @@ class SimEngine(MemberEngine):
         sim = {**DEFAULTS, **(core_args.get("sim") or {})}
         self.step_ms, self.per_seq_ms = sim["step_ms"], sim["per_seq_ms"]
 
-    def _forward(self, caches: list[SessionCache]) -> list[int | None]:
+    def _forward(self, caches: list[SessionCache]) -> list[int]:
         """One tick, asleep in the engine's thread where a model's forward would compute: no CPU, and
-        the actor's loop keeps answering. A session catching up gets no row (None)."""
-        tick = (self.step_ms + self.per_seq_ms * len(caches)) / 1000
-        catching_up = [len(s.ids) - s.cached > 1 for s in caches]
+        the actor's loop keeps answering."""
+        catching_up = sum(len(s.ids) - s.cached > 1 for s in caches)
+        tick = (self.step_ms + self.per_seq_ms * (len(caches) + catching_up)) / 1000
         time.sleep(tick)
         self.compute_s += tick
-        rows = iter(self.core.forward([s for s, up in zip(caches, catching_up) if not up]))
-        for s in caches:
-            s.cached = len(s.ids)
-        return [None if up else next(rows) for up in catching_up]
-
-    def _advance(self, job: Job, row: int | None) -> None:
-        if row is not None:
-            return super()._advance(job, row)
-        if job.req.steps == 0 and not job.req.distribution:  # an eager sync asks only to catch up
-            return self._finish(job, StepResult())
-        job.forwards += 1
+        return self.core.forward(caches)
