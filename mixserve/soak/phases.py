@@ -233,17 +233,24 @@ class Soak:
     async def _sessions(self, quiet: dict[int, Outcome]) -> dict:
         """Every named session whose last turn ended at its length continues once more, correctly.
         A turn whose answer was lost (its router replica killed) may or may not have been stored:
-        either continuation is right, and which one it was is counted."""
-        checked, wrong, advanced = 0, [], 0
+        either continuation is right, and which one it was is counted. A session whose history is not
+        the quiet server's (a turn's text changed with a crash, on an engine that allows it: the oracle
+        judges that turn) has no replayable reference: its continuation must be answered, and is
+        counted apart, not compared (the vLLM soak once called one such continuation wrong)."""
+        checked, wrong, advanced, apart = 0, [], 0, 0
         for name, turns in _session_turns(self.outcomes).items():
             answered = [t for t in turns if t.status == 200]
             if not answered or answered[-1].finish != ["length"]:
                 continue
+            changed = any(quiet.get(t.spec["i"]) is None or quiet[t.spec["i"]].texts != t.texts for t in answered)
             last = answered[-1].spec
             more = {**last, "i": len(self.outcomes) + len(quiet) + checked + 1, "prompt": None, "proto": "http",
                     "stream": False, "max_tokens": 6, "disconnect_after": None, "continues": last["i"]}
             got = await self._send_quiet(more)
             checked += 1
+            if changed and got.status == 200 and len(got.texts) == more["n"]:
+                apart += 1
+                continue
             ref = await self._turn_reference(got, turns)
             if got.status == 200 and ref.status == 200 and got.texts == ref.texts:
                 continue
@@ -254,7 +261,8 @@ class Soak:
                     advanced += 1
                     continue
             wrong.append(f"session {name}: continued {got.status} {got.texts!r}, expected {ref.status} {ref.texts!r}")
-        return {"checked": checked, "wrong": len(wrong), "advanced_by_a_lost_turn": advanced, "problems": wrong}
+        return {"checked": checked, "wrong": len(wrong), "advanced_by_a_lost_turn": advanced,
+                "after_a_changed_turn": apart, "problems": wrong}
 
 def free_port() -> int:
     with socket.socket() as sock:

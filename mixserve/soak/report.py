@@ -56,7 +56,9 @@ def markdown(report: dict) -> str:
         f"- requests lost with a killed router replica (counted apart): {s['router_lost']}; "
         f"texts that changed after a crash where the engine allows it: {s['changed_after_crash']}",
         f"- named sessions continued after the soak: {s['sessions']['checked']}, wrong {s['sessions']['wrong']}, "
-        f"continued after a turn whose answer was lost with its router: {s['sessions']['advanced_by_a_lost_turn']}",
+        f"continued after a turn whose answer was lost with its router: {s['sessions']['advanced_by_a_lost_turn']}; "
+        f"after a turn whose text changed with a crash (answered, no replayable reference): "
+        f"{s['sessions'].get('after_a_changed_turn', 0)}",
         f"- memory of each role after the soak against once warm-up was over: {roles}",
         f"- memory of each process at its end against once it had served as long as the warm-up (a restarted "
         f"member is a new process, measured from its own start): {growth}",
