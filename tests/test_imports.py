@@ -119,7 +119,7 @@ LAYERS = (
     ("mixserve",),  # the command line: mixserve/cli.py dispatches to each tool's cli.py
 )
 CONFIG = {"mixserve.config", "mixserve.gate", "mixserve.engines", "mixserve.references", "mixserve.scaling",
-          "mixserve.sim"}
+          "mixserve.sim", "mixserve.split_models"}
 
 
 def package(module: str) -> str:
