@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 # A router that sends nothing for this long is gone (it pings every PING_S): the sessions it opened here
 # are released. Members outlive routers (cluster/pools.py), so a dead router's sessions would stay for good.
 LEASE_S = 30.0
-PING_S = 2.0
+REAP_S = 2.0  # how often the member looks for such routers
+# How often a router pings each member, and so how soon it can tell one that stopped answering (a
+# stopped process, a hung device: router/pools.py places no new work there while a sibling answers).
+PING_S = 0.5
 
 
 def keys(key: bytes, role: str) -> tuple[bytes, bytes]:
@@ -106,6 +109,7 @@ class DataPlane:
             key = (peer, frame.rid)
             self.seen[peer] = time.monotonic()
             if isinstance(frame, wire.Ping):
+                await self._send(peer, wire.Pong(0))
                 continue
             if isinstance(frame, (wire.Step, wire.Whole, wire.Open)):
                 self.opened[frame.req.session] = peer
@@ -206,7 +210,7 @@ class DataPlane:
     async def _reap(self) -> None:
         """Release the sessions of routers silent past LEASE_S (killed: a live one pings every PING_S)."""
         while True:
-            await asyncio.sleep(PING_S)
+            await asyncio.sleep(REAP_S)
             now = time.monotonic()
             gone = {peer for peer, at in self.seen.items() if now - at > LEASE_S}
             for peer in gone:

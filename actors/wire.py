@@ -34,12 +34,13 @@ class Kind(enum.IntEnum):
     FEED = 4  # an open run's log as it grows; no answer
     RELEASE = 5  # forget a session: answered by one DONE, whether the member held it
     CANCEL = 6  # drop a call: the caller stopped reading; no answer
-    PING = 11  # the router is alive: renews its lease on the sessions it opened; no answer
+    PING = 11  # the router is alive: renews its lease on the sessions it opened; answered by PONG
     # member -> router
     PART = 7  # a run's tokens so far
     END = 8  # a run is over
     DONE = 9  # a WHOLE's or RELEASE's answer
     ERROR = 10  # the call failed
+    PONG = 12  # the member is alive (router/pools.py avoids a replica that stops answering)
 
 
 class Frame(msgspec.Struct, array_like=True, frozen=True, tag_field="kind"):
@@ -74,6 +75,10 @@ class Cancel(Frame, tag=int(Kind.CANCEL)):
 
 
 class Ping(Frame, tag=int(Kind.PING)):
+    pass
+
+
+class Pong(Frame, tag=int(Kind.PONG)):
     pass
 
 
@@ -119,7 +124,7 @@ encode = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
 DecodeError = msgspec.DecodeError  # malformed bytes, or a field of the wrong type (ValidationError)
 to_member = msgspec.msgpack.Decoder(Union[Step, Whole, Open, Feed, Release, Cancel, Ping], ext_hook=_ext_hook,
                                     dec_hook=_dec_hook).decode
-to_router = msgspec.msgpack.Decoder(Union[Part, End, Done, Error], ext_hook=_ext_hook, dec_hook=_dec_hook).decode
+to_router = msgspec.msgpack.Decoder(Union[Part, End, Done, Error, Pong], ext_hook=_ext_hook, dec_hook=_dec_hook).decode
 
 
 @functools.cache

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import zmq
@@ -24,6 +25,9 @@ from mixserve.actors.mailbox import Mailbox
 from mixserve.actors.messages import StepRequest, StepResult
 
 from .clients import MemberDown, ray_errors
+
+# A member heard from less recently than this is silent (Channel.silent): three PINGs unanswered.
+SILENT_S = 3 * PING_S
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class Channel:
         self.pending: dict[int, Mailbox] = {}
         self.ids = itertools.count()
         self.opened = 0  # runs opened ahead (tests, bench)
+        self.heard = 0.0  # when the member last sent a frame (a PONG every PING_S at least), monotonic
 
     async def stream(self, req: StepRequest) -> AsyncIterator[StepResult]:
         """A step's parts as the member sends them; a step with one part (a ce distribution, a
@@ -70,6 +75,13 @@ class Channel:
         sock, rid, inbox = await self._send(wire.Whole if one else wire.Step, req)
         async for part in self._parts(sock, rid, inbox):
             yield part
+
+    def silent(self) -> bool:
+        """Connected, yet nothing heard from the member for SILENT_S, not even the PONG it owes each
+        PING: stopped or hung, not just busy (its answers come from its event loop, its compute from
+        a thread). Not known while unconnected on this event loop (a socket of an earlier loop hears
+        nothing)."""
+        return self.can_open() and time.monotonic() - self.heard > SILENT_S
 
     def can_open(self) -> bool:
         """Connected on this event loop: a run can be opened now, without waiting (a member that is
@@ -161,7 +173,7 @@ class Channel:
         sock.setsockopt(zmq.LINGER, 0)
         sock.ipv6 = "[" in endpoint
         sock.connect(endpoint)
-        self.sock, self.endpoint = sock, endpoint
+        self.sock, self.endpoint, self.heard = sock, endpoint, time.monotonic()
         asyncio.create_task(self._read(sock))
         asyncio.create_task(self._watch(sock, _detached(self.actor.watch.remote)))
         asyncio.create_task(self._ping(sock))
@@ -181,6 +193,9 @@ class Channel:
                     frame = wire.to_router(data)
                 except wire.DecodeError:  # the member sent garbage: say so, keep reading
                     log.exception("data plane: a frame from %s that does not decode", self.endpoint)
+                    continue
+                self.heard = time.monotonic()
+                if isinstance(frame, wire.Pong):
                     continue
                 if (inbox := self.pending.get(frame.rid)) is not None:
                     inbox.put(frame)

@@ -7,7 +7,8 @@ LOAD_SLACK more of this router's sessions than the least loaded (the anchors' ca
 threshold); a session already placed goes to its replica while it lives, so its KV cache is used. A
 session whose replica is gone or leaving raises SessionLost, and the router replays its log onto the
 replica it is placed on next (invariant 1). The same hash from every router replica, and the placement
-a named session's snapshot keeps, send a session's later turns to the same replicas.
+a named session's snapshot keeps, send a session's later turns to the same replicas. A replica that
+answers no PING (stopped, hung) gets no new session and no stateless call while a sibling answers.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 REFRESH_S = 2.0  # how old the router's view of the pools may grow before it reads the keeper's again
 LOAD_SLACK = 4  # sessions above the least loaded replica past which affinity gives way to balance
 PROBE_S = 0.5  # how often a replica that went down is tried again
+HEDGE_S = 1.0  # a cheap stateless call not answered this long is sent to a sibling as well
+HEDGED = frozenset({"prompt_ids", "pieces"})
 
 
 def rank(session: str, replicas) -> list[str]:
@@ -77,7 +80,8 @@ class PoolMember(_Typed):
             self.placed[session] = replica
 
     def _choose(self, session: str) -> str:
-        taking = [r for r, s in self.slots.items() if not s.draining and not s.down] or \
+        taking = [r for r, s in self.slots.items() if not s.draining and not s.down and not _silent(s)] or \
+                 [r for r, s in self.slots.items() if not s.draining and not s.down] or \
                  [r for r, s in self.slots.items() if not s.draining] or list(self.slots)
         if not taking:
             raise MemberDown(f"member {self.name!r} has no replica")
@@ -120,9 +124,35 @@ class PoolMember(_Typed):
     # -- MemberClient ---------------------------------------------------------------------------
 
     def call(self, method: str, *args):
-        """The calls that hold no session state go to any replica that is up, in turn."""
-        up = [s for s in self.slots.values() if not s.down] or list(self.slots.values())
+        """The calls that hold no session state go to any replica that is up and answering, in turn.
+        A cheap one (HEDGED) not answered within HEDGE_S goes to a sibling as well, and the first answer
+        wins: a replica that stopped must not hold every new request's tokenization until it is found
+        silent. A score is a forward over the text, too dear to send twice."""
+        if method in HEDGED:
+            return asyncio.ensure_future(self._hedged(method, args))
+        up = self._up()
         return up[next(self.turn) % len(up)].client.call(method, *args)
+
+    def _up(self, but: Slot | None = None) -> list[Slot]:
+        slots = [s for s in self.slots.values() if s is not but]
+        return [s for s in slots if not s.down and not _silent(s)] or [s for s in slots if not s.down] or slots
+
+    async def _hedged(self, method: str, args: tuple):
+        up = self._up()
+        if not up:
+            raise MemberDown(f"member {self.name!r} has no replica")
+        first = up[next(self.turn) % len(up)]
+        calls = [_kept(first.client.call(method, *args))]
+        done, _ = await asyncio.wait(calls, timeout=HEDGE_S)
+        if not done and (others := self._up(but=first)):
+            calls.append(_kept(others[next(self.turn) % len(others)].client.call(method, *args)))
+            done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        for call in done:  # an answer if any came; else the failure, or the wait on the first
+            if call.exception() is None:
+                return call.result()
+        if len(calls) > len(done):  # one failed, the other may yet answer
+            return await next(c for c in calls if c not in done)
+        return await next(iter(done)) if done else await calls[0]
 
     async def _sum_live(self) -> int:
         return sum(await asyncio.gather(*(s.client.live_sessions() for s in self.slots.values())))
@@ -175,6 +205,20 @@ class PoolMember(_Typed):
     @property
     def channel(self):
         return self.sole.channel
+
+
+def _silent(slot: Slot) -> bool:
+    """A replica that answers no PING (router/dataplane.py's Channel.silent): no new work goes there
+    while a sibling answers; the sessions already on it wait for it as they would for a sole member."""
+    channel = getattr(slot.client, "channel", None)
+    return channel is not None and channel.silent()
+
+
+def _kept(call: asyncio.Future) -> asyncio.Future:
+    """A call whose answer may be left unread (its sibling's came first): its failure is not logged as
+    never retrieved."""
+    call.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return call
 
 
 class _Opened:

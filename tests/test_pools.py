@@ -2,10 +2,16 @@
 turn, sent through another router over the same pools, reaches the replicas that hold its KV and feeds
 them only what they have not seen, never its history again; and the text is the one a single request
 would have written (invariant 3)."""
+import asyncio
+import os
+import signal
+import time
+
 import pytest
 import ray
 
 from mixserve.config import parse_config
+from mixserve.router.request import GenerateRequest
 from mixserve.serving.ensemble import build_ensemble
 
 PROMPT = "the sun rises over the quiet hills and " * 12
@@ -46,3 +52,44 @@ def test_a_second_turn_through_another_router_reuses_the_replicas_kv(routers):
     assert sum(grown.values()) <= 2 * 24 + 4 < history, (grown, history)
     whole = one.generate(prompt=PROMPT, max_tokens=48, seed=5)
     assert first.choices[0].text + second.choices[0].text == whole.choices[0].text
+
+
+def test_a_stopped_replica_gets_no_new_work_while_its_sibling_answers(routers):
+    """A replica that stops (SIGSTOP: a hung device, a debugger) answers no PING: once the router finds
+    it silent, new sessions and tokenizations go to its sibling, and requests complete with the texts
+    of a quiet run instead of waiting member_retry_s (60 s here) on it; once it resumes it is used again."""
+    one, _ = routers
+    prompts = [f"{word} rises over the hills" for word in ("sun", "moon", "mist", "wind", "tide", "star")]
+    quiet = [one.generate(prompt=p, max_tokens=8, seed=i).choices[0].text for i, p in enumerate(prompts)]
+    view = ray.get(one.keeper.view.remote(), timeout=60)
+    stopped, actor, _ = view["pools"]["h1"][0]
+    pid = ray.get(actor.stats.remote(), timeout=60)["pid"]
+    pool = one.router.members["h1"]
+
+    async def scenario():
+        channel = pool.slots[stopped].client.channel
+        for seed in range(40):  # until this event loop's channel to the replica is open (sessions land by hash)
+            await one.router.generate(GenerateRequest(prompt="warm", max_tokens=2, seed=seed))
+            if channel.can_open():
+                break
+        assert channel.can_open()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            while not channel.silent():  # bounded: found within SILENT_S of its last PONG
+                assert time.monotonic() < deadline, "the stopped replica was never found silent"
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            texts = [(await asyncio.wait_for(one.router.generate(GenerateRequest(prompt=p, max_tokens=8, seed=i)),
+                                             30)).choices[0].text for i, p in enumerate(prompts)]
+            took = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while channel.silent():
+            assert time.monotonic() < deadline, "the resumed replica was never heard again"
+            await asyncio.sleep(0.05)
+        return texts, took
+
+    texts, took = asyncio.run(scenario())
+    assert texts == quiet and took < 30

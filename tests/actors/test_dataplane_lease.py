@@ -31,7 +31,7 @@ async def _open(sock, session: str) -> None:
 
 def test_a_silent_routers_sessions_are_released_and_a_pinging_ones_kept(monkeypatch):
     monkeypatch.setattr(dataplane, "LEASE_S", 0.5)
-    monkeypatch.setattr(dataplane, "PING_S", 0.05)
+    monkeypatch.setattr(dataplane, "REAP_S", 0.05)
     member = FakeCore("a")
 
     async def scenario():
@@ -53,3 +53,21 @@ def test_a_silent_routers_sessions_are_released_and_a_pinging_ones_kept(monkeypa
             ctx.destroy(linger=0)
 
     asyncio.run(scenario())
+
+
+def test_a_ping_is_answered_with_a_pong():
+    """What lets a router tell a member that stopped (router/pools.py's silent replicas) from one that is busy."""
+    member = FakeCore("a")
+
+    async def scenario():
+        plane = DataPlane(member, KEY, "127.0.0.1")
+        ctx = zmq.asyncio.Context()
+        try:
+            sock = _dealer(ctx, plane.endpoint)
+            await sock.send(wire.encode(wire.Ping(0)))
+            return wire.to_router(await asyncio.wait_for(sock.recv(), 30))
+        finally:
+            plane.close()
+            ctx.destroy(linger=0)
+
+    assert isinstance(asyncio.run(scenario()), wire.Pong)
