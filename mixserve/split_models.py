@@ -58,15 +58,19 @@ class SplitModelError(ValueError):
     """A split model that is not installed, or whose parts do not match their pins."""
 
 
+def _spec(package: str):
+    return importlib.util.find_spec(package.replace("-", "_"))
+
+
 def installed(split: Split) -> bool:
-    return all(importlib.util.find_spec(p.replace("-", "_")) is not None for p in split.packages)
+    return all(_spec(p) is not None for p in split.packages)
 
 
 def part_paths(split: Split) -> list[Path]:
     """Each package's data file, found without importing the package (nothing of it runs)."""
     paths = []
     for package in split.packages:
-        spec = importlib.util.find_spec(package.replace("-", "_"))
+        spec = _spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise SplitModelError(f"{package} {split.version} is not installed: {split.install()}")
         (folder,) = spec.submodule_search_locations

@@ -80,9 +80,8 @@ class PoolMember(_Typed):
             self.placed[session] = replica
 
     def _choose(self, session: str) -> str:
-        taking = [r for r, s in self.slots.items() if not s.draining and not s.down and not _silent(s)] or \
-                 [r for r, s in self.slots.items() if not s.draining and not s.down] or \
-                 [r for r, s in self.slots.items() if not s.draining] or list(self.slots)
+        taking = _preferred(list(self.slots), lambda r: not self.slots[r].draining, lambda r: not self.slots[r].down,
+                            lambda r: not _silent(self.slots[r]))
         if not taking:
             raise MemberDown(f"member {self.name!r} has no replica")
         load = Counter(self.placed.values())
@@ -134,8 +133,8 @@ class PoolMember(_Typed):
         return up[next(self.turn) % len(up)].client.call(method, *args)
 
     def _up(self, but: Slot | None = None) -> list[Slot]:
-        slots = [s for s in self.slots.values() if s is not but]
-        return [s for s in slots if not s.down and not _silent(s)] or [s for s in slots if not s.down] or slots
+        return _preferred([s for s in self.slots.values() if s is not but], lambda s: not s.down,
+                          lambda s: not _silent(s))
 
     async def _hedged(self, method: str, args: tuple):
         up = self._up()
@@ -147,12 +146,10 @@ class PoolMember(_Typed):
         if not done and (others := self._up(but=first)):
             calls.append(_kept(others[next(self.turn) % len(others)].client.call(method, *args)))
             done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
-        for call in done:  # an answer if any came; else the failure, or the wait on the first
-            if call.exception() is None:
-                return call.result()
-        if len(calls) > len(done):  # one failed, the other may yet answer
-            return await next(c for c in calls if c not in done)
-        return await next(iter(done)) if done else await calls[0]
+        if answered := [c for c in done if c.exception() is None]:
+            return answered[0].result()
+        waiting = [c for c in calls if c not in done]  # a failure came first: the other may yet answer
+        return await (waiting or calls)[0]
 
     async def _sum_live(self) -> int:
         return sum(await asyncio.gather(*(s.client.live_sessions() for s in self.slots.values())))
@@ -205,6 +202,15 @@ class PoolMember(_Typed):
     @property
     def channel(self):
         return self.sole.channel
+
+
+def _preferred(items: list, *tests) -> list:
+    """The items that pass every test; failing that, those that pass all but the last test, and so on;
+    failing every one, all the items (a pool with no ideal replica still uses its best)."""
+    for n in range(len(tests), 0, -1):
+        if passing := [i for i in items if all(test(i) for test in tests[:n])]:
+            return passing
+    return items
 
 
 def _silent(slot: Slot) -> bool:
