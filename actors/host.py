@@ -16,6 +16,7 @@ from contextlib import aclosing
 
 from mixserve.engines import ENGINES
 
+from . import heap
 from .dataplane import DataPlane
 from .messages import Scores, StepRequest, StepResult
 from .sessions import BookFront
@@ -33,6 +34,7 @@ class MemberHost(BookFront):
         """`engine`: the config's name for it ("transformers", "vllm"); `args` its constructor's."""
         self.engine = ENGINES[engine].engine_class()(**args)
         self.plane: DataPlane | None = None
+        heap.start_trimming()  # a member's resident size follows its live memory (actors/heap.py)
 
     @property
     def book(self):

@@ -6,6 +6,9 @@ invariants 1, 3, 6, 7).
   with its own tokenizer re-tokenizes a replayed log in one pass), what the client was sent before
   the crash must still be a prefix of the quiet text, and the change is counted, not failed.
 - A stream the client dropped: what it received is a prefix of the quiet text, by the same rule.
+- A named session's turn after a turn whose text so changed has no reference: the quiet server
+  replays the session's turns on its own texts, the live session holds the changed one. It is
+  counted apart (after_a_changed_turn), as the session check after the soak does.
 - A hostile request (mixserve/soak/hostile.py) is refused with one of its kind's statuses, or
   answered 200 where its input is legal and then checked as above.
 - An error is explained by what the faults and the load did: 429 while the client's own sessions in
@@ -77,10 +80,13 @@ class Oracle:
         self.quiet = quiet  # spec["i"] -> the quiet server's answer to the same request
         self.verdicts: Counter = Counter()
         self.problems: list[str] = []
+        self.changed: set[int] = set()  # turns whose text changed with a crash, and the turns after them
 
     def judge_all(self) -> Counter:
-        for out in self.outcomes:
+        for out in sorted(self.outcomes, key=lambda o: o.spec["i"]):  # a turn after the turn it continues
             verdict, why = self.judge(out)
+            if verdict in ("changed_after_crash", "after_a_changed_turn"):
+                self.changed.add(out.spec["i"])
             out.verdict = verdict
             self.verdicts[verdict] += 1
             if verdict in ("wrong_text", "unexplained"):
@@ -94,6 +100,8 @@ class Oracle:
             return "refused_hostile", ""
         if kind is not None and out.status in (400, 413):
             return "unexplained", f"hostile {kind.name}: {out.status} where {sorted(kind.expect)} was due"
+        if out.status in (200, DISCONNECTED) and out.spec.get("continues") in self.changed:
+            return "after_a_changed_turn", ""
         if out.status == 200:
             return self._text(out, whole=True)
         if out.status == DISCONNECTED:

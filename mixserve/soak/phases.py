@@ -292,6 +292,7 @@ def _report(soak: Soak, setup: Setup, plan: dict, verdicts, problems, live, watc
         "faults": {**{k: faults.get(k, 0) for k in plan}, "disconnect": disconnects}, "planned": plan,
         "wrong_texts": verdicts.get("wrong_text", 0) + sessions["wrong"], "unexplained": verdicts.get("unexplained", 0),
         "router_lost": verdicts.get("router_lost", 0), "changed_after_crash": verdicts.get("changed_after_crash", 0),
+        "after_a_changed_turn": verdicts.get("after_a_changed_turn", 0),
         "leaked_sessions": live, "memory_growth_max": growth, "memory": memory, "memory_roles": roles,
         "sessions": sessions, "prometheus": prometheus, "unrecovered": unrecovered, "availability": served,
     }

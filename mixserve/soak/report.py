@@ -54,7 +54,8 @@ def markdown(report: dict) -> str:
         f"- statuses: {s['statuses']}",
         f"- verdicts: {s['verdicts']}",
         f"- requests lost with a killed router replica (counted apart): {s['router_lost']}; "
-        f"texts that changed after a crash where the engine allows it: {s['changed_after_crash']}",
+        f"texts that changed after a crash where the engine allows it: {s['changed_after_crash']}; "
+        f"a session's turns after such a turn (answered, no replayable reference): {s.get('after_a_changed_turn', 0)}",
         f"- named sessions continued after the soak: {s['sessions']['checked']}, wrong {s['sessions']['wrong']}, "
         f"continued after a turn whose answer was lost with its router: {s['sessions']['advanced_by_a_lost_turn']}; "
         f"after a turn whose text changed with a crash (answered, no replayable reference): "

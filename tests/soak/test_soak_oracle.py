@@ -71,3 +71,21 @@ def test_a_hostile_request_passes_only_refused_as_its_kind_is_or_served_where_le
     assert judge([outcome(1, 0, 1, status=500, texts=(), hostile="deep_nesting")]) == {"unexplained": 1}
     legal = outcome(1, 0, 1, hostile="overflowing_weights")  # served: its text is checked like any other
     assert judge([legal], quiet_texts=["xy"]) == {"ok": 1} and judge([legal], quiet_texts=["xz"]) == {"wrong_text": 1}
+
+
+def test_a_session_turn_after_a_turn_changed_by_a_crash_is_counted_apart_not_called_wrong():
+    # Turn 1 changed with a kill of c (allowed on vLLM); turn 2 continues it, turn 3 continues turn 2:
+    # their contexts hold the changed text, the quiet replay's do not.
+    kill = [Fault("member_kill", "c", 0.5, 2.0)]
+    vllm = dict(weights={"a": 1, "c": 1}, session="s")
+    first = outcome(1, 0, 1, texts=("xyQ",), pieces=[(0.2, 0, "xy")], **vllm)
+    later = [outcome(2, 3, 4, texts=("other",), continues=1, **vllm),
+             outcome(3, 5, 6, texts=("more",), continues=2, **vllm)]
+    quiet = {1: ["xyz"], 2: ["quiet"], 3: ["quiet"]}
+    outs = [later[1], first, later[0]]  # the order they were heard in need not be the order sent
+    oracle = Oracle(SETUP, outs, kill, {o.spec["i"]: Outcome(o.spec, 0, 0, 200, texts=quiet[o.spec["i"]])
+                                        for o in outs})
+    assert oracle.judge_all() == {"changed_after_crash": 1, "after_a_changed_turn": 2}
+    # the same later turns after an unchanged first turn are judged, and wrong
+    first_ok = outcome(1, 0, 1, texts=("xyz",), **vllm)
+    assert judge([first_ok, later[0]], kill, quiet_texts=["xyz"]) == {"ok": 1, "wrong_text": 1}
