@@ -151,6 +151,19 @@ class PoolMember(_Typed):
         waiting = [c for c in calls if c not in done]  # a failure came first: the other may yet answer
         return await (waiting or calls)[0]
 
+    async def census(self, timeout_s: float) -> tuple[int, int, int]:
+        """(sessions held on the replicas that answered within timeout_s, replicas that did not, replicas):
+        one replica down or stopped leaves the member serving on its siblings (/health stays 200)."""
+        async def held(slot: Slot) -> int | None:
+            try:
+                return await asyncio.wait_for(slot.client.live_sessions(), timeout_s)
+            except Exception:  # noqa: BLE001 - down, stopped, restarting: not answering is the answer
+                return None
+
+        counts = await asyncio.gather(*(held(s) for s in self.slots.values()))
+        answered = [c for c in counts if c is not None]
+        return sum(answered), len(counts) - len(answered), len(counts)
+
     async def _sum_live(self) -> int:
         return sum(await asyncio.gather(*(s.client.live_sessions() for s in self.slots.values())))
 

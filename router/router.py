@@ -264,3 +264,17 @@ class Router:
     async def live_sessions(self) -> dict[str, int]:
         counts = await asyncio.gather(*(m.live_sessions() for m in self.members.values()))
         return dict(zip(self.members, counts))
+
+    async def census(self, timeout_s: float) -> dict[str, tuple[int, int, int]]:
+        """Per member: (sessions held on its replicas that answered, replicas that did not answer
+        within timeout_s, replicas). A member without a pool (one client) is one replica."""
+        async def one(member) -> tuple[int, int, int]:
+            if hasattr(member, "census"):
+                return await member.census(timeout_s)
+            try:
+                return await asyncio.wait_for(member.live_sessions(), timeout_s), 0, 1
+            except Exception:  # noqa: BLE001 - any failure to answer counts it as not answering
+                return 0, 1, 1
+
+        counts = await asyncio.gather(*(one(m) for m in self.members.values()))
+        return dict(zip(self.members, counts))

@@ -83,13 +83,15 @@ def test_a_stopped_replica_gets_no_new_work_while_its_sibling_answers(routers):
             texts = [(await asyncio.wait_for(one.router.generate(GenerateRequest(prompt=p, max_tokens=8, seed=i)),
                                              30)).choices[0].text for i, p in enumerate(prompts)]
             took = time.monotonic() - started
+            census = await one.router.census(1.5)  # what /health reports: h1 serves on its sibling
         finally:
             os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 30
         while channel.silent():
             assert time.monotonic() < deadline, "the resumed replica was never heard again"
             await asyncio.sleep(0.05)
-        return texts, took
+        return texts, took, census
 
-    texts, took = asyncio.run(scenario())
+    texts, took, census = asyncio.run(scenario())
     assert texts == quiet and took < 30
+    assert census["h1"][1:] == (1, 2) and all(down == 0 for _, down, _ in (census[m] for m in census if m != "h1"))

@@ -42,9 +42,9 @@ def http_app(service: EnsembleService) -> FastAPI:
     # Serve's proxy answers /-/healthz itself (proxy liveness); /health asks the members.
     @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})
     async def health():
-        live = await service.live_sessions()
+        live, down = await service.health()
         ok = live is not None
-        return JSONResponse(Health(status="ok" if ok else "degraded", live_sessions=live,
+        return JSONResponse(Health(status="ok" if ok else "degraded", live_sessions=live, replicas_down=down,
                                    active_sessions=service.admission.active).model_dump(),
                             status_code=200 if ok else 503)
 

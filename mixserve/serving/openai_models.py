@@ -189,8 +189,10 @@ class ModelList(_Response):
 
 class Health(_Response):
     status: Literal["ok", "degraded"]
-    live_sessions: dict[str, int] | None = Field(description="sessions each member holds; null when a member "
-                                                             "does not answer (503)")
+    live_sessions: dict[str, int] | None = Field(description="sessions each member holds on its replicas that "
+                                                             "answered; null when a member has none answering (503)")
+    replicas_down: dict[str, int] = Field(default_factory=dict, description="each member's replicas that did not "
+                                          "answer: the member serves on the others while one does (200)")
     active_sessions: int = Field(description="sessions this router has admitted and not finished (what "
                                              "max_concurrent_sessions bounds)")
 

@@ -101,6 +101,14 @@ class EnsembleService:
     async def generate(self, plan: Plan) -> GenerateResult:
         return await final(self.stream(plan))
 
+    async def health(self, timeout_s: float = 1.5) -> tuple[dict[str, int] | None, dict[str, int]]:
+        """(sessions held per member on the replicas that answered, or None when some member has no
+        replica answering: the service cannot serve it; replicas not answering, per member). A pool
+        that lost one replica still serves on its siblings."""
+        census = await self.router.census(timeout_s)
+        serving = all(down < size for _, down, size in census.values())
+        return ({m: n for m, (n, _, _) in census.items()} if serving else None), {m: d for m, (_, d, _) in census.items()}
+
     async def live_sessions(self, timeout_s: float = 2.0) -> dict[str, int] | None:
         """Sessions held per member, or None when a member does not answer (the service is degraded)."""
         try:

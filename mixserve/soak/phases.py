@@ -169,7 +169,7 @@ class Soak:
                         s.get(self.http + "/health") as resp:
                     body = await resp.json(content_type=None)
                     if resp.status == 200 and not any(body["live_sessions"].values()) \
-                            and not body["active_sessions"]:
+                            and not body["active_sessions"] and not any(body.get("replicas_down", {}).values()):
                         return {**body["live_sessions"], "router": 0}
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 pass
