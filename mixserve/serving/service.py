@@ -106,8 +106,10 @@ class EnsembleService:
         replica answering: the service cannot serve it; replicas not answering, per member). A pool
         that lost one replica still serves on its siblings."""
         census = await self.router.census(timeout_s)
-        serving = all(down < size for _, down, size in census.values())
-        return ({m: n for m, (n, _, _) in census.items()} if serving else None), {m: d for m, (_, d, _) in census.items()}
+        live = {m: held for m, (held, _, _) in census.items()}
+        down = {m: missing for m, (_, missing, _) in census.items()}
+        serving = all(missing < size for _, missing, size in census.values())
+        return (live if serving else None), down
 
     async def live_sessions(self, timeout_s: float = 2.0) -> dict[str, int] | None:
         """Sessions held per member, or None when a member does not answer (the service is degraded)."""
