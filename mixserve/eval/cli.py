@@ -11,6 +11,11 @@ def add_command(sub) -> None:
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
     evaluate.add_argument("--check-samples", type=int, default=2000, help="ME samples for the mixture check")
     evaluate.add_argument("--out", default="eval-out", help="directory for eval.json, eval.md, eval.png, tasks/")
+    evaluate.add_argument("--suite", choices=["default", "experts"], default="default",
+                          help="the tasks: default (arithmetic, facts, multiple choice, text) or experts (sums, clock, "
+                               "their held-out phrasings, multiple choice, text; docs/evaluation.md)")
+    evaluate.add_argument("--concurrent", type=int, default=1,
+                          help="requests lm-eval keeps in flight; greedy answers do not depend on it")
     evaluate.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     evaluate.add_argument("--weights", type=member_weights, help="the ensemble rows' member weights instead of the "
                                                                  "config's, e.g. generalist=0.3,specialist=0.7")
@@ -21,9 +26,10 @@ def _eval(args) -> None:
     from .harness import run_eval
     from .report import markdown
 
-    for name in ("examples", "limit", "check_samples"):
+    for name in ("examples", "limit", "check_samples", "concurrent"):
         if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name} must be at least 1")
-    report = run_eval(args.config, args.out, args.limit, args.address, args.examples, args.check_samples, args.weights)
+    report = run_eval(args.config, args.out, args.limit, args.address, args.examples, args.check_samples, args.weights,
+                      args.suite, args.concurrent)
     print(markdown(report))
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")

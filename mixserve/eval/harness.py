@@ -17,7 +17,7 @@ from pathlib import Path
 from mixserve.config import EnsembleConfig, load_config
 from mixserve.eval.check import mixture_check
 from mixserve.eval.report import mixed, write_report
-from mixserve.eval.tasks import GENERATE_TASKS, SCORE_TASKS, write_tasks
+from mixserve.eval.tasks import SUITES, write_tasks
 
 SEED = 1234  # lm-eval's request seed: ME's member choices follow it
 CHECK_PROMPT = "The capital of France is"
@@ -39,7 +39,8 @@ def rows(config: EnsembleConfig) -> dict[str, dict]:
 
 
 def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None = None, address: str | None = None,
-             n: int = 100, check_samples: int = 2000, weights: dict[str, float] | None = None) -> dict:
+             n: int = 100, check_samples: int = 2000, weights: dict[str, float] | None = None,
+             suite: str = "default", concurrent: int = 1) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -49,6 +50,7 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     config = load_config(config_path, weights)
+    tasks_of = SUITES[suite]
     out = Path(out)
     tasks = TaskManager(include_path=str(write_tasks(out / "tasks", n)), include_defaults=False)
     tokenizers = {m.name: str(model_dir(m.source)) for m in config.members}
@@ -60,25 +62,26 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
         if len(set(fingerprints.values())) > 1:
             plan["me+healing"] = {"model": config.model_name, "fields": {"method": "me", "token_healing": True}}
         for name, row in plan.items():
-            base = {"base_url": f"{url}/v1/completions", "model": row["model"], "num_concurrent": 1,
+            base = {"base_url": f"{url}/v1/completions", "model": row["model"], "num_concurrent": concurrent,
                     "max_retries": 1, "timeout": 600}
             results[name] = _scores(lm_eval.simple_evaluate(
                 model="local-completions", model_args={**base, "tokenizer_backend": None, "tokenized_requests": False},
-                tasks=list(GENERATE_TASKS), task_manager=tasks, gen_kwargs=row["fields"] or None, limit=limit,
+                tasks=list(tasks_of.generate), task_manager=tasks, gen_kwargs=row["fields"] or None, limit=limit,
                 log_samples=True, random_seed=SEED))
             members = [row["model"]] if row["model"] in tokenizers else list(tokenizers)  # whose log-probs
             if len({fingerprints[m] for m in members}) == 1 and "weights" not in row["fields"]:
                 results[name].update(_scores(lm_eval.simple_evaluate(
                     model="local-completions", model_args={**base, "tokenizer_backend": "huggingface",
                                                            "tokenizer": tokenizers[members[0]]},
-                    tasks=list(SCORE_TASKS), task_manager=tasks, limit=limit, log_samples=True, random_seed=SEED)))
-            if (suite := mixed(results[name])) is not None:
-                results[name]["mixed"] = suite
+                    tasks=list(tasks_of.score), task_manager=tasks, limit=limit, log_samples=True, random_seed=SEED)))
+            for key, parts in tasks_of.mixed.items():
+                if (score := mixed(results[name], parts)) is not None:
+                    results[name][key] = score
         one_tokenizer = len({fingerprints[m] for m in config.weights}) == 1
         weights = None if config.gate is not None else config.weights  # the gate's, as the server picks them
         check = mixture_check(url, config.model_name, weights, CHECK_PROMPT, one_tokenizer, check_samples) \
             if len(config.members) > 1 else None
-    report = {"config": str(config_path), "limit": limit, "examples_per_task": n, "rows": results,
+    report = {"config": str(config_path), "suite": suite, "limit": limit, "examples_per_task": n, "rows": results,
               "weights": config.weights, "mixture_check": check}
     write_report(report, out)
     return report

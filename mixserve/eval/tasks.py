@@ -8,6 +8,12 @@ and task YAMLs: the same files every time, and nothing is downloaded.
   ("as many as there are days in a week"): a fact and arithmetic in one answer.
 - mixserve_mc (multiple_choice, log-likelihood): opposites, capitals and number words.
 - mixserve_text (loglikelihood_rolling, bits per byte): held-out sentences written for this project.
+- mixserve_sums, mixserve_clock (generate_until, exact match on the reply's last number or time): the
+  experts' skills (mixserve/eval/skills.py), and mixserve_sums_heldout, mixserve_clock_heldout: the
+  same skills in phrasings that no dev or training row uses.
+
+A suite is the tasks one eval runs and the mixed scores it reports: "default" for the shipped pairs,
+"experts" for a base and its experts (cluster/experts.yaml).
 
 The dev split (dev_split, `mixserve models dev-split`) is drawn by the same generators from another
 seed, without the questions the eval asks: what ensemble weights are fitted on, so that the eval's
@@ -17,15 +23,35 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from mixserve.eval.skills import GENERATORS, SKILLS, skill_rows
 
 GENERATE_TASKS = ("mixserve_arith", "mixserve_facts", "mixserve_arith2")
 SCORE_TASKS = ("mixserve_mc", "mixserve_text")  # need log-probs: one tokenizer
 # The mixed suite (its mean accuracy): without mixserve_arith2, so that it means what it meant in the
 # tables measured before that task existed.
 MIXED = ("mixserve_arith", "mixserve_facts", "mixserve_mc")
+EXPERT_TASKS = tuple(f"mixserve_{skill}{tail}" for tail in ("", "_heldout") for skill in SKILLS)
+
+
+@dataclass(frozen=True)
+class Suite:
+    generate: tuple[str, ...]  # generate_until tasks: every row runs them
+    score: tuple[str, ...]  # log-prob tasks: rows whose members share a tokenizer
+    mixed: dict[str, tuple[str, ...]]  # each mixed score's name -> the accuracy tasks it is the mean of
+
+
+SUITES = {
+    "default": Suite(GENERATE_TASKS, SCORE_TASKS, {"mixed": MIXED}),
+    # every expert's task and the general one; then the same with the phrasings no dev or training row has
+    "experts": Suite(EXPERT_TASKS, SCORE_TASKS,
+                     {"mixed": (*EXPERT_TASKS[:len(SKILLS)], "mixserve_mc"),
+                      "mixed_heldout": (*EXPERT_TASKS[len(SKILLS):], "mixserve_mc")}),
+}
 SEED = 20261125  # the eval's rows
 DEV_SEED = 20261127  # the dev split's (20261126 is the specialist's)
 
@@ -166,6 +192,9 @@ def task_rows(n: int = 100, seed: int = SEED) -> dict[str, list[dict]]:
             "mixserve_text": [{"text": t} for t in HELD_OUT]}
     data["mixserve_facts"] = facts(n, rng)
     data["mixserve_arith2"] = arithmetic2(n, rng)
+    for skill in SKILLS:  # each from its own seed (skill_rows)
+        data[f"mixserve_{skill}"] = skill_rows(skill, "eval", n, seed)
+        data[f"mixserve_{skill}_heldout"] = skill_rows(skill, "heldout", n, seed)
     return data
 
 
@@ -184,7 +213,14 @@ def write_tasks(out: Path, n: int = 100, seed: int = SEED) -> Path:
         "filter_list": [{"name": "number", "filter": [{"function": "regex", "regex_pattern": r"(-?\d+)"},
                                                       {"function": "take_first"}]}],
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
+    # The experts' tasks: a worked reply ("54 + 67 = 121. 121 - 58 = 63."), read for its last number or time.
+    worked_problem = {**word_problem,
+                      "generation_kwargs": {**word_problem["generation_kwargs"], "max_gen_toks": 40},
+                      "filter_list": [{"name": "last", "filter": [
+                          {"function": "regex", "regex_pattern": r"(\d+:\d\d|-?\d+)", "group_select": -1},
+                          {"function": "take_first"}]}]}
     specs = {
+        **{task: worked_problem for task in EXPERT_TASKS},
         "mixserve_arith": word_problem,
         "mixserve_arith2": word_problem,
         "mixserve_facts": word_problem,
@@ -201,17 +237,23 @@ def write_tasks(out: Path, n: int = 100, seed: int = SEED) -> Path:
     return out
 
 
-def dev_split(n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
+def dev_split(n_per_task: int = 100, seed: int = DEV_SEED, suite: str = "default") -> list[dict]:
     """Rows {task, prompt, completion} as the eval reads them: "Question: ...\\nAnswer:" and " 42\\n" for
-    the word problems, the question and its right choice for mixserve_mc. No prompt is a question of
-    the eval (at its default 100 examples a task) or repeats another. mixserve_mc has about 85 distinct
-    questions and the eval asks most of them: its dev rows are the few it does not."""
+    the word problems (the worked reply for the experts' skills, drawn from their eval split: never
+    the held-out phrasings), the question and its right choice for mixserve_mc. No prompt is a
+    question of the eval (at its default 100 examples a task) or repeats another. mixserve_mc has
+    about 85 distinct questions and the eval asks most of them: its dev rows are the few it does not."""
     rng = random.Random(seed)
     asked = {row["question"] for rows in task_rows().values() for row in rows if "question" in row}
     word_problem = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['answer']}\n")  # noqa: E731
+    worked = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['worked']}\n")  # noqa: E731
     choice = lambda row: (row["question"], row["choices"][row["label"]])  # noqa: E731
-    tasks = [("mixserve_arith", arithmetic, word_problem), ("mixserve_arith2", arithmetic2, word_problem),
-             ("mixserve_facts", facts, word_problem), ("mixserve_mc", multiple_choice, choice)]
+    if suite == "experts":
+        tasks = [(f"mixserve_{skill}", lambda n, rng, g=GENERATORS[skill]: g(n, "eval", rng), worked)
+                 for skill in SKILLS] + [("mixserve_mc", multiple_choice, choice)]
+    else:
+        tasks = [("mixserve_arith", arithmetic, word_problem), ("mixserve_arith2", arithmetic2, word_problem),
+                 ("mixserve_facts", facts, word_problem), ("mixserve_mc", multiple_choice, choice)]
     out = []
     for task, generate, as_pair in tasks:
         # a fixed number of candidates: each task's rows depend only on the seed and n_per_task
@@ -222,9 +264,9 @@ def dev_split(n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
     return out
 
 
-def write_dev(path: str | Path, n_per_task: int = 100, seed: int = DEV_SEED) -> list[dict]:
+def write_dev(path: str | Path, n_per_task: int = 100, seed: int = DEV_SEED, suite: str = "default") -> list[dict]:
     """The dev split as JSONL (one row a line); returns its rows."""
-    rows = dev_split(n_per_task, seed)
+    rows = dev_split(n_per_task, seed, suite)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

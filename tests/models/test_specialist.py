@@ -2,7 +2,7 @@
 minutes on SmolLM2): the adapter is written with its settings and loss curve, a config's `adapter:`
 merges it into the member, and a missing or misfitting adapter is a clear error."""
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import os
 import random
 import re
@@ -16,11 +16,12 @@ from mixserve.actors.loading import model_dir
 from mixserve.references import ModelReferenceError
 from mixserve.config import ConfigError, parse_config
 from mixserve.eval.tasks import arithmetic, dev_split, task_rows
-from mixserve.models.specialist import ADD, ASK, SPLIT, START, TAKE, TIMES, Settings, problems
+from mixserve.models.expert import SPECIALIST
+from mixserve.models.specialist import ADD, ASK, SPLIT, START, TAKE, TIMES, problems
 
 
 def test_training_problems_share_only_the_arithmetic_with_the_eval_tasks_and_the_dev_split():
-    train_qs = problems(2000, Settings().seed)
+    train_qs = problems(2000, SPECIALIST.seed)
     eval_qs = {f"Question: {p['question']}\nAnswer:" for rows in task_rows().values() for p in rows if "question" in p}
     eval_qs |= {f"Question: {p['question']}\nAnswer:" for p in arithmetic(2000, random.Random(20261125))}
     dev_qs = {r["prompt"] for r in dev_split()}
@@ -42,7 +43,7 @@ def test_training_answers_follow_from_the_question_across_two_digit_numbers_and_
     kinds = {op: [pattern(t) for t in templates]
              for op, templates in (("start", START), ("+", ADD), ("-", TAKE), ("*", TIMES), ("/", SPLIT), ("ask", ASK))}
     used, starts = set(), []
-    for p in problems(2000, Settings().seed):
+    for p in problems(2000, SPECIALIST.seed):
         sentences = re.findall(r"[^.?]+[.?]", p["question"])
         total = int(next(m for m in (r.fullmatch(sentences[0]) for r in kinds["start"]) if m)[1])
         starts.append(total)
@@ -84,7 +85,7 @@ def test_the_command_retrains_the_same_adapter_byte_for_byte(adapter, tiny_dir, 
 def test_training_writes_the_adapter_its_settings_and_loss_curve(adapter, tiny_dir):
     out, summary = adapter
     assert {"adapter_config.json", "adapter_model.safetensors", "training.json", "loss.png"} <= {p.name for p in out.iterdir()}
-    assert summary["settings"] == json.loads(json.dumps(asdict(Settings(base=str(tiny_dir / "a"), steps=3))))
+    assert summary["settings"] == json.loads(json.dumps(asdict(replace(SPECIALIST, base=str(tiny_dir / "a"), steps=3))))
     assert len(summary["losses"]) == 3 and summary["trainable_parameters"] > 0 and summary["threads"] >= 1
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
