@@ -1,6 +1,7 @@
 """`mixserve eval`: its arguments and the table it prints."""
 from __future__ import annotations
 
+from mixserve.eval.tasks import SUITES
 from mixserve.serving.cli import member_weights
 
 
@@ -11,7 +12,7 @@ def add_command(sub) -> None:
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N examples of each task")
     evaluate.add_argument("--check-samples", type=int, default=2000, help="ME samples for the mixture check")
     evaluate.add_argument("--out", default="eval-out", help="directory for eval.json, eval.md, eval.png, tasks/")
-    evaluate.add_argument("--suite", choices=["default", "experts"], default="default",
+    evaluate.add_argument("--suite", choices=list(SUITES), default="default",
                           help="the tasks: default (arithmetic, facts, multiple choice, text) or experts (sums, clock, "
                                "their held-out phrasings, multiple choice, text; docs/evaluation.md)")
     evaluate.add_argument("--concurrent", type=int, default=1,

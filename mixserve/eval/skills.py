@@ -25,6 +25,8 @@ import random
 SKILLS = ("sums", "clock")
 SPLITS = ("train", "eval", "heldout")
 
+# Who and what the problems are about, per split. The train lists are also the SmolLM2 specialist's
+# (mixserve/models/specialist.py), the eval lists also the default suite's tasks' (mixserve/eval/tasks.py).
 NAMES = {"train": ["Omar", "Pia", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Vic", "Wes", "Yara", "Zoe", "Noor"],
          "eval": ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"],
          "heldout": ["Ravi", "Sofia", "Tom", "Ines", "Mateo", "Greta", "Liam", "Olga", "Pedro", "Nia"]}

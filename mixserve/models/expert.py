@@ -19,9 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mixserve.eval import skills
+
 QWEN = "package:qwen2.5-coder-0.5b-instruct"
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SKILLS = ("sums", "clock", "arith")
+SKILLS = (*skills.SKILLS, "arith")  # mixserve/eval/skills.py's, then the SmolLM2 specialist's
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,8 @@ def rows(settings: Settings) -> list[dict]:
         from .specialist import problems
 
         drawn = [(p["question"], p["answer"]) for p in problems(n, settings.seed)]
-    elif settings.skill in ("sums", "clock"):
-        from mixserve.eval.skills import skill_rows
-
-        drawn = [(p["question"], p["worked"]) for p in skill_rows(settings.skill, "train", n, settings.seed)]
+    elif settings.skill in skills.SKILLS:
+        drawn = [(p["question"], p["worked"]) for p in skills.skill_rows(settings.skill, "train", n, settings.seed)]
     else:
         raise ValueError(f"no skill {settings.skill!r}: train-expert knows {', '.join(SKILLS)}")
     return [{"prompt": f"Question: {q}\nAnswer:", "completion": f" {a}\n"} for q, a in drawn]

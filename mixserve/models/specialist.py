@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import random
 
+from mixserve.eval.skills import NAMES as SPLIT_NAMES, THINGS as SPLIT_THINGS
 from mixserve.eval.tasks import NAMES, THINGS
 
-TRAIN_NAMES = ["Omar", "Pia", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Vic", "Wes", "Yara", "Zoe", "Noor"]
-TRAIN_THINGS = ["eggs", "bottles", "tickets", "stickers", "beads", "nails", "plums", "buttons"]
+TRAIN_NAMES, TRAIN_THINGS = SPLIT_NAMES["train"], SPLIT_THINGS["train"]  # the experts' training names too
 assert not set(TRAIN_NAMES) & set(NAMES) and not set(TRAIN_THINGS) & set(THINGS)
 START = ["{name} owns {n} {thing}.", "At first {name} keeps {n} {thing} in a bag.", "A box holds {n} {thing}."]
 ADD = ["{name} buys {k} more.", "A friend hands {name} {k} extra.", "{k} more are put in.", "{name} finds {k} more."]
