@@ -81,7 +81,7 @@ class MemberEngine(BatchingEngine):
                 for job in batch:  # round robin when more are waiting than fit
                     self.jobs.move_to_end(job.req.session)
                 try:
-                    logp = await asyncio.to_thread(self._forward, [job.cache for job in batch])
+                    logp = await self._compute([job.cache for job in batch])
                 except Exception as e:  # noqa: BLE001 - fail this batch's requests, keep serving the rest
                     for job in batch:
                         if self.jobs.get(job.req.session) is job:
@@ -93,6 +93,10 @@ class MemberEngine(BatchingEngine):
                         self._advance(job, row)
         finally:
             self.loop = None
+
+    async def _compute(self, caches):
+        """The batch's forward, in a worker thread (a co-located member's: the group's, actors/group.py)."""
+        return await asyncio.to_thread(self._forward, caches)
 
     def _forward(self, caches):
         started = time.perf_counter()

@@ -37,8 +37,15 @@ def trim() -> bool:
     return True
 
 
+_thread: threading.Thread | None = None
+
+
 def start_trimming(every_s: float = TRIM_S) -> threading.Thread | None:
-    """A daemon thread that trims every `every_s` seconds for the life of the process."""
+    """A daemon thread that trims every `every_s` seconds for the life of the process; one per
+    process, however many members it hosts (actors/group.py)."""
+    global _thread
+    if _thread is not None:
+        return _thread
     call = _malloc_trim()
     if call is None:
         log.info("no malloc_trim in this C library: freed heap stays with the process")
@@ -49,6 +56,6 @@ def start_trimming(every_s: float = TRIM_S) -> threading.Thread | None:
             time.sleep(every_s)
             call(0)
 
-    thread = threading.Thread(target=run, name="heap-trim", daemon=True)
-    thread.start()
-    return thread
+    _thread = threading.Thread(target=run, name="heap-trim", daemon=True)
+    _thread.start()
+    return _thread

@@ -30,9 +30,10 @@ async def _answer(out):
 class MemberHost(BookFront):
     """info, prompt_ids, pieces and live_sessions are answered from the engine's session book."""
 
-    def __init__(self, engine: str, **args):
-        """`engine`: the config's name for it ("transformers", "vllm"); `args` its constructor's."""
-        self.engine = ENGINES[engine].engine_class()(**args)
+    def __init__(self, engine: str, built=None, **args):
+        """`engine`: the config's name for it ("transformers", "vllm"); `args` its constructor's;
+        `built`: the engine itself, built already (a co-located member's, actors/group.py)."""
+        self.engine = built or ENGINES[engine].engine_class()(**args)
         self.plane: DataPlane | None = None
         heap.start_trimming()  # a member's resident size follows its live memory (actors/heap.py)
 

@@ -11,11 +11,12 @@ import contextlib
 
 import torch
 
-from . import invariant, packed
-from .loading import ModelSource, load
+from . import invariant, lora, packed
+from .loading import ModelSource
 from .messages import InputRefused, Scores, StepRequest, StepResult
 from .sampling import pick
 from .sessions import BookFront, SessionBook, SessionCache, eos_ids
+from .weights import Weights
 
 
 class StepCore(BookFront):
@@ -74,14 +75,13 @@ class MemberCore(StepCore):
 
     def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
                  max_sessions: int | None = None, max_cached_tokens: int | None = None,
-                 batch_invariant: bool = False):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
-            # One simulated accelerator per member (docs/architecture.md, "Environment facts").
-            torch.set_num_threads(threads)
-        self.model, tokenizer = load(source, dtype, self.device)
-        packed.register()
-        self.model.set_attn_implementation(packed.ATTENTION)
+                 batch_invariant: bool = False, weights: Weights | None = None):
+        """`weights`: the base and adapters this core shares with the other members of its group
+        (actors/group.py); by default its own."""
+        self.weights = weights or Weights(source, dtype, threads)
+        self.model, self.device = self.weights.model, self.weights.device
+        self.adapter = self.weights.adapter(source)  # the route of this member's rows (actors/lora.py)
+        tokenizer = self.weights.tokenizer
         self.book = SessionBook(name, tokenizer, eos_ids(self.model.generation_config.eos_token_id, tokenizer),
                                 int(getattr(self.model.config, "max_position_embeddings", 1 << 20)),
                                 max_sessions, max_cached_tokens)
@@ -107,14 +107,16 @@ class MemberCore(StepCore):
         return logp.exp().numpy()
 
     @torch.inference_mode()
-    def forward(self, rows: list[SessionCache]) -> torch.Tensor:
+    def forward(self, rows: list[SessionCache], routes: list[int] | None = None) -> torch.Tensor:
         """Feed every row's uncached tail in one packed model call; next-token log-probs (rows, vocab).
+        `routes`: each row's adapter (actors/lora.py), where rows of a group's members share the call;
+        by default this member's.
 
         Each session attends only to itself (actors/packed.py). With batch_invariant every matrix
         product has the same shape (actors/invariant.py) and each query attends alone, so a session's
         numbers are the same alone, in any batch, or replayed in one prefill."""
-        spans, ids, positions, last = [], [], [], []
-        for s in rows:
+        spans, ids, positions, last, route = [], [], [], [], []
+        for i, s in enumerate(rows):
             if s.cached == len(s.ids):
                 s.cached -= 1  # everything is cached but we need the last position's logits again
             tail = s.ids[s.cached :]
@@ -122,7 +124,8 @@ class MemberCore(StepCore):
             positions.extend(range(s.cached, len(s.ids)))
             ids.extend(tail)
             last.append(len(ids) - 1)
-        logp = self._logp(spans, ids, positions, last)
+            route.extend([routes[i] if routes else self.adapter] * len(tail))
+        logp = self._logp(spans, ids, positions, last, route)
         self.rows += len(rows)
         self.positions += len(ids)
         for s in rows:
@@ -136,7 +139,7 @@ class MemberCore(StepCore):
         if len(ids) > self.book.context_length:  # positions past max_position_embeddings mean nothing
             raise InputRefused(f"{len(ids)} tokens to score; the context is {self.book.context_length}")
         logp = self._logp([packed.Span(packed.KV(), 0, 0, len(ids))], ids, list(range(len(ids))),
-                          list(range(len(ids) - 1)))  # (L-1, vocab)
+                          list(range(len(ids) - 1)), self.adapter)  # (L-1, vocab)
         targets = torch.tensor(ids[1:], dtype=torch.long)
         chosen = logp.gather(1, targets[:, None])[:, 0]  # (L-1,)
         if rows:
@@ -144,9 +147,10 @@ class MemberCore(StepCore):
         best = logp.topk(min(top, self.book.vocab_size), dim=-1)  # (L-1, top) each
         return Scores(chosen.numpy(), best.indices.numpy(), best.values.numpy())
 
-    def _logp(self, spans: list, ids: list[int], positions: list[int], keep: list[int]) -> torch.Tensor:
-        """One packed model call; log-probs (len(keep), vocab) at the positions in `keep`."""
-        with packed.packing(tuple(spans), per_query=self.batch_invariant), \
+    def _logp(self, spans: list, ids: list[int], positions: list[int], keep: list[int],
+              route: int | list[int]) -> torch.Tensor:
+        """One packed model call, each token through its adapter; log-probs (len(keep), vocab) at `keep`."""
+        with packed.packing(tuple(spans), per_query=self.batch_invariant), lora.routing(route, self.device), \
                 invariant.tiles() if self.batch_invariant else contextlib.nullcontext():
             out = self.model(input_ids=torch.tensor([ids], device=self.device),
                              position_ids=torch.tensor([positions], device=self.device), use_cache=False,

@@ -23,7 +23,8 @@ class Autoscaler:
     def __init__(self, keeper):
         """`keeper`: cluster/pools.py's PoolKeeper, whose pools this sizes (`pools`, `sizes`, `resize`)."""
         self.keeper = keeper
-        self.samples: dict[str, deque] = {m.name: deque() for m in keeper.config.members if m.autoscaling}
+        # by pool: a member's, or a co-located group's (mixserve/groups.py), autoscaled as its first member says
+        self.samples: dict[str, deque] = {unit: deque() for unit, m in keeper.members.items() if m.autoscaling}
         # member -> (whether it wants more replicas or fewer, since when): a climbing load asks for a new
         # size every tick, and the delay is the direction's, as Ray Serve's, not one size's
         self.since: dict[str, tuple[bool, float]] = {}

@@ -18,10 +18,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from mixserve.actors.group import GroupHost, MemberView
 from mixserve.actors.host import MemberHost
 from mixserve.config import EnsembleConfig
 
 from .autoscale import Autoscaler
+from mixserve.groups import units
 from .placement import actor_options, member_args
 from .sizing import initial_sizes
 
@@ -46,7 +48,10 @@ def actor_name(replica: str) -> str:
 
 
 class PoolKeeper:
-    """The pools of one deployment. `view()` is what routers read: the key and each pool's replicas."""
+    """The pools of one deployment. `view()` is what routers read: the key and each pool's replicas.
+
+    A pool is a unit's (cluster/groups.py): a member's, or a co-located group's, whose replicas each
+    host all its members and appear in every one of its members' pools in the view."""
 
     def __init__(self, config: EnsembleConfig, key: bytes | None = None):
         import ray
@@ -54,24 +59,31 @@ class PoolKeeper:
         self.config = config
         self.key = key or secrets.token_bytes(32)
         self.remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(MemberHost)
-        self.members = {m.name: m for m in config.members}
-        self.pools: dict[str, dict[str, Replica]] = {m.name: {} for m in config.members}
+        self.group_remote = ray.remote(max_restarts=config.member_restarts, max_task_retries=0)(GroupHost)
+        self.units = units(config.members, config.colocate)
+        self.members = {unit: group[0] for unit, group in self.units.items()}  # what sizes and places each pool
+        self.pools: dict[str, dict[str, Replica]] = {unit: {} for unit in self.units}
         self.started = 0  # replicas ever started: the next one's index
         self.version = 0  # bumped on every change of a pool, so that routers know to look again
         self.infos: dict = {}
         self.tasks: set[asyncio.Task] = set()
-        for name, size in initial_sizes(config).items():
-            for _ in range(size):
-                self._start(name)
+        sizes = initial_sizes(config)
+        for unit, group in self.units.items():
+            for _ in range(max(sizes[m.name] for m in group)):
+                self._start(unit)
         self.autoscaler = Autoscaler(self)
 
-    def _start(self, member: str) -> Replica:
-        m = self.members[member]
-        rid = f"{member}:{self.started}"
+    def _start(self, unit: str) -> Replica:
+        m, group = self.members[unit], self.units[unit]
+        rid = f"{unit}:{self.started}"
         self.started += 1
-        actor = self.remote.options(name=actor_name(rid), **actor_options(m)).remote(
-            m.engine, max_batch=m.max_batch, **member_args(m))
-        replica = self.pools[member][rid] = Replica(rid, actor)
+        options = dict(name=actor_name(rid), **actor_options(m))
+        if len(group) > 1:
+            actor = self.group_remote.options(**options).remote(
+                {g.name: dict(max_batch=g.max_batch, **member_args(g)) for g in group})
+        else:
+            actor = self.remote.options(**options).remote(m.engine, max_batch=m.max_batch, **member_args(m))
+        replica = self.pools[unit][rid] = Replica(rid, actor)
         self.version += 1
         return replica
 
@@ -82,11 +94,11 @@ class PoolKeeper:
         import ray
 
         config = self.config
-        refs = {r.actor.info.remote(): name for name, pool in self.pools.items() for r in pool.values()}
+        refs = {reach.info.remote(): name for name, _, reach in self._replicas()}
         ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=config.load_timeout_s)
         if pending:
             late = sorted({refs[r] for r in pending})
-            detail = "; ".join(f"{name} needs {actor_options(self.members[name])}" for name in late)
+            detail = "; ".join(f"{name} needs {actor_options(self._config_of(name))}" for name in late)
             self.shutdown()
             raise RuntimeError(
                 f"members not ready after {config.load_timeout_s:.0f} s: {detail}. Either the cluster "
@@ -103,27 +115,40 @@ class PoolKeeper:
     def view(self) -> dict:
         """What a router needs to reach the pools: the data plane's key, the view's version, and per
         member its replicas as (id, actor, draining)."""
-        return {"key": self.key, "version": self.version, "infos": self.infos,
-                "pools": {name: [(r.id, r.actor, r.draining) for r in pool.values()]
-                          for name, pool in self.pools.items()}}
+        pools = {m.name: [] for m in self.config.members}
+        for name, replica, reach in self._replicas():
+            pools[name].append((replica.id, reach, replica.draining))
+        return {"key": self.key, "version": self.version, "infos": self.infos, "pools": pools}
+
+    def _replicas(self):
+        """(member, replica, the handle a router calls the member on) for every member of every replica:
+        a group's replica once per member, through a view that names it (actors/group.py)."""
+        for unit, pool in self.pools.items():
+            group = self.units[unit]
+            for replica in pool.values():
+                for m in group:
+                    yield m.name, replica, replica.actor if len(group) == 1 else MemberView(replica.actor, m.name)
+
+    def _config_of(self, member: str):
+        return next(m for m in self.config.members if m.name == member)
 
     def sizes(self) -> dict[str, int]:
-        """Each pool's replicas that take new sessions (not draining)."""
+        """Each pool's (unit's) replicas that take new sessions (not draining)."""
         return {name: sum(not r.draining for r in pool.values()) for name, pool in self.pools.items()}
 
-    async def resize(self, member: str, size: int) -> None:
-        """Grow the pool at once, or shrink it by draining: a leaving replica takes no new session
+    async def resize(self, unit: str, size: int) -> None:
+        """Grow the unit's pool at once, or shrink it by draining: a leaving replica takes no new session
         (routers see it draining in the next view), its sessions end or move (a router replays a
         session whose replica is gone onto a sibling: invariant 1), and it stops after DRAIN_S at most."""
-        active = [r for r in self.pools[member].values() if not r.draining]
+        active = [r for r in self.pools[unit].values() if not r.draining]
         for _ in range(size - len(active)):
-            self._start(member)
+            self._start(unit)
         for replica in active[size:] if size < len(active) else ():
             replica.draining = True
             self.version += 1
-            self._spawn(self._drain(member, replica))
+            self._spawn(self._drain(unit, replica))
 
-    async def _drain(self, member: str, replica: Replica) -> None:
+    async def _drain(self, unit: str, replica: Replica) -> None:
         import ray
 
         deadline = time.monotonic() + DRAIN_S
@@ -134,7 +159,7 @@ class PoolKeeper:
             except (asyncio.TimeoutError, ray.exceptions.RayError):
                 break
             await asyncio.sleep(WATCH_S)
-        self.pools[member].pop(replica.id, None)
+        self.pools[unit].pop(replica.id, None)
         self.version += 1
         ray.kill(replica.actor)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from mixserve.references import ModelReferenceError, ModelSource, resolve, with_adapter
-from mixserve import engines
+from mixserve import engines, groups
 from mixserve.gate import ClusterGate, GateError, parse_gate
 from mixserve.scaling import Autoscaling, Scale, ScalingError, parse_pool, parse_router, parse_total
 from mixserve.sim import SimError, parse_sim
@@ -34,7 +34,7 @@ TOP_KEYS = {"members", "method", "default_member", "run_length_scheduling", "loa
             "max_concurrent_sessions", "api_key_env", "member_retry_s", "eager_sync",
             "token_healing", "max_stored_sessions", "member_restarts", "data_plane", "data_plane_host",
             "next_run_ahead", "gate", "max_body_bytes", "max_concurrent_tokens", "request_timeout_s",
-            "router", "member_replicas"}
+            "router", "member_replicas", "colocate"}
 MEMBER_KEYS = {"name", "model", "weight", "dtype", "resources", "max_sessions", "max_cached_tokens", "max_batch",
                "batch_invariant", "engine", "engine_options", "adapter", "replicas", "autoscaling", "sim"}
 ENGINES = tuple(engines.ENGINES)
@@ -103,6 +103,7 @@ class EnsembleConfig:
     max_body_bytes: int = MAX_BODY_BYTES  # an HTTP body or a gRPC request past this is refused unread (413)
     router: Scale = Scale()  # router replicas: a count or Ray Serve autoscaling (mixserve/scaling.py)
     member_replicas: int | None = None  # the replicas that members with replicas: auto share
+    colocate: bool = False  # members of one base share one process (mixserve/groups.py)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -182,7 +183,7 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
     host = raw.get("data_plane_host")
     if host is not None and (not isinstance(host, str) or not host):
         raise ConfigError(f"data_plane_host must be an address such as 10.0.0.5 or 0.0.0.0 (got {host!r})")
-    for flag in ("eager_sync", "token_healing", "next_run_ahead"):
+    for flag in ("eager_sync", "token_healing", "next_run_ahead", "colocate"):
         if not isinstance(raw.get(flag, flag == "next_run_ahead"), bool):
             raise ConfigError(f"{flag} must be true or false (got {raw[flag]!r})")
     body_bytes = raw.get("max_body_bytes", MAX_BODY_BYTES)
@@ -202,11 +203,15 @@ def parse_config(raw, base_dir: str | Path = ".", resolve_models: bool = True) -
             gate = parse_gate(_gate_fields(raw["gate"], base_dir), names)
         except GateError as e:
             raise ConfigError(str(e)) from None
+    try:
+        groups.check(members, raw.get("colocate", False))
+    except groups.GroupError as e:
+        raise ConfigError(str(e)) from None
     return EnsembleConfig(members, method, default_member, runs, float(timeout), model_name, sessions, tokens,
                           float(deadline), key_env,
                           float(retry), raw.get("eager_sync", False), raw.get("token_healing", False), stored,
                           restarts, plane, host, raw.get("next_run_ahead", True), gate, body_bytes, router,
-                          member_replicas)
+                          member_replicas, raw.get("colocate", False))
 
 
 def _gate_fields(gate, base_dir):

@@ -12,6 +12,9 @@ def add_command(sub) -> None:
     bench.add_argument("--scale", action="store_true",
                        help="measure routers and member pools at scale on simulated members instead "
                             "(scale.json, scale.md, scale.png in --out; docs/performance.md, \"Scale-out\")")
+    bench.add_argument("--colocate", action="store_true",
+                       help="measure --config's members (one base and its adapters) each in its own process against "
+                            "all in one (colocate.json, colocate.md in --out; docs/performance.md, \"Co-located experts\")")
     bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length, in words (about tokens)")
     bench.add_argument("--max-tokens", type=int, default=128)
     bench.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="comma-separated, e.g. 1,4,16")
@@ -39,6 +42,13 @@ def _bench(args) -> None:
         return
     if not args.config:
         raise ValueError("bench needs --config FILE (or --calibrate BENCH_DIR, or --scale)")
+    if args.colocate:
+        from .colocate import markdown as colocate_table, run_colocate
+
+        print(colocate_table(run_colocate(args.config, args.prompt_tokens, args.max_tokens, args.concurrency,
+                                          args.repeats, out=args.out, address=args.address)))
+        print(f"wrote colocate.json and colocate.md to {args.out}")
+        return
     from .methods import run_bench
     from .report import markdown
 

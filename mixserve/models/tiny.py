@@ -111,4 +111,27 @@ def make_bench(out: str | Path) -> Path:
     config = {"members": [{"name": m, "model": m, "weight": 0.5, "resources": {"num_cpus": 1}} for m in ("m1", "m2")],
               "method": "me"}
     (out / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # experts.yaml (`mixserve bench --colocate`): m1 and two experts of it, rank-8 adapters on every
+    # linear layer; 0.6 CPU each so that the three fit two cores apart (one torch thread each)
+    members = [{"name": "base", "model": "m1"}]
+    for name, seed in (("x", 31), ("y", 32)):
+        members.append({"name": name, "model": "m1", "adapter": str(make_adapter(out / "m1", out / f"m1-{name}", seed, rank=8).name)})
+    config = {"members": [{**m, "weight": 1, "resources": {"num_cpus": 0.6}} for m in members], "method": "me"}
+    (out / "experts.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return out
+
+
+def make_adapter(base: str | Path, out: str | Path, seed: int, rank: int = 4) -> Path:
+    """A LoRA adapter of random weights on every linear layer of `base` (PEFT's folder), for tests and
+    the bench of co-located members (docs/architecture.md, "Co-located experts"): big enough to change
+    the member's tokens, as a trained expert's does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    get_peft_model(model, config).save_pretrained(out)
+    return Path(out)

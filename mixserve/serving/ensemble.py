@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mixserve.engines import ENGINES
+from mixserve.groups import units
 from mixserve.cluster.placement import check_fits, member_args
 from mixserve.cluster.pools import MEMBER_PREFIX, PoolKeeper  # noqa: F401 - MEMBER_PREFIX: the soak finds replicas by it
 from mixserve.cluster.sizing import initial_sizes
@@ -122,9 +123,11 @@ def build_ensemble(config: EnsembleConfig | str | Path, *, in_process: bool = Fa
 
 
 def _replicated(config: EnsembleConfig) -> list:
-    """Every replica's demand, for check_fits: each member as often as its pool starts."""
+    """Every replica's demand, for check_fits: each pool's as often as it starts (a co-located group's
+    replica is one actor, placed as its first member says: mixserve/groups.py)."""
     sizes = initial_sizes(config)
-    return [m for m in config.members for _ in range(sizes[m.name])]
+    return [group[0] for group in units(config.members, config.colocate).values()
+            for _ in range(max(sizes[m.name] for m in group))]
 
 
 def session_store(config: EnsembleConfig):
