@@ -104,8 +104,8 @@ def test_a_circle_is_found_and_named():
 
 
 # The packages in layers, bottom first (docs/architecture.md, "Layout"): a package imports its own layer's
-# and the layers below, never one above, and no two packages import each other round a circle. The config
-# (with what it checks: the prompt gate, the engine table, engine sim's keys, model references) is one
+# and the layers below, never one above, and no two packages import each other round a circle. The config (with
+# what it checks: the prompt gate, the engine table, engine sim's keys, model references, co-located groups) is one
 # node apart from the rest of mixserve/, which is the command line; it imports none of the others, and all
 # may import it.
 LAYERS = (
@@ -119,7 +119,7 @@ LAYERS = (
     ("mixserve",),  # the command line: mixserve/cli.py dispatches to each tool's cli.py
 )
 CONFIG = {"mixserve.config", "mixserve.gate", "mixserve.engines", "mixserve.references", "mixserve.scaling",
-          "mixserve.sim", "mixserve.split_models"}
+          "mixserve.sim", "mixserve.split_models", "mixserve.groups"}
 
 
 def package(module: str) -> str:
