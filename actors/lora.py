@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from mixserve.references import ModelReferenceError
 
-# Which adapter each token of the running forward goes through: an int for all of them, or a (tokens,)
-# tensor of indices. Set per forward (a context variable, so each worker thread sees its own).
-ROUTE: contextvars.ContextVar[int | torch.Tensor] = contextvars.ContextVar("lora_route", default=0)
+# Which adapter each token of the running forward goes through: an int for all of them, or each adapter's
+# token positions (index -> a tensor of positions), found once per forward rather than in every layer.
+# Set per forward (a context variable, so each worker thread sees its own).
+ROUTE: contextvars.ContextVar[int | dict[int, torch.Tensor]] = contextvars.ContextVar("lora_route", default=0)
 _PREFIX = "base_model.model."
 _REFUSED = ("use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern", "layer_replication")
 
@@ -48,7 +49,7 @@ class LoraLinear(torch.nn.Module):
                 y = y + scale * F.linear(F.linear(x, a), b)
             return y
         for index, (a, b, scale) in self.updates.items():
-            if (at := (route == index).nonzero()[:, 0]).numel():  # this adapter's tokens (dim -2 of x)
+            if (at := route.get(index)) is not None:  # this adapter's tokens (dim -2 of x)
                 y[..., at, :] += scale * F.linear(F.linear(x[..., at, :], a), b)
         return y
 
@@ -56,8 +57,12 @@ class LoraLinear(torch.nn.Module):
 @contextlib.contextmanager
 def routing(route: int | list[int], device: str = "cpu"):
     """Route a forward's tokens: one adapter index for all, or one per token."""
-    value = route if isinstance(route, int) or len(set(route)) > 1 else route[0] if route else 0
-    token = ROUTE.set(torch.tensor(value, device=device) if isinstance(value, list) else value)
+    if not isinstance(route, int) and len(indices := set(route)) <= 1:
+        route = indices.pop() if indices else 0
+    if not isinstance(route, int):
+        tokens = torch.tensor(route, device=device)
+        route = {index: (tokens == index).nonzero()[:, 0] for index in indices}
+    token = ROUTE.set(route)
     try:
         yield
     finally:
