@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from . import heap
 from .engine import MemberEngine
 from .host import MemberHost
 from .member import MemberCore
@@ -91,8 +90,7 @@ class GroupHost:
         weights = Weights(first["source"], first["dtype"], first["threads"])
         shared = SharedForward()
         self.hosts = {name: MemberHost("transformers", built=GroupMember(shared, weights=weights, **args))
-                      for name, args in members.items()}
-        heap.start_trimming()
+                      for name, args in members.items()}  # each MemberHost starts the process's one trimming thread
 
     def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
         return f"GroupHost({'+'.join(self.hosts)})"
