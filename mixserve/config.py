@@ -17,7 +17,7 @@ import yaml
 
 from mixserve.references import ModelReferenceError, ModelSource, resolve, with_adapter
 from mixserve import engines, groups
-from mixserve.gate import ClusterGate, GateError, parse_gate
+from mixserve.gate import Gate, GateError, parse_gate
 from mixserve.scaling import Autoscaling, Scale, ScalingError, parse_pool, parse_router, parse_total
 from mixserve.sim import SimError, parse_sim
 
@@ -99,7 +99,7 @@ class EnsembleConfig:
     data_plane: str = "zmq"
     data_plane_host: str | None = None  # where members listen; default loopback or the node's IP, never all
     next_run_ahead: bool = True  # open the next member's run while this one decodes (zmq data plane only)
-    gate: ClusterGate | None = None  # weights from the prompt (mixserve/gate.py; `mixserve weights fit` writes it)
+    gate: Gate | None = None  # weights from the prompt (mixserve/gate.py; `mixserve weights fit` writes it)
     max_body_bytes: int = MAX_BODY_BYTES  # an HTTP body or a gRPC request past this is refused unread (413)
     router: Scale = Scale()  # router replicas: a count or Ray Serve autoscaling (mixserve/scaling.py)
     member_replicas: int | None = None  # the replicas that members with replicas: auto share

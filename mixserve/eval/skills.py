@@ -13,8 +13,10 @@ no thing, and whose numbers come from disjoint ranges between training and the r
 
 - train: what `mixserve models train-expert` learns from (numbers 10-49 and factors 2-5 for sums;
   minutes that are not a multiple of 5 for clock);
-- eval: the eval's task and the dev split the gate is fitted on (numbers 50-99, factors 6-9;
+- eval: the eval's task and half the dev split the gate is fitted on (numbers 50-99, factors 6-9;
   minutes that are a multiple of 5);
+- dev: the dev split's other half, in phrasings of its own (numbers as in eval), so that fitting the
+  gate can measure how it carries to a phrasing it was not fitted on;
 - heldout: the eval's held-out phrasings, numbers as in eval, that neither the dev split nor
   training ever shows.
 """
@@ -23,19 +25,22 @@ from __future__ import annotations
 import random
 
 SKILLS = ("sums", "clock")
-SPLITS = ("train", "eval", "heldout")
+SPLITS = ("train", "eval", "dev", "heldout")
 
 # Who and what the problems are about, per split. The train lists are also the SmolLM2 specialist's
 # (mixserve/models/specialist.py), the eval lists also the default suite's tasks' (mixserve/eval/tasks.py).
 NAMES = {"train": ["Omar", "Pia", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Vic", "Wes", "Yara", "Zoe", "Noor"],
          "eval": ["Ann", "Ben", "Cara", "Dev", "Ema", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"],
+         "dev": ["Abel", "Bea", "Cyrus", "Dora", "Elif", "Farah", "Goran", "Hugo", "Iris", "Jana", "Kofi", "Lupe"],
          "heldout": ["Ravi", "Sofia", "Tom", "Ines", "Mateo", "Greta", "Liam", "Olga", "Pedro", "Nia"]}
 THINGS = {"train": ["eggs", "bottles", "tickets", "stickers", "beads", "nails", "plums", "buttons"],
           "eval": ["apples", "books", "coins", "marbles", "pencils", "shells", "stamps", "cards"],
+          "dev": ["lemons", "pebbles", "erasers", "magnets", "crayons", "feathers", "tokens", "gloves"],
           "heldout": ["oranges", "postcards", "candles", "ribbons", "keys", "cups", "seeds", "badges"]}
 
 # sums: a start, two steps, a question. Per split: the numbers written in the question, the factors.
-SUMS_NUMBERS = {"train": ((10, 49), (2, 5)), "eval": ((50, 99), (6, 9)), "heldout": ((50, 99), (6, 9))}
+SUMS_NUMBERS = {"train": ((10, 49), (2, 5)), "eval": ((50, 99), (6, 9)), "dev": ((50, 99), (6, 9)),
+                "heldout": ((50, 99), (6, 9))}
 SUMS = {
     "train": {
         "start": ["{name} owns {n} {thing}.", "At first {name} keeps {n} {thing} in a bag.", "A box holds {n} {thing}.",
@@ -58,6 +63,14 @@ SUMS = {
         "/": ["Then {name} splits them into {k} equal groups and keeps one group.",
               "Then {name} keeps only one of {k} equal parts."],
         "ask": ["How many {thing} does {name} have now?", "How many {thing} does {name} end up with?"]},
+    "dev": {
+        "start": ["{name} counts {n} {thing} in a drawer.", "A basket contains {n} {thing}."],
+        "+": ["Someone brings {name} {k} further {thing}.", "{k} {thing} arrive by post."],
+        "-": ["{name} loses {k} of the {thing}.", "{k} {thing} break and are thrown out."],
+        "*": ["After that each of the {thing} is replaced by {k} of them.", "After that the stock grows {k}-fold."],
+        "/": ["After that {name} puts them in {k} even stacks and keeps a single stack.",
+              "After that the {thing} are dealt evenly to {k} players and {name} keeps one player's part."],
+        "ask": ["What total of {thing} does {name} own in the end?", "How many {thing} is that in total?"]},
     "heldout": {
         "start": ["In the morning a jar holds {n} {thing}.", "{name}'s collection is {n} {thing}."],
         "+": ["After lunch {k} {thing} are added to it.", "An aunt adds {k} {thing} for {name}."],
@@ -84,6 +97,11 @@ CLOCK = {
                   "A meeting starts at {t} and goes on for {d}. When does it end?"],
         "before": ["A train reaches the city at {t} after a journey of {d}. At what time did it set off?",
                    "{name} woke up at {t} after sleeping for {d}. When did {name} fall asleep?"]},
+    "dev": {
+        "after": ["A game kicks off at {t} and is played for {d}. When does the game finish?",
+                  "{name} puts a cake in at {t} and takes it out {d} later. What time is that?"],
+        "before": ["{name} landed at {t} after flying for {d}. At what time did the flight take off?",
+                   "The shop closed at {t}, {d} after it opened. What time did it open?"]},
     "heldout": {
         "after": ["The oven timer is set at {t} for {d}. At what time will it ring?",
                   "If {name} begins reading at {t} and reads for {d}, what time is it when {name} stops?"],

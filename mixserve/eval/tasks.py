@@ -239,28 +239,37 @@ def write_tasks(out: Path, n: int = 100, seed: int = SEED) -> Path:
 
 def dev_split(n_per_task: int = 100, seed: int = DEV_SEED, suite: str = "default") -> list[dict]:
     """Rows {task, prompt, completion} as the eval reads them: "Question: ...\\nAnswer:" and " 42\\n" for
-    the word problems (the worked reply for the experts' skills, drawn from their eval split: never
-    the held-out phrasings), the question and its right choice for mixserve_mc. No prompt is a
-    question of the eval (at its default 100 examples a task) or repeats another. mixserve_mc has
-    about 85 distinct questions and the eval asks most of them: its dev rows are the few it does not."""
+    the word problems, the question and its right choice for mixserve_mc. No prompt is a question of
+    the eval (at its default 100 examples a task) or repeats another. mixserve_mc has about 85
+    distinct questions and the eval asks most of them: its dev rows are the few it does not.
+
+    The experts' word problems carry the worked reply. Half of each skill's rows ask in the eval's
+    phrasing (fold 0), half in the dev split's own (fold 1; mixserve/eval/skills.py): the fit's
+    cross-validation then scores each gate on a phrasing it was not fitted on. Neither is ever the
+    held-out phrasing."""
     rng = random.Random(seed)
     asked = {row["question"] for rows in task_rows().values() for row in rows if "question" in row}
     word_problem = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['answer']}\n")  # noqa: E731
     worked = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['worked']}\n")  # noqa: E731
     choice = lambda row: (row["question"], row["choices"][row["label"]])  # noqa: E731
     if suite == "experts":
-        tasks = [(f"mixserve_{skill}", lambda n, rng, g=GENERATORS[skill]: g(n, "eval", rng), worked)
-                 for skill in SKILLS] + [("mixserve_mc", multiple_choice, choice)]
+        tasks = [(f"mixserve_{skill}", lambda n, rng, g=GENERATORS[skill], split=split: g(n, split, rng), worked,
+                  fold, n_per_task // 2 + (n_per_task % 2) * (1 - fold))
+                 for skill in SKILLS for fold, split in enumerate(("eval", "dev"))]
+        tasks.append(("mixserve_mc", multiple_choice, choice, None, n_per_task))
     else:
-        tasks = [("mixserve_arith", arithmetic, word_problem), ("mixserve_arith2", arithmetic2, word_problem),
-                 ("mixserve_facts", facts, word_problem), ("mixserve_mc", multiple_choice, choice)]
+        tasks = [("mixserve_arith", arithmetic, word_problem, None, n_per_task),
+                 ("mixserve_arith2", arithmetic2, word_problem, None, n_per_task),
+                 ("mixserve_facts", facts, word_problem, None, n_per_task),
+                 ("mixserve_mc", multiple_choice, choice, None, n_per_task)]
     out = []
-    for task, generate, as_pair in tasks:
+    for task, generate, as_pair, fold, n in tasks:
         # a fixed number of candidates: each task's rows depend only on the seed and n_per_task
-        fresh = {row["question"]: row for row in generate(20 * n_per_task, rng) if row["question"] not in asked}
-        for row in list(fresh.values())[:n_per_task]:
+        fresh = {row["question"]: row for row in generate(20 * n, rng) if row["question"] not in asked}
+        for row in list(fresh.values())[:n]:
             prompt, completion = as_pair(row)
-            out.append({"task": task, "prompt": prompt, "completion": completion})
+            out.append({"task": task, "prompt": prompt, "completion": completion,
+                        **({"fold": fold} if fold is not None else {})})
     return out
 
 

@@ -56,7 +56,7 @@ def _weights_fit(args) -> None:
     print(f"bits per byte on the {report['rows']} dev rows: "
           + ", ".join(f"{m} alone {b:.4f}" for m, b in bits["alone"].items())
           + f", 1/{len(bits['alone'])} each {bits['uniform']:.4f}, fitted weights {bits['fixed']:.4f}, "
-          f"gate ({report['gate_clusters']} clusters) {bits['gate']:.4f}")
+          f"gate ({report['gate_chosen']}) {bits['gate']:.4f}")
     print("fitted weights: " + ", ".join(f"{m}={w:.3f}" for m, w in report["fixed_weights"].items()))
     print(f"wrote {args.out}")
 

@@ -8,9 +8,17 @@ token given the prompt and the tokens before it). Then:
 - a clusters gate (mixserve/gate.py): the dev prompts in k clusters (tf-idf, spherical k-means), and each
   cluster's weights by the same EM, pulled toward the fixed weights by alpha tokens' worth of them so
   that a small cluster cannot drive a member to zero.
-- a posterior gate, measured as the other kind: lambda_i proportional to lambda_i p_i(prompt)^beta.
-k, alpha and beta are chosen by two-fold cross-validation on the dev rows (fit on one half, score the other),
-and the report gives every candidate's held-out bits per byte beside the fixed weights' and 1/n each.
+- a linear gate: softmax(bias + coefficients . tf-idf), fitted by gradient ascent on the same mixture
+  likelihood (the gradient of a row's logit for member i is sum over its tokens of r_it - lambda_i,
+  r_it the member's share of the token: the mixture-of-experts gating update), an L2 penalty on the
+  coefficients;
+- a posterior gate, measured beside them: lambda_i proportional to lambda_i p_i(prompt)^beta.
+k, alpha, the L2 strength and beta are chosen by two-fold cross-validation on the dev rows (fit on one
+half, score the other), and the report gives every candidate's held-out bits per byte beside the fixed
+weights' and 1/n each; the gate written is the kind and setting that did best. A dev file may put each
+row in a fold (`"fold": 0` or `1`): the experts' dev split puts one phrasing of its questions in each,
+so that the cross-validation asks how a gate carries to phrasings it was not fitted on. Rows without
+one are dealt to the two halves at random (seeded).
 
 The mixture is per token, so the members must share a tokenizer: members that do not are refused,
 named (per-byte likelihoods would be an approximation of what ME samples, not the thing itself).
@@ -28,13 +36,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mixserve.gate import ClusterGate, terms
+from mixserve.gate import ClusterGate, LinearGate, Words, terms
 
 # Pseudo-tokens of the fixed weights in each cluster's EM, tried. Per token, not per row: a cluster of
 # one-word answers (multiple choice) has few tokens, and 20 of the prior's once outweighed them.
 ALPHAS = (1.0, 4.0, 20.0)
 KS = (2, 4, 8, 16, 24, 32)  # cluster counts tried
 BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # posterior sharpness tried
+L2S = (1e-6, 1e-5, 1e-4, 1e-3)  # the linear gate's penalty on its coefficients (per token of the dev references), tried
+STEPS = 1000  # the linear gate's Adam steps (1,000 at rate 0.1: its held-out bits per byte had stopped moving on the experts' dev split)
 VOCABULARY = 300  # most frequent prompt words kept (those in at least two prompts)
 LN2 = math.log(2)
 FITTED = "# Fitted by `mixserve weights fit`"
@@ -50,6 +60,7 @@ class Scored:
     logp: np.ndarray  # (members, reference tokens): log p_i of each reference token
     prompt_logp: np.ndarray  # (members,): log p_i of the prompt's tokens after the first
     bytes: int  # the reference's length in UTF-8 bytes
+    fold: int | None = None  # the cross-validation half the dev file puts it in; None: dealt at random
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -66,6 +77,8 @@ def read_rows(path: str | Path) -> list[dict]:
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or \
                 not isinstance(row.get("completion"), str) or not row["completion"]:
             raise FitError(f'{path}:{n}: each line must be {{"prompt": "...", "completion": "..."}} with a completion')
+        if row.get("fold") not in (None, 0, 1) or isinstance(row.get("fold"), bool):
+            raise FitError(f"{path}:{n}: fold must be 0 or 1 (the cross-validation half), not {row['fold']!r}")
         rows.append(row)
     if len(rows) < 4:
         raise FitError(f"{path}: {len(rows)} rows; fitting needs at least 4 (two per cross-validation half)")
@@ -91,7 +104,7 @@ async def score_rows(members: dict, rows: list[dict], progress: bool = True, par
             lp = np.stack([np.asarray(s.token_logprobs, dtype=np.float64) for s in scores])  # (M, L-1) for ids[1:]
             bar.update(1)
             return Scored(row["prompt"], lp[:, start - 1:], lp[:, : start - 1].sum(axis=1),
-                          len(row["completion"].encode()))
+                          len(row["completion"].encode()), row.get("fold"))
 
     try:
         return list(await asyncio.gather(*(one(r) for r in rows)))
@@ -131,17 +144,24 @@ def em(rows: list[Scored], start: np.ndarray, iterations: int = 200, prior: np.n
     return w
 
 
-def fit_clusters(rows: list[Scored], names: list[str], fixed: np.ndarray, k: int, seed: int = 0,
-                 alpha: float = 20.0) -> ClusterGate:
+def words(rows: list[Scored]) -> tuple[Words, np.ndarray]:
+    """The vocabulary the rows' prompts share (words in at least two, the most frequent VOCABULARY),
+    its idf, and each row's tf-idf vector (rows x vocabulary)."""
     docs = [terms(r.prompt) for r in rows]
     df = Counter(t for d in docs for t in set(d))
     vocabulary = tuple(t for t, c in sorted(df.items(), key=lambda x: (-x[1], x[0])) if c >= 2)[:VOCABULARY]
-    idf = tuple(math.log((1 + len(docs)) / (1 + df[t])) + 1 for t in vocabulary)
-    probe = ClusterGate(vocabulary, idf, ((0.0,) * len(vocabulary),), ({},))
+    w = Words(vocabulary, tuple(math.log((1 + len(docs)) / (1 + df[t])) + 1 for t in vocabulary))
     x = np.zeros((len(rows), len(vocabulary)))
     for i, r in enumerate(rows):
-        for j, v in probe.vector(r.prompt).items():
+        for j, v in w.vector(r.prompt).items():
             x[i, j] = v
+    return w, x
+
+
+def fit_clusters(rows: list[Scored], names: list[str], fixed: np.ndarray, k: int, seed: int = 0,
+                 alpha: float = 20.0) -> ClusterGate:
+    probe, x = words(rows)
+    vocabulary, idf = probe.vocabulary, probe.idf
     centroids = _kmeans(x, k, seed)
     labels = np.argmax(x @ centroids.T, axis=1) if len(centroids) else np.zeros(len(rows), dtype=int)
     weights = []
@@ -150,6 +170,36 @@ def fit_clusters(rows: list[Scored], names: list[str], fixed: np.ndarray, k: int
         w = em(members, fixed, prior=fixed, alpha=alpha) if members else fixed
         weights.append({n: float(v) for n, v in zip(names, w)})
     return ClusterGate(vocabulary, idf, tuple(tuple(float(v) for v in c) for c in centroids), tuple(weights))
+
+
+def fit_linear(rows: list[Scored], names: list[str], fixed: np.ndarray, l2: float, steps: int = STEPS,
+               rate: float = 0.1) -> LinearGate:
+    """softmax(b + W x) maximising the mean log-likelihood per reference token of the rows' references
+    under their own weights, less l2/2 |W|^2; from W = 0, b = log(fixed) (the fixed weights for every
+    prompt), by Adam on the exact gradient."""
+    w, x = words(rows)
+    logp = np.concatenate([r.logp for r in rows], axis=1)  # (M, N tokens)
+    row_of = np.repeat(np.arange(len(rows)), [r.logp.shape[1] for r in rows])
+    tokens = logp.shape[1]
+    params = [np.zeros((x.shape[1], len(names))), np.log(np.maximum(fixed, 1e-6))]  # W, b
+    moments = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+    for step in range(1, steps + 1):
+        z = x @ params[0] + params[1]
+        lam = np.exp(z - _logsumexp(z.T)[:, None])  # (rows, M)
+        joint = np.log(np.maximum(lam[row_of].T, 1e-300)) + logp
+        share = np.exp(joint - _logsumexp(joint))  # (M, N): each member's part of each token
+        g = np.stack([np.bincount(row_of, weights=share[i], minlength=len(rows)) for i in range(len(names))], axis=1)
+        g = (g - lam * np.bincount(row_of, minlength=len(rows))[:, None]) / tokens  # d mean log-lik / d z
+        grads = [x.T @ g - l2 * params[0], g.sum(axis=0)]
+        for p, grad, (m, v) in zip(params, grads, moments):  # Adam, ascending
+            m *= 0.9
+            m += 0.1 * grad
+            v *= 0.999
+            v += 0.001 * grad * grad
+            p += rate * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+    coefficients, bias = params
+    return LinearGate(w.vocabulary, w.idf, {n: float(b) for n, b in zip(names, bias)},
+                      {n: tuple(float(c) for c in coefficients[:, i]) for i, n in enumerate(names)})
 
 
 def posterior(fixed: np.ndarray, beta: float):
@@ -188,9 +238,7 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
     say("EM on the dev references (bits per byte):")
     fixed = em(scored, uniform, report=lambda step, bits: say(f"  step {step:3d}  {bits:.5f}"))
     alone = {n: mixture_bits(scored, lambda r, i=i: np.eye(len(names))[i]) for i, n in enumerate(names)}
-    order = np.random.default_rng(0).permutation(len(scored))  # seeded halves, whatever the file's order
-    halves = ([scored[i] for i in order[0::2]], [scored[i] for i in order[1::2]])
-
+    halves = split_halves(scored)
     fitted = [em(half, uniform) for half in halves]  # each half's fixed weights, which every candidate starts from
 
     def held_out(make) -> float:
@@ -204,19 +252,19 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
     candidates = {"uniform": held_out(lambda train, w: lambda r: uniform),
                   "configured": held_out(lambda train, w: lambda r: configured),
                   "fixed": held_out(lambda train, w: lambda r: w)}
-
-    def cluster_weights(gate: ClusterGate):
-        return lambda r: np.array([gate.weights[gate.cluster(r.prompt)][n] for n in names])
-
+    gates = {}  # candidate name -> how to fit that gate on some rows from their fixed weights
     for k in KS:
         for alpha in ALPHAS:
-            candidates[f"clusters k={k} alpha={alpha:g}"] = held_out(
-                lambda train, w, k=k, alpha=alpha: cluster_weights(fit_clusters(train, names, w, k, alpha=alpha)))
+            gates[f"clusters k={k} alpha={alpha:g}"] = \
+                lambda rows, w, k=k, alpha=alpha: fit_clusters(rows, names, w, k, alpha=alpha)
+    for l2 in L2S:
+        gates[f"linear l2={l2:g}"] = lambda rows, w, l2=l2: fit_linear(rows, names, w, l2)
+    for name, make in gates.items():
+        candidates[name] = held_out(lambda train, w, make=make: gate_weights(make(train, w), names, w))
     for beta in BETAS:
         candidates[f"posterior beta={beta}"] = held_out(lambda train, w, beta=beta: posterior(w, beta))
-    best_k, best_alpha = min(((k, a) for k in KS for a in ALPHAS), key=lambda c: candidates[f"clusters k={c[0]} alpha={c[1]:g}"])
-    gate = replace(fit_clusters(scored, names, fixed, best_k, alpha=best_alpha),
-                   default={n: float(w) for n, w in zip(names, fixed)})
+    best = min(gates, key=candidates.__getitem__)
+    gate = replace(gates[best](scored, fixed), default={n: float(w) for n, w in zip(names, fixed)})
     say("held-out bits per byte (two-fold on the dev rows):")
     for name, bits in sorted(candidates.items(), key=lambda x: x[1]):
         say(f"  {bits:.5f}  {name}")
@@ -225,9 +273,32 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
             "fixed_weights": {n: float(w) for n, w in zip(names, fixed)},
             "bits_per_byte": {"alone": alone, "uniform": mixture_bits(scored, lambda r: uniform),
                               "fixed": mixture_bits(scored, lambda r: fixed),
-                              "gate": mixture_bits(scored, cluster_weights(gate))},
-            "held_out_bits_per_byte": candidates, "gate_clusters": best_k, "gate_alpha": best_alpha,
-            "gate": gate.to_dict()}
+                              "gate": mixture_bits(scored, gate_weights(gate, names, fixed))},
+            "held_out_bits_per_byte": candidates, "gate_chosen": best, "gate": gate.to_dict()}
+
+
+def split_halves(scored: list[Scored]) -> tuple[list[Scored], list[Scored]]:
+    """The two cross-validation halves: each row in the fold its dev file names, the others dealt
+    alternately in a seeded order (whatever the file's order)."""
+    halves: tuple[list[Scored], list[Scored]] = ([], [])
+    loose = [r for r in scored if r.fold is None]
+    for r in scored:
+        if r.fold is not None:
+            halves[r.fold].append(r)
+    for n, i in enumerate(np.random.default_rng(0).permutation(len(loose))):
+        halves[n % 2].append(loose[i])
+    if not all(halves):
+        raise FitError("every dev row is in one fold: the cross-validation needs rows in both (fold 0 and fold 1)")
+    return halves
+
+
+def gate_weights(gate, names: list[str], fallback: np.ndarray):
+    """A row's weights (M,) as the served gate gives them for its prompt; `fallback` where the gate
+    says none (a prompt with none of its words)."""
+    def weights_of(row: Scored) -> np.ndarray:
+        w = gate(row.prompt)
+        return fallback if w is None else np.array([w.get(n, 0.0) for n in names])
+    return weights_of
 
 
 def leading(scored: list[Scored], names: list[str], say=print, dominant: float = 0.9) -> dict[str, int]:
@@ -264,7 +335,7 @@ def write_config(config_path: str | Path, out_path: str | Path, report: dict) ->
     kept = [line for line in kept if not line.startswith(FITTED)]  # a refit says its own numbers
     head = "".join(line + "\n" for line in kept) + (f"{FITTED} on {report['rows']} dev rows: bits per byte "
             f"{report['bits_per_byte']['fixed']:.4f} with these weights, {report['bits_per_byte']['gate']:.4f} "
-            f"with the gate ({report['gate_clusters']} clusters)\n")
+            f"with the gate ({report['gate_chosen']})\n")
     out.write_text(head + yaml.safe_dump(raw, sort_keys=False, width=120))
     out.with_suffix(".fit.json").write_text(json.dumps(report, indent=1) + "\n")
 

@@ -61,12 +61,13 @@ def test_clock_answers_are_the_time_that_long_after_or_before():
         assert ways == {True, False}, split
 
 
-def test_training_shares_no_phrasing_name_thing_or_number_range_with_the_eval_or_the_held_out_set():
+def test_no_two_splits_share_a_phrasing_name_or_thing_and_training_shares_no_number_range():
     for skill in SKILLS:
         rows = {split: skill_rows(skill, split, N, 1) for split in SPLITS}
         shapes = {split: {skeleton(s) for r in rows[split] for s in sentences(r["question"])} for split in SPLITS}
-        assert not shapes["train"] & shapes["eval"] and not shapes["train"] & shapes["heldout"], skill
-        assert not shapes["eval"] & shapes["heldout"], skill
+        for i, split in enumerate(SPLITS):
+            for other in SPLITS[i + 1:]:
+                assert not shapes[split] & shapes[other], (skill, split, other)
         for split in SPLITS:
             words = set(re.findall(r"[A-Za-z]+", " ".join(r["question"] for r in rows[split])))
             for other in set(SPLITS) - {split}:
@@ -74,17 +75,23 @@ def test_training_shares_no_phrasing_name_thing_or_number_range_with_the_eval_or
         if skill == "sums":  # numbers in the question: 10-49 and factors 2-5 in training, 50-99 and 6-9 after
             numbers = {s: {int(x) for r in rows[s] for x in re.findall(r"\d+", r["question"])} for s in SPLITS}
             assert numbers["train"] <= set(range(2, 6)) | set(range(10, 50))
-            assert numbers["eval"] | numbers["heldout"] <= set(range(6, 10)) | set(range(50, 100))
+            assert numbers["eval"] | numbers["dev"] | numbers["heldout"] <= set(range(6, 10)) | set(range(50, 100))
         else:  # minutes of every time and duration: not a multiple of 5 in training, a multiple of 5 after
             minutes = {s: {int(x) for r in rows[s] for pair in re.findall(r":(\d\d)|(\d+) minutes", r["question"])
                            for x in pair if x} for s in SPLITS}
             assert all(m % 5 for m in minutes["train"])
-            assert all(m % 5 == 0 and m for m in minutes["eval"] | minutes["heldout"])
+            assert all(m % 5 == 0 and m for m in minutes["eval"] | minutes["dev"] | minutes["heldout"])
 
 
-def test_the_dev_split_asks_the_eval_phrasings_never_an_eval_question_or_a_held_out_phrasing(tmp_path):
+def test_the_dev_split_asks_two_phrasings_a_fold_each_never_an_eval_question_or_a_held_out_phrasing(tmp_path):
     dev = dev_split(suite="experts")
     assert {r["task"] for r in dev} == {"mixserve_sums", "mixserve_clock", "mixserve_mc"}
+    for skill in SKILLS:  # half of a skill's rows in the eval's phrasing (fold 0), half in the dev split's own
+        folds = {fold: {skeleton(s) for r in dev if r["task"] == f"mixserve_{skill}" and r.get("fold") == fold
+                        for s in sentences(r["prompt"].removeprefix("Question: ").split("\n")[0])} for fold in (0, 1)}
+        assert len([r for r in dev if r["task"] == f"mixserve_{skill}" and r.get("fold") == 0]) == 50
+        assert folds[0] and folds[1] and not folds[0] & folds[1], skill
+    assert all("fold" not in r for r in dev if r["task"] == "mixserve_mc")
     out = write_tasks(tmp_path)
     asked = {f"Question: {line}" for task in EXPERT_TASKS
              for line in (json.loads(x)["question"] for x in (out / f"{task}.jsonl").read_text().splitlines())}

