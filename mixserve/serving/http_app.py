@@ -27,7 +27,12 @@ ERRORS = {"4XX": {"model": ErrorResponse, "description": "bad input, a missing k
 # Which router replica streams a completion (host:pid): an operator's trace of a request across replicas, and the
 # scale-out tests' way to tell the requests a killed replica held from the others'.
 ROUTER = {"x-mixserve-router": f"{socket.gethostname()}:{os.getpid()}"}
-STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+# The event-stream schema describes one server-sent event (its fields, as an SSE client reads them):
+# schemathesis validates each event of a streamed answer against it.
+EVENT = {"type": "object", "required": ["data"],
+         "properties": {"data": {"type": "string", "description": "a chunk's JSON, or [DONE]"}, "event": {"type": "string"},
+                        "id": {"type": "string"}, "retry": {"type": "integer"}}}
+STREAMED = {200: {"content": {"text/event-stream": {"schema": EVENT}},
                   "description": "the completion; with stream: true, server-sent events: `data: {chunk}` per stretch "
                                  "of text (the member that wrote it in choices[].member), a usage chunk if asked, "
                                  "`data: [DONE]`"}}
