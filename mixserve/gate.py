@@ -106,7 +106,8 @@ class LinearGate(Words):
         z = self.logits(vec)
         top = max(z.values())
         e = {m: math.exp(v - top) for m, v in z.items()}
-        kept = {m: v for m, v in e.items() if v / sum(e.values()) >= SMALLEST}
+        total = sum(e.values())
+        kept = {m: v for m, v in e.items() if v / total >= SMALLEST}
         return {m: v / sum(kept.values()) for m, v in kept.items()}
 
     def to_dict(self) -> dict:
