@@ -20,6 +20,10 @@ def add_command(sub) -> None:
     evaluate.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     evaluate.add_argument("--weights", type=member_weights, help="the ensemble rows' member weights instead of the "
                                                                  "config's, e.g. generalist=0.3,specialist=0.7")
+    evaluate.add_argument("--rows", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                          help="run only these rows (e.g. me,ce after refitting the gate) and carry the others "
+                               "from the eval.json already in --out, which must be a run of the same config, "
+                               "suite, --examples and --limit")
     evaluate.set_defaults(handler=_eval)
 
 
@@ -31,6 +35,6 @@ def _eval(args) -> None:
         if (getattr(args, name) or 1) < 1:
             raise ValueError(f"--{name} must be at least 1")
     report = run_eval(args.config, args.out, args.limit, args.address, args.examples, args.check_samples, args.weights,
-                      args.suite, args.concurrent)
+                      args.suite, args.concurrent, args.rows)
     print(markdown(report))
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")

@@ -11,6 +11,7 @@ sample the mixture (router/logprobs.py). Then ME's sampled next token is checked
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -40,7 +41,10 @@ def rows(config: EnsembleConfig) -> dict[str, dict]:
 
 def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None = None, address: str | None = None,
              n: int = 100, check_samples: int = 2000, weights: dict[str, float] | None = None,
-             suite: str = "default", concurrent: int = 1) -> dict:
+             suite: str = "default", concurrent: int = 1, only: list[str] | None = None) -> dict:
+    """`only`: run just these rows and carry the others from the eval.json already in `out` (same
+    config, suite and questions; carried(): after a refit changes the gate, the members' rows have
+    nothing new to say)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -55,13 +59,16 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
     tasks = TaskManager(include_path=str(write_tasks(out / "tasks", n)), include_defaults=False)
     tokenizers = {m.name: str(model_dir(m.source)) for m in config.members}
     plan = rows(config)
+    results = carried(out, plan, only, {"config": str(config_path), "suite": suite, "limit": limit,
+                                        "examples_per_task": n}, config.weights) if only else {}
     connect(address)
-    results: dict[str, dict] = {}
     with served(config) as url:
         fingerprints = _member_tokenizers(url)
         if len(set(fingerprints.values())) > 1:
             plan["me+healing"] = {"model": config.model_name, "fields": {"method": "me", "token_healing": True}}
         for name, row in plan.items():
+            if name in results:
+                continue
             base = {"base_url": f"{url}/v1/completions", "model": row["model"], "num_concurrent": concurrent,
                     "max_retries": 1, "timeout": 600}
             results[name] = _scores(lm_eval.simple_evaluate(
@@ -81,10 +88,33 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
         weights = None if config.gate is not None else config.weights  # the gate's, as the server picks them
         check = mixture_check(url, config.model_name, weights, CHECK_PROMPT, one_tokenizer, check_samples) \
             if len(config.members) > 1 else None
-    report = {"config": str(config_path), "suite": suite, "limit": limit, "examples_per_task": n, "rows": results,
-              "weights": config.weights, "mixture_check": check}
+    report = {"config": str(config_path), "suite": suite, "limit": limit, "examples_per_task": n,
+              "rows": {name: results[name] for name in plan}, "weights": config.weights, "mixture_check": check}
+    if only:
+        report["carried"] = [name for name in plan if name not in only]
     write_report(report, out)
     return report
+
+
+def carried(out: Path, plan: dict, only: list[str], same: dict, weights: dict[str, float]) -> dict[str, dict]:
+    """The rows not in `only`, from the eval.json in `out`, refused (named) where that run asked
+    other questions of another config, lacks a row, or ran a fixed-weights row with other weights."""
+    if unknown := [name for name in only if name not in plan]:
+        raise ValueError(f"--rows: no row {', '.join(unknown)}; this config's rows are {', '.join(plan)}")
+    path = out / "eval.json"
+    if not path.is_file():
+        raise ValueError(f"--rows runs some rows and carries the rest from an earlier run, but {str(path)!r} "
+                         "does not exist: run every row once first")
+    before = json.loads(path.read_text())
+    if differ := [f"{k} {before.get(k)!r} there, {v!r} here" for k, v in same.items() if before.get(k) != v]:
+        raise ValueError(f"--rows: {path} is another run's ({'; '.join(differ)}): its rows answered other "
+                         "questions; run every row")
+    if missing := [name for name in plan if name not in only and name not in before["rows"]]:
+        raise ValueError(f"--rows: {path} has no row {', '.join(missing)} to carry; run it too")
+    if before.get("weights") != weights and (stale := [n for n in plan if n not in only and "weights" in plan[n]["fields"]]):
+        raise ValueError(f"--rows: {path}'s rows {', '.join(stale)} ran with the weights {before.get('weights')}, the "
+                         f"config now has {weights}: run them too")
+    return {name: before["rows"][name] for name in plan if name not in only}
 
 
 def _member_tokenizers(url: str) -> dict[str, str]:

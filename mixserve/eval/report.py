@@ -87,6 +87,9 @@ def markdown(report: dict) -> str:
     if missing & FIXED_ROWS:
         lines += ["", "n/a in the fixed rows: they run the generated tasks only (lm-eval's scoring requests carry no "
                       "weights, so the gate would weigh them)."]
+    if report.get("carried"):
+        lines += ["", f"Rows {', '.join(report['carried'])}: carried from the run before in the same folder (the same "
+                      "config file, suite and questions); the other rows ran again."]
     lines += ["", "± is the half-width of a 95% interval (1.96 standard errors, lm-eval's)."]
     lines += _paired_lines(report)
     check = report.get("mixture_check")

@@ -55,6 +55,9 @@ SUITES = {
 }
 SEED = 20261125  # the eval's rows
 DEV_SEED = 20261127  # the dev split's (20261126 is the specialist's)
+# The experts' dev split: the skills' splits whose phrasings it asks in, fold by fold. The held-out
+# phrasing is never one; the training phrasing is drawn afresh, so its rows are not training rows.
+DEV_PHRASINGS = ("eval", "dev", "train")
 
 NAMES, THINGS = skills.NAMES["eval"], skills.THINGS["eval"]  # the experts' eval split asks with the same
 OPPOSITES = [("hot", "cold"), ("big", "small"), ("up", "down"), ("day", "night"), ("fast", "slow"),
@@ -243,19 +246,24 @@ def dev_split(n_per_task: int = 100, seed: int = DEV_SEED, suite: str = "default
     the eval (at its default 100 examples a task) or repeats another. mixserve_mc has about 85
     distinct questions and the eval asks most of them: its dev rows are the few it does not.
 
-    The experts' word problems carry the worked reply. Half of each skill's rows ask in the eval's
-    phrasing (fold 0), half in the dev split's own (fold 1; mixserve/eval/skills.py): the fit's
-    cross-validation then scores each gate on a phrasing it was not fitted on. Neither is ever the
-    held-out phrasing."""
+    The experts' word problems carry the worked reply, n_per_task // 2 in each of three phrasings,
+    each its own fold (DEV_PHRASINGS): the eval's (fold 0), the dev split's own (fold 1) and the
+    training's (fold 2: its templates, names and numbers, drawn afresh; mixserve/eval/skills.py). The
+    fit's cross-validation then scores each gate on a phrasing it was not fitted on, having fitted it
+    on the other two. None is ever the held-out phrasing."""
     rng = random.Random(seed)
     asked = {row["question"] for rows in task_rows().values() for row in rows if "question" in row}
     word_problem = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['answer']}\n")  # noqa: E731
     worked = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['worked']}\n")  # noqa: E731
     choice = lambda row: (row["question"], row["choices"][row["label"]])  # noqa: E731
     if suite == "experts":
+        from mixserve.models.expert import rows as training, settings_for  # here: it reads this module's skills
+
+        asked |= {r["prompt"].removeprefix("Question: ").removesuffix("\nAnswer:")
+                  for skill in SKILLS for r in training(settings_for(skill))}  # fold 2 asks no training row
         tasks = [(f"mixserve_{skill}", lambda n, rng, g=GENERATORS[skill], split=split: g(n, split, rng), worked,
-                  fold, n_per_task // 2 + (n_per_task % 2) * (1 - fold))
-                 for skill in SKILLS for fold, split in enumerate(("eval", "dev"))]
+                  fold, n_per_task // 2 + (n_per_task % 2) * (fold == 0))
+                 for skill in SKILLS for fold, split in enumerate(DEV_PHRASINGS)]
         tasks.append(("mixserve_mc", multiple_choice, choice, None, n_per_task))
     else:
         tasks = [("mixserve_arith", arithmetic, word_problem, None, n_per_task),

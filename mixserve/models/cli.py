@@ -3,6 +3,7 @@ once) and `mixserve weights fit`."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from mixserve.eval.tasks import SUITES
 
@@ -44,6 +45,9 @@ def add_weights(sub) -> None:
                                                        "(`mixserve models dev-split` writes one)")
     weights.add_argument("--out", required=True, help="the config to write: the same members with the fitted "
                                                       "weights and gate (and FILE.fit.json beside it)")
+    weights.add_argument("--scores", help="keep the members' scores of the dev rows in this file and reuse them while "
+                                          "the rows and members (their adapters' bytes too) are the same "
+                                          "(default: the data file's name with .scores.npz)")
     weights.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     weights.set_defaults(handler=_weights_fit)
 
@@ -51,7 +55,8 @@ def add_weights(sub) -> None:
 def _weights_fit(args) -> None:
     from .weights import fit
 
-    report = fit(args.config, args.data, args.out, address=args.address)
+    scores = args.scores or Path(args.data).with_suffix(".scores.npz")
+    report = fit(args.config, args.data, args.out, address=args.address, scores_path=scores)
     bits = report["bits_per_byte"]
     print(f"bits per byte on the {report['rows']} dev rows: "
           + ", ".join(f"{m} alone {b:.4f}" for m, b in bits["alone"].items())

@@ -13,12 +13,13 @@ token given the prompt and the tokens before it). Then:
   r_it the member's share of the token: the mixture-of-experts gating update), an L2 penalty on the
   coefficients;
 - a posterior gate, measured beside them: lambda_i proportional to lambda_i p_i(prompt)^beta.
-k, alpha, the L2 strength and beta are chosen by two-fold cross-validation on the dev rows (fit on one
-half, score the other), and the report gives every candidate's held-out bits per byte beside the fixed
-weights' and 1/n each; the gate written is the kind and setting that did best. A dev file may put each
-row in a fold (`"fold": 0` or `1`): the experts' dev split puts one phrasing of its questions in each,
-so that the cross-validation asks how a gate carries to phrasings it was not fitted on. Rows without
-one are dealt to the two halves at random (seeded).
+k, alpha, the L2 strength and beta are chosen by cross-validation on the dev rows (fit on all folds but
+one, score that one, for each fold), and the report gives every candidate's held-out bits per byte
+beside the fixed weights' and 1/n each; the gate written is the kind and setting that did best. A dev
+file may put each row in a fold (`"fold": 0`, 1, 2, ...): the experts' dev split puts each phrasing of
+its questions in its own, so that the cross-validation asks how a gate carries to a phrasing it was not
+fitted on. Rows without one are dealt to the folds in turn, in a seeded order; with no fold named,
+two.
 
 The mixture is per token, so the members must share a tokenizer: members that do not are refused,
 named (per-byte likelihoods would be an approximation of what ME samples, not the thing itself).
@@ -43,8 +44,11 @@ from mixserve.gate import ClusterGate, LinearGate, Words, terms
 ALPHAS = (1.0, 4.0, 20.0)
 KS = (2, 4, 8, 16, 24, 32)  # cluster counts tried
 BETAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # posterior sharpness tried
-L2S = (1e-6, 1e-5, 1e-4, 1e-3)  # the linear gate's penalty on its coefficients (per token of the dev references), tried
-STEPS = 1000  # the linear gate's Adam steps (1,000 at rate 0.1: its held-out bits per byte had stopped moving on the experts' dev split)
+L2S = (1e-7, 3e-7, 1e-6, 1e-5, 1e-4, 1e-3)  # the linear gate's penalty on its coefficients (per token of the dev references), tried
+# The linear gate's Adam steps at rate 0.1. On the experts' dev split the held-out bits per byte at
+# L2 1e-6 and above stop moving by 1,000; below it they still fell from 1,000 to 3,000 (docs/evaluation.md).
+STEPS = 3000
+MAX_FOLDS = 10  # a fold a dev row may name: 0 to 9
 VOCABULARY = 300  # most frequent prompt words kept (those in at least two prompts)
 LN2 = math.log(2)
 FITTED = "# Fitted by `mixserve weights fit`"
@@ -60,7 +64,7 @@ class Scored:
     logp: np.ndarray  # (members, reference tokens): log p_i of each reference token
     prompt_logp: np.ndarray  # (members,): log p_i of the prompt's tokens after the first
     bytes: int  # the reference's length in UTF-8 bytes
-    fold: int | None = None  # the cross-validation half the dev file puts it in; None: dealt at random
+    fold: int | None = None  # the cross-validation fold the dev file puts it in; None: dealt at random
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -77,8 +81,10 @@ def read_rows(path: str | Path) -> list[dict]:
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or \
                 not isinstance(row.get("completion"), str) or not row["completion"]:
             raise FitError(f'{path}:{n}: each line must be {{"prompt": "...", "completion": "..."}} with a completion')
-        if row.get("fold") not in (None, 0, 1) or isinstance(row.get("fold"), bool):
-            raise FitError(f"{path}:{n}: fold must be 0 or 1 (the cross-validation half), not {row['fold']!r}")
+        fold = row.get("fold")
+        if fold is not None and (not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < MAX_FOLDS):
+            raise FitError(f"{path}:{n}: fold must be a whole number from 0 to {MAX_FOLDS - 1} (the "
+                           f"cross-validation fold), not {fold!r}")
         rows.append(row)
     if len(rows) < 4:
         raise FitError(f"{path}: {len(rows)} rows; fitting needs at least 4 (two per cross-validation half)")
@@ -211,25 +217,40 @@ def posterior(fixed: np.ndarray, beta: float):
 
 
 def fit(config_path: str | Path, data_path: str | Path, out_path: str | Path, progress: bool = True,
-        address: str | None = None, say=print) -> dict:
-    """Score, fit, choose, and write the config with the fitted weights and gate; returns the report."""
-    from mixserve.serving.ensemble import build_ensemble
+        address: str | None = None, say=print, scores_path: str | Path | None = None) -> dict:
+    """Score (or read the scores kept in `scores_path` for these members and rows), fit, choose, and
+    write the config with the fitted weights and gate; returns the report."""
     from mixserve.config import load_config
+
+    from .scores_file import load_scores, save_scores, scores_key
 
     config = load_config(config_path)
     rows = read_rows(data_path)
     names = [m.name for m in config.members]
     if len(names) < 2:
         raise FitError("a config with one member has nothing to weigh")
+    key = scores_key(config, rows)
+    scored = load_scores(scores_path, key) if scores_path else None
+    if scored is None:
+        scored = _score(config, rows, names, progress, address)
+        if scores_path:
+            save_scores(scores_path, key, scored)
+    else:
+        say(f"the members' scores of these {len(rows)} rows, from {scores_path}")
+    report = choose(scored, names, np.array([m.weight for m in config.members]), say)
+    write_config(config_path, out_path, report)
+    return report
+
+
+def _score(config, rows: list[dict], names: list[str], progress: bool, address: str | None) -> list[Scored]:
+    from mixserve.serving.ensemble import build_ensemble
+
     with build_ensemble(config, address=address) as ensemble:
         fingerprints = {m: ensemble.router.infos[m].tokenizer for m in names}
         if len(set(fingerprints.values())) > 1:
             raise FitError(f"members {', '.join(names)} do not share a tokenizer: the mixture is per token, and "
                            "their tokens do not line up; fit the weights of members that share one")
-        scored = asyncio.run(score_rows({m: ensemble.router.members[m] for m in names}, rows, progress))
-    report = choose(scored, names, np.array([m.weight for m in config.members]), say)
-    write_config(config_path, out_path, report)
-    return report
+        return asyncio.run(score_rows({m: ensemble.router.members[m] for m in names}, rows, progress))
 
 
 def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=print) -> dict:
@@ -238,14 +259,15 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
     say("EM on the dev references (bits per byte):")
     fixed = em(scored, uniform, report=lambda step, bits: say(f"  step {step:3d}  {bits:.5f}"))
     alone = {n: mixture_bits(scored, lambda r, i=i: np.eye(len(names))[i]) for i, n in enumerate(names)}
-    halves = split_halves(scored)
-    fitted = [em(half, uniform) for half in halves]  # each half's fixed weights, which every candidate starts from
+    folds = split_folds(scored)
+    trains = [[r for j, other in enumerate(folds) if j != i for r in other] for i in range(len(folds))]
+    fitted = [em(train, uniform) for train in trains]  # each training set's fixed weights, where every candidate starts
 
     def held_out(make) -> float:
-        """Bits per byte on each half of a weighting `make(train, its fixed weights)` fitted on the
-        other half, pooled over both."""
+        """Bits per byte on each fold of a weighting `make(train, its fixed weights)` fitted on the
+        other folds, pooled over all."""
         nats = 0.0
-        for (train, test), w in zip((halves, halves[::-1]), fitted):
+        for train, test, w in zip(trains, folds, fitted):
             nats += mixture_bits(test, make(train, w)) * LN2 * sum(r.bytes for r in test)
         return nats / LN2 / sum(r.bytes for r in scored)
 
@@ -265,7 +287,7 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
         candidates[f"posterior beta={beta}"] = held_out(lambda train, w, beta=beta: posterior(w, beta))
     best = min(gates, key=candidates.__getitem__)
     gate = replace(gates[best](scored, fixed), default={n: float(w) for n, w in zip(names, fixed)})
-    say("held-out bits per byte (two-fold on the dev rows):")
+    say(f"held-out bits per byte (each of the {len(folds)} folds of the dev rows scored by a fit on the others):")
     for name, bits in sorted(candidates.items(), key=lambda x: x[1]):
         say(f"  {bits:.5f}  {name}")
     leads = leading(scored, names, say)
@@ -277,19 +299,20 @@ def choose(scored: list[Scored], names: list[str], configured: np.ndarray, say=p
             "held_out_bits_per_byte": candidates, "gate_chosen": best, "gate": gate.to_dict()}
 
 
-def split_halves(scored: list[Scored]) -> tuple[list[Scored], list[Scored]]:
-    """The two cross-validation halves: each row in the fold its dev file names, the others dealt
-    alternately in a seeded order (whatever the file's order)."""
-    halves: tuple[list[Scored], list[Scored]] = ([], [])
+def split_folds(scored: list[Scored]) -> list[list[Scored]]:
+    """The cross-validation folds: as many as the dev file names (two where it names none), each row
+    in the fold the file names, the others dealt in turn in a seeded order (whatever the file's order)."""
+    folds: list[list[Scored]] = [[] for _ in range(max([2] + [r.fold + 1 for r in scored if r.fold is not None]))]
     loose = [r for r in scored if r.fold is None]
     for r in scored:
         if r.fold is not None:
-            halves[r.fold].append(r)
+            folds[r.fold].append(r)
     for n, i in enumerate(np.random.default_rng(0).permutation(len(loose))):
-        halves[n % 2].append(loose[i])
-    if not all(halves):
-        raise FitError("every dev row is in one fold: the cross-validation needs rows in both (fold 0 and fold 1)")
-    return halves
+        folds[n % len(folds)].append(loose[i])
+    if empty := [str(i) for i, fold in enumerate(folds) if not fold]:
+        raise FitError(f"no dev row is in fold {', '.join(empty)}: the cross-validation needs rows in every fold "
+                       f"from 0 to {len(folds) - 1}")
+    return folds
 
 
 def gate_weights(gate, names: list[str], fallback: np.ndarray):

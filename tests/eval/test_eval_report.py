@@ -60,3 +60,31 @@ def test_the_experts_suite_reports_its_tasks_and_a_mixed_score_on_the_held_out_p
     assert "two-digit arithmetic" not in head  # the default suite's tasks are not this table's
     diff = next(line for line in table.splitlines() if line.startswith("| me − sums |"))
     assert diff.count("|") == 2 + len(suite.generate) + 1 + len(suite.mixed)
+
+
+def test_rows_rerun_after_a_refit_carry_the_rest_from_the_same_run_and_say_so(tmp_path):
+    """`mixserve eval --rows me,ce`: the members' rows come from the eval.json already there, and only
+    when it asked the same questions of the same config; a fixed-weights row only at the same weights."""
+    import json
+
+    from mixserve.eval.harness import carried
+
+    plan = {"a": {"fields": {}}, "b": {"fields": {}}, "me": {"fields": {"method": "me"}},
+            "me fixed": {"fields": {"method": "me", "weights": {"a": 0.5, "b": 0.5}}}}
+    same = {"config": "pair.yaml", "suite": "experts", "limit": None, "examples_per_task": 60}
+    before = {**same, "weights": {"a": 0.5, "b": 0.5},
+              "rows": {n: row(mixserve_sums=[i % 2, 1]) for i, n in enumerate(plan)}}
+    with pytest.raises(ValueError, match="does not exist: run every row once first"):
+        carried(tmp_path, plan, ["me"], same, before["weights"])
+    (tmp_path / "eval.json").write_text(json.dumps(before))
+    kept = carried(tmp_path, plan, ["me"], same, before["weights"])
+    assert kept == {n: before["rows"][n] for n in ("a", "b", "me fixed")}
+    with pytest.raises(ValueError, match="examples_per_task 60 there, 100 here"):
+        carried(tmp_path, plan, ["me"], {**same, "examples_per_task": 100}, before["weights"])
+    with pytest.raises(ValueError, match="rows me fixed ran with the weights .* run them too"):
+        carried(tmp_path, plan, ["me"], same, {"a": 0.4, "b": 0.6})
+    assert set(carried(tmp_path, plan, ["me", "me fixed"], same, {"a": 0.4, "b": 0.6})) == {"a", "b"}
+    with pytest.raises(ValueError, match="no row mf; this config's rows are a, b, me, me fixed"):
+        carried(tmp_path, plan, ["mf"], same, before["weights"])
+    table = markdown({**before, "rows": {**kept, "me": before["rows"]["me"]}, "carried": list(kept)})
+    assert "Rows a, b, me fixed: carried from the run before" in table

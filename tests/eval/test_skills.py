@@ -9,6 +9,7 @@ import yaml
 
 from mixserve.eval.skills import CLOCK, NAMES, SKILLS, SPLITS, SUMS, THINGS, skill_rows
 from mixserve.eval.tasks import EXPERT_TASKS, dev_split, write_tasks
+from mixserve.models.expert import rows as training, settings_for
 
 N = 400
 
@@ -83,14 +84,17 @@ def test_no_two_splits_share_a_phrasing_name_or_thing_and_training_shares_no_num
             assert all(m % 5 == 0 and m for m in minutes["eval"] | minutes["dev"] | minutes["heldout"])
 
 
-def test_the_dev_split_asks_two_phrasings_a_fold_each_never_an_eval_question_or_a_held_out_phrasing(tmp_path):
+def test_the_dev_split_asks_three_phrasings_a_fold_each_never_an_eval_question_or_a_held_out_phrasing(tmp_path):
     dev = dev_split(suite="experts")
     assert {r["task"] for r in dev} == {"mixserve_sums", "mixserve_clock", "mixserve_mc"}
-    for skill in SKILLS:  # half of a skill's rows in the eval's phrasing (fold 0), half in the dev split's own
+    for skill in SKILLS:  # 50 rows in each phrasing: the eval's (fold 0), the dev split's own, the training's
         folds = {fold: {skeleton(s) for r in dev if r["task"] == f"mixserve_{skill}" and r.get("fold") == fold
-                        for s in sentences(r["prompt"].removeprefix("Question: ").split("\n")[0])} for fold in (0, 1)}
-        assert len([r for r in dev if r["task"] == f"mixserve_{skill}" and r.get("fold") == 0]) == 50
-        assert folds[0] and folds[1] and not folds[0] & folds[1], skill
+                        for s in sentences(r["prompt"].removeprefix("Question: ").split("\n")[0])} for fold in (0, 1, 2)}
+        assert [len([r for r in dev if r["task"] == f"mixserve_{skill}" and r.get("fold") == f]) for f in (0, 1, 2)] \
+            == [50, 50, 50]
+        assert all(folds.values()) and not folds[0] & folds[1] and not folds[1] & folds[2] and not folds[0] & folds[2]
+        trained = {r["prompt"] for r in training(settings_for(skill))}  # what `make experts` learnt from
+        assert not trained & {r["prompt"] for r in dev}, skill
     assert all("fold" not in r for r in dev if r["task"] == "mixserve_mc")
     out = write_tasks(tmp_path)
     asked = {f"Question: {line}" for task in EXPERT_TASKS

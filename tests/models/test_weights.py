@@ -14,7 +14,7 @@ import yaml
 from mixserve.config import parse_config
 from mixserve.gate import ClusterGate, GateError, LinearGate, parse_gate, terms
 from mixserve.models.weights import (FitError, Scored, choose, em, fit_clusters, leading, mixture_bits,
-                                     read_rows, split_halves, write_config)
+                                     read_rows, split_folds, write_config)
 
 V = 64
 
@@ -92,7 +92,7 @@ def test_numbers_are_words_of_their_length_and_a_time_is_one_word():
 
 
 def test_fitted_on_the_experts_dev_split_the_gate_gives_each_held_out_phrasing_to_its_expert():
-    """The experts' dev split (its two phrasings a fold each) with members made here, each sharp where
+    """The experts' dev split (its three phrasings a fold each) with members made here, each sharp where
     its expert would be: the fit chooses the gate that carries across phrasings, and the eval's
     held-out phrasings, which no dev row uses, go to the right member."""
     from mixserve.eval.tasks import dev_split, task_rows
@@ -108,7 +108,7 @@ def test_fitted_on_the_experts_dev_split_the_gate_gives_each_held_out_phrasing_t
     for i, row in enumerate(dev_split(suite="experts")):
         made = rows_from(p, lambda _: np.array(truth[row["task"]]), [row["prompt"]], 20, seed=i)
         rows += [replace(r, fold=row.get("fold"), prompt_logp=np.zeros(3)) for r in made]
-    assert {r.fold for r in rows} == {0, 1, None}
+    assert {r.fold for r in rows} == {0, 1, 2, None}
     report = choose(rows, names, np.full(3, 1 / 3), say=lambda _: None)
     assert report["gate_chosen"].startswith("linear")
     gate = parse_gate(report["gate"], names)
@@ -135,16 +135,20 @@ def test_the_linear_gate_parses_as_written_and_drops_a_member_it_gives_a_thousan
 
 
 def test_rows_go_to_the_fold_their_dev_file_names_and_the_rest_are_dealt(tmp_path):
-    rows = [Scored(f"p{i}", np.zeros((2, 1)), np.zeros(2), 1, fold) for i, fold in enumerate([0, 1, None, None, 1, None])]
-    first, second = split_halves(rows)
-    assert {"p0"} <= {r.prompt for r in first} and {"p1", "p4"} <= {r.prompt for r in second}
-    assert len(first) + len(second) == 6 and abs(len([r for r in first if r.fold is None]) - 1.5) < 1
-    with pytest.raises(FitError, match="both"):
-        split_halves([replace(r, fold=0) for r in rows])
+    rows = [Scored(f"p{i}", np.zeros((2, 1)), np.zeros(2), 1, fold)
+            for i, fold in enumerate([0, 1, None, None, 1, None, 2, None, None])]
+    folds = split_folds(rows)
+    assert len(folds) == 3 and {"p0"} <= {r.prompt for r in folds[0]} and {"p6"} <= {r.prompt for r in folds[2]}
+    assert {"p1", "p4"} <= {r.prompt for r in folds[1]} and sum(map(len, folds)) == 9
+    assert sorted(len([r for r in fold if r.fold is None]) for fold in folds) == [1, 2, 2]  # five loose rows, in turn
+    assert [len(f) for f in split_folds([replace(r, fold=None) for r in rows])] == [5, 4]  # none named: two folds
+    with pytest.raises(FitError, match="no dev row is in fold 1: .* every fold from 0 to 2"):
+        split_folds([r for r in rows if r.fold != 1 and r.fold is not None])
     bad = tmp_path / "dev.jsonl"
-    bad.write_text('{"prompt": "x", "completion": "y", "fold": 2}\n' * 4)
-    with pytest.raises(FitError, match="dev.jsonl:1: fold must be 0 or 1"):
-        read_rows(bad)
+    for fold in ('"1"', "-1", "10", "true"):
+        bad.write_text(f'{{"prompt": "x", "completion": "y", "fold": {fold}}}\n' * 4)
+        with pytest.raises(FitError, match="dev.jsonl:1: fold must be a whole number from 0 to 9"):
+            read_rows(bad)
 
 
 def test_the_written_config_parses_with_the_gate_and_its_paths_rebased(tmp_path):
