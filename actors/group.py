@@ -1,5 +1,7 @@
 """Co-located members: one process holding one base for the members that name it, each with its own
 adapter and its own sessions (docs/architecture.md, "Co-located experts"; mixserve/groups.py says who).
+This file is the transformers engine's group, and the group's actor for both engines; vLLM members
+share one vLLM engine instead (actors/vllm_stepper.py).
 
 Each member keeps a whole engine of its own (actors/engine.py's MemberEngine: its session book and so
 its KV, its released ids, its batching loop), whose core shares the group's Weights (actors/weights.py:
@@ -83,14 +85,21 @@ class GroupHost:
     """A co-located group as one Ray actor: each member's calls (actors/protocol.py's MemberActor)
     with its name first, handed to that member's host (actors/host.py, over its own engine)."""
 
-    def __init__(self, members: dict[str, dict]):
-        """`members`: name -> its engine's arguments (cluster/placement.py's member_args, max_batch),
-        in the config's order; they name one base."""
-        first = next(iter(members.values()))
-        weights = Weights(first["source"], first["dtype"], first["threads"])
-        shared = SharedForward()
-        self.hosts = {name: MemberHost("transformers", built=GroupMember(shared, weights=weights, **args))
-                      for name, args in members.items()}  # each MemberHost starts the process's one trimming thread
+    def __init__(self, engine: str, members: dict[str, dict]):
+        """`engine`: the members' (mixserve/groups.py groups one engine's members); `members`: name ->
+        its engine's arguments (cluster/placement.py's member_args, max_batch), in the config's order;
+        they name one base."""
+        if engine == "vllm":  # one vLLM engine, each member's adapter a LoRA request (actors/vllm_stepper.py)
+            from .vllm_engine import vllm_group
+
+            built = vllm_group(members)
+        else:
+            first = next(iter(members.values()))
+            weights = Weights(first["source"], first["dtype"], first["threads"])
+            shared = SharedForward()
+            built = {name: GroupMember(shared, weights=weights, **args) for name, args in members.items()}
+        # each MemberHost starts the process's one trimming thread
+        self.hosts = {name: MemberHost(engine, built=member) for name, member in built.items()}
 
     def __repr__(self) -> str:  # Ray names the actor by it in logs and its state API
         return f"GroupHost({'+'.join(self.hosts)})"

@@ -11,75 +11,76 @@ tokens). Release aborts the session's request; eviction is vLLM's own, and a ses
 recomputed from the log, never lost. At most max_batch runs are in vLLM at once, counted here, so that
 paused streams never take a running run's place.
 
-vLLM's engine core runs in this process (LLMEngine, no engine-core child process), stepped by one
-loop in a worker thread the way MemberEngine steps its forwards: a run costs no inter-process hop,
-and CE's whole-row capture (actors/vllm_capture.py) is a dict lookup. A member spanning GPUs or nodes
-uses vLLM's Ray executor for its workers (`distributed_executor_backend: ray`).
+vLLM's engine runs in this process, stepped by actors/vllm_stepper.py's loop in one worker thread; a
+member alone has an engine of its own, and members that name one base share one (vllm_group: the base
+once, each member's adapter a LoRA request of its own). A member with an adapter names it in every
+request it sends, alone or co-located: the two layouts compute its rows the same way. A member
+spanning GPUs or nodes uses vLLM's Ray executor for its workers (`distributed_executor_backend: ray`).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import os
-import time
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
-from . import vllm_setup
 from .batching import BatchingEngine, Job
 from .loading import ModelSource
 from .messages import InputRefused, Scores, StepRequest, StepResult, join
 from .sampling import run_seed
 from .sessions import SessionBook, SessionCache
+from .vllm_stepper import VllmStepper
 from .vllm_streams import Chunk, Streams
 
 
 class VllmEngine(BatchingEngine):
     def __init__(self, name: str, source: ModelSource, dtype: str = "auto", threads: int = 1,
                  max_sessions: int | None = None, max_cached_tokens: int | None = None, max_batch: int = 16,
-                 options: dict | None = None):
+                 options: dict | None = None, stepper: VllmStepper | None = None):
+        """`stepper`: the engine shared with the member's group (vllm_group); by default its own."""
         options = dict(options or {})
         streaming = options.pop("streaming_input", True)
-        self.device, args, tokenizer, ends = vllm_setup.engine_args(  # first: it sets vLLM's environment
-            source, dtype, 2 * max_batch if streaming else max_batch, options)
-        from vllm.v1.engine.llm_engine import LLMEngine
-
+        if stepper is None:
+            stepper = VllmStepper(name, replace(source, adapter=None), dtype, threads,
+                                  2 * max_batch if streaming else max_batch, options,
+                                  [source.adapter] if source.adapter else [])
+        self.stepper, self.vllm, self.device = stepper, stepper.vllm, stepper.device
+        self.prefix, self.lora = stepper.join(self, source.adapter)  # its request ids' start, its LoRARequest
         from . import vllm_capture
 
-        # Every vLLM call runs in this one thread: OpenMP's thread count is per calling thread, and
-        # vLLM's CPU attention checks that its plan and its run saw the same count.
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"vllm-{name}", initializer=vllm_setup.set_threads,
-                                         initargs=(threads,))
-        self.vllm = self.thread.submit(LLMEngine.from_engine_args, args, enable_multiprocessing=False).result()
         self.capture = vllm_capture
         # The context is one short of max_model_len: vLLM scores a sequence (logprobs) only as a prompt
         # that leaves room for one token, so a log that filled max_model_len could be written, not scored.
-        super().__init__(SessionBook(name, tokenizer, ends, self.vllm.model_config.max_model_len - 1, max_sessions,
-                                     max_cached_tokens))
+        super().__init__(SessionBook(name, stepper.tokenizer, stepper.ends, self.vllm.model_config.max_model_len - 1,
+                                     max_sessions, max_cached_tokens))
         # A paused stream holds one of vLLM's max_num_seqs slots: max_batch of them, beside max_batch runs.
-        self.streams = Streams(self.vllm, max_batch if streaming else 0)
+        self.streams = Streams(self.vllm, max_batch if streaming else 0, self.prefix)
         self.max_batch = max_batch
         self.jobs: dict[str, Job] = {}  # by vLLM request id
         self.by_session: dict[str, Job] = {}
         self.queued: deque[tuple[Job, list[int], object, bool | None]] = deque()  # jobs not yet in vLLM, in order
         self.to_abort: deque[str] = deque()  # appended here, taken in the vLLM thread: deque's ends are thread-safe
         self.in_vllm: set[str] = set()  # request ids added to vLLM and not finished there (vLLM thread only)
-        self.loop: asyncio.Task | None = None
         self.ids = itertools.count()
-        self.steps = 0  # engine steps run by the loop
+        self.steps = 0  # engine steps that advanced one of this member's requests
         self.shared_steps = 0  # of those, the ones that advanced two or more requests (batching at work)
         self.requests = 0  # vLLM requests added
         self.compute_s = 0.0
-        self.thread.submit(vllm_setup.warm, self.vllm).result()
+
+    @property
+    def thread(self):
+        return self.stepper.thread
 
     # -- the member interface ------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """Counters; compute_s is the time the vLLM thread spent in engine steps (scheduling, the
-        forward, sampling: vLLM's whole step)."""
+        """Counters; compute_s is the time the vLLM thread spent in engine steps that advanced this
+        member's requests (scheduling, the forward, sampling: vLLM's whole step, shared with the
+        group's other members' requests in it)."""
         return {"steps": self.steps, "shared_steps": self.shared_steps, "requests": self.requests, "evictions": self.book.evictions,
                 "running": self.vllm.get_num_unfinished_requests(), "busy": len(self.by_session), "compute_s": self.compute_s, "pid": os.getpid(),
                 "streams": len(self.streams.open), "streams_opened": self.streams.opened}
@@ -94,7 +95,7 @@ class VllmEngine(BatchingEngine):
         if (stream := self.streams.close(session)) is not None:
             self.to_abort.append(stream.rid)
         if self.to_abort:  # this run's, or one its reader dropped when the router cancelled it
-            await asyncio.get_running_loop().run_in_executor(self.thread, self._abort)
+            await asyncio.get_running_loop().run_in_executor(self.thread, self.abort)
         return self.book.release(session, keep)
 
     async def step(self, req: StepRequest) -> AsyncIterator[StepResult]:
@@ -188,7 +189,7 @@ class VllmEngine(BatchingEngine):
             first = not opened.held
             self.requests += first
         else:
-            job, first = Job(req, s, rid=f"{kind}-{next(self.ids)}", kind=kind), None
+            job, first = Job(req, s, rid=f"{self.prefix}{kind}-{next(self.ids)}", kind=kind), None
             self.requests += 1
         if params.extra_args and self.capture.KEY in params.extra_args:
             # Keyed before vLLM's thread can take the request: set after, a row could go uncaptured.
@@ -197,8 +198,7 @@ class VllmEngine(BatchingEngine):
         if req is not None:
             self.by_session[req.session] = job
         self.queued.append((job, ids, params, first))
-        if self.loop is None:
-            self.loop = asyncio.create_task(self._loop())
+        self.stepper.wake()
         return job
 
     async def _outputs(self, job: Job) -> AsyncIterator:
@@ -255,40 +255,37 @@ class VllmEngine(BatchingEngine):
         if self.by_session.get(job.req.session if job.req else None) is job:
             del self.by_session[job.req.session]
 
-    async def _loop(self) -> None:
-        try:
-            while self.jobs or self.to_abort:
-                try:
-                    adds = self._admit()
-                    outputs, refused = await asyncio.get_running_loop().run_in_executor(self.thread, self._tick, adds)
-                except Exception as e:  # noqa: BLE001 - vLLM's step failed: fail the runs in it, keep serving
-                    for job in [job for job in self.jobs.values() if job.added]:
-                        self._drop(job, e)  # each aborted at the next tick, as any dropped run
-                    continue
-                for job, error in refused:
-                    self._drop(job, error)  # that request alone: the others run on (invariant 8)
-                for output in outputs:
-                    if (job := self.jobs.get(output.request_id)) is None:
-                        continue  # released meanwhile
-                    job.parts.put(output)
-                    if job.chunk is not None and not output.finished:
-                        job.chunk.got += output.outputs[0].token_ids
-                        if len(job.chunk.got) < job.chunk.want:
-                            continue
-                        self.streams.done(job.chunk)  # paused in vLLM, not finished
-                    elif not output.finished:
-                        continue
-                    elif job.chunk is not None:
-                        self.streams.close(job.chunk.stream.session)
-                    self._forget(job)
-                    job.parts.close()
-                if self.streams.open:
-                    self.to_abort.extend(self.streams.crowding())
-        finally:
-            self.loop = None
+    # -- the stepper's calls (actors/vllm_stepper.py), between and in its engine steps -----------
 
-    def _admit(self) -> list[tuple[Job, list[int], object, bool | None]]:
-        """Queued jobs to send vLLM, in order, while fewer than max_batch are in it."""
+    def deliver(self, outputs: list, refused: list) -> None:
+        """This member's outputs of one engine step, and its adds that vLLM refused (event loop)."""
+        for job, error in refused:
+            self._drop(job, error)  # that request alone: the others run on (invariant 8)
+        for output in outputs:
+            if (job := self.jobs.get(output.request_id)) is None:
+                continue  # released meanwhile
+            job.parts.put(output)
+            if job.chunk is not None and not output.finished:
+                job.chunk.got += output.outputs[0].token_ids
+                if len(job.chunk.got) < job.chunk.want:
+                    continue
+                self.streams.done(job.chunk)  # paused in vLLM, not finished
+            elif not output.finished:
+                continue
+            elif job.chunk is not None:
+                self.streams.close(job.chunk.stream.session)
+            self._forget(job)
+            job.parts.close()
+        if self.streams.open:
+            self.to_abort.extend(self.streams.crowding())
+
+    def fail_added(self, error: Exception) -> None:
+        """vLLM's step failed: every run of this member in it fails (event loop)."""
+        for job in [job for job in self.jobs.values() if job.added]:
+            self._drop(job, error)
+
+    def admit(self) -> list[tuple[Job, list[int], object, bool | None]]:
+        """Queued jobs to send vLLM, in order, while fewer than max_batch are in it (event loop)."""
         room = self.max_batch - sum(job.added for job in self.jobs.values())
         adds = []
         while self.queued and room > 0:
@@ -299,9 +296,8 @@ class VllmEngine(BatchingEngine):
                 room -= 1
         return adds
 
-    def _tick(self, adds: list) -> tuple[list, list]:
-        """One engine step, in the worker thread: the only place that touches vLLM after loading. vLLM's
-        outputs, and the adds it refused with their errors."""
+    def add(self, adds: list) -> list:
+        """Send the admitted jobs to vLLM (vLLM thread); the ones it refused, with their errors."""
         from vllm import TokensPrompt
 
         refused = []
@@ -311,25 +307,14 @@ class VllmEngine(BatchingEngine):
             self.in_vllm.add(job.rid)  # even if the add fails halfway: aborting an id vLLM lacks is a no-op
             try:
                 if first is None:
-                    self.vllm.add_request(job.rid, TokensPrompt(prompt_token_ids=ids), params)
+                    self.vllm.add_request(job.rid, TokensPrompt(prompt_token_ids=ids), params, lora_request=self.lora)
                 else:
-                    self.streams.add(job.rid, ids, params, first)
+                    self.streams.add(job.rid, ids, params, first, self.lora)
             except Exception as e:  # noqa: BLE001 - vLLM checks each request as it is added: this one's fault
                 refused.append((job, _refused(e)))
-        # After the adds: a run dropped while it was being added is aborted now, not forgotten (an
-        # abort only reaches requests vLLM has).
-        self._abort()
-        if not self.vllm.has_unfinished_requests():
-            return [], refused
-        started = time.perf_counter()
-        outputs = self.vllm.step()
-        self.compute_s += time.perf_counter() - started
-        self.steps += bool(outputs)  # a step with paused streams alone schedules nothing
-        self.shared_steps += len(outputs) > 1
-        self.in_vllm.difference_update(o.request_id for o in outputs if o.finished)
-        return outputs, refused
+        return refused
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Abort the dropped requests that vLLM still runs (in the vLLM thread, like every call into it)."""
         aborts = []
         while self.to_abort:
@@ -337,6 +322,19 @@ class VllmEngine(BatchingEngine):
         if aborts := [rid for rid in aborts if rid in self.in_vllm]:
             self.in_vllm.difference_update(aborts)  # first: an abort that raises is not tried again and again
             self.vllm.abort_request(aborts)
+
+
+def vllm_group(members: dict[str, dict]) -> dict[str, VllmEngine]:
+    """Co-located members on one vLLM engine: `members`, name -> its engine's arguments (as a member
+    alone takes them), name one base and agree on its options (mixserve/groups.py checks); each runs
+    through its own adapter, or none."""
+    first = next(iter(members.values()))
+    options = dict(first.get("options") or {})
+    per = 2 if options.pop("streaming_input", True) else 1  # a run and a paused stream per session
+    stepper = VllmStepper("+".join(members), replace(first["source"], adapter=None), first.get("dtype", "auto"),
+                          first.get("threads", 1), sum(per * args.get("max_batch", 16) for args in members.values()),
+                          options, list(dict.fromkeys(a["source"].adapter for a in members.values() if a["source"].adapter)))
+    return {name: VllmEngine(stepper=stepper, **args) for name, args in members.items()}
 
 
 def _refused(error: Exception) -> Exception:

@@ -14,12 +14,14 @@ from .sessions import eos_ids
 CPU_DEFAULTS = {"enforce_eager": True, "block_size": 32}
 CPU_MAX_MODEL_LEN = 4096  # unless max_model_len says otherwise; one prefill chunk holds it
 ONEDNN_CACHE = 16  # compiled oneDNN matmuls kept per process (each batch shape compiles its own)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM takes
 KV_SPACE_GIB = 1  # the CPU KV cache per member unless kv_cache_space_gib says otherwise (on a GPU: gpu_memory_utilization)
 
 
-def engine_args(source: ModelSource, dtype: str, max_num_seqs: int, options: dict):
-    """(device, vLLM's EngineArgs, the tokenizer, the end token ids) for a member; `options` are the
-    config's engine_options less streaming_input. Sets vLLM's environment first (before its import)."""
+def engine_args(source: ModelSource, dtype: str, max_num_seqs: int, options: dict, adapters: list[str] = ()):
+    """(device, vLLM's EngineArgs, the tokenizer, the end token ids) for an engine of `source`; `options`
+    are the config's engine_options less streaming_input; `adapters`: the LoRA adapter folders its
+    requests may name (actors/vllm_stepper.py). Sets vLLM's environment first (before its import)."""
     if options.get("tensor_parallel_size", 1) * options.get("pipeline_parallel_size", 1) > 1:
         # Workers on several GPUs, maybe nodes: Ray places them, one GPU each (cluster/placement.py).
         options.setdefault("distributed_executor_backend", "ray")
@@ -48,10 +50,48 @@ def engine_args(source: ModelSource, dtype: str, max_num_seqs: int, options: dic
     # One prefill chunk holds a whole context: vLLM's CPU generators cannot rewind a partial
     # prefill's discarded sample (seeded requests fail with "CPU Generator does not use offset").
     options.setdefault("max_num_batched_tokens", max(options.get("max_model_len") or 0, 8192))
+    if adapters:
+        options = {**options, **lora_options(adapters)}
+        if device == "cpu":
+            _cpu_lora_logits()
     args = EngineArgs(model=str(folder), dtype=_dtype(dtype, device), skip_tokenizer_init=True,
                       enable_prefix_caching=True, max_num_seqs=max_num_seqs, max_logprobs=-1,
                       logits_processors=[vllm_capture.CaptureRows], disable_log_stats=True, **options)
     return device, args, tokenizer, eos_ids(generation_eos + ends, tokenizer)
+
+
+def lora_options(adapters: list[str]) -> dict:
+    """vLLM's LoRA settings for these adapter folders: a slot each and one spare, and the smallest rank
+    vLLM offers that holds the largest. The spare is for the rows without an adapter: vLLM's CPU LoRA
+    ops (lora/ops/torch_ops) pick a row's adapter by indexing the stacked weights with its slot, and a
+    row without one has slot -1, which in torch is the last slot: a base row batched with adapters' rows
+    would go through whichever adapter held it. The spare last slot is never filled, so it adds zero.
+    (The GPU kernels skip slot -1; there the spare costs one slot's memory.)"""
+    import json
+    from pathlib import Path
+
+    configs = {a: json.loads((Path(a) / "adapter_config.json").read_text()) for a in adapters}
+    for a, config in configs.items():
+        targets = config.get("target_modules") or []
+        if {"lm_head", "embed_tokens"} & set([targets] if isinstance(targets, str) else targets):
+            raise ValueError(f"adapter {a!r} adapts the embeddings or lm_head: a vLLM member takes adapters on "
+                             "the layers' projections only (see _cpu_lora_logits)")
+    rank = max(config.get("r", 8) for config in configs.values())
+    if rank > LORA_RANKS[-1]:
+        raise ValueError(f"a LoRA adapter of rank {rank}: vLLM takes ranks up to {LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_loras": len(adapters) + 1, "max_cpu_loras": len(adapters) + 1,
+            "max_lora_rank": next(r for r in LORA_RANKS if r >= rank)}
+
+
+def _cpu_lora_logits() -> None:
+    """With LoRA on, vLLM wraps lm_head so that an adapter may add to the logits, and its CPU ops add
+    that part with one adapter slot per request, not per row: the prompt log-probs' rows (`score`)
+    then fail to line up ("einsum(): subscript b has size 8 ... 3"). No adapter a member takes touches
+    lm_head (lora_options refuses one that does), so that part is zero: skipped here, in this process.
+    (vLLM's GPU path maps each row; it is left alone.)"""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    PunicaWrapperCPU.add_lora_logits = lambda self, *args, **kwargs: None
 
 
 def warm(vllm) -> None:

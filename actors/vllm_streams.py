@@ -54,9 +54,10 @@ class Streams:
     """The open streams of one vLLM member, by session. Kept by the member's event loop; the calls
     into vLLM (`add`) run in its vLLM thread."""
 
-    def __init__(self, vllm, cap: int):
+    def __init__(self, vllm, cap: int, prefix: str = ""):
         self.vllm = vllm
         self.cap = cap
+        self.prefix = prefix  # the member's request ids' start: a co-located group's members share one vLLM
         self.runner = _runner(vllm)
         self.open: OrderedDict[str, Stream] = OrderedDict()  # least recently used first
         self.ids = itertools.count()
@@ -82,7 +83,7 @@ class Streams:
             closed.append(self.close(session).rid)
         while len(self.open) >= self.cap and (victim := next((x for x in self.open.values() if not x.busy), None)):
             closed.append(self.close(victim.session).rid)
-        s = self.open[session] = Stream(f"stream-{next(self.ids)}", session, busy=True)
+        s = self.open[session] = Stream(f"{self.prefix}stream-{next(self.ids)}", session, busy=True)
         self.opened += 1
         return s, list(ids), closed
 
@@ -103,15 +104,15 @@ class Streams:
         paused = [s for s in self.open.values() if not s.busy]
         return [self.close(s.session).rid for s in paused[: max(1, len(paused) // 2)]]
 
-    def add(self, rid: str, ids: list[int], params, first: bool) -> None:
-        """Send a chunk (vLLM thread)."""
+    def add(self, rid: str, ids: list[int], params, first: bool, lora=None) -> None:
+        """Send a chunk (vLLM thread), through the member's adapter (`lora`, a LoRARequest) if it has one."""
         from vllm import TokensPrompt
 
         if self.tasks is None:
             self.tasks = self.vllm.get_supported_tasks()
         processor = self.vllm.input_processor
         req = processor.process_inputs(request_id=rid, prompt=TokensPrompt(prompt_token_ids=ids), params=params,
-                                       supported_tasks=self.tasks, resumable=True)
+                                       supported_tasks=self.tasks, lora_request=lora, resumable=True)
         req.external_req_id = rid
         mine = copy.copy(req)
         mine.prompt_token_ids = list(req.prompt_token_ids)  # not the scheduler's list: see the module's doc

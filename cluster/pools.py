@@ -80,7 +80,7 @@ class PoolKeeper:
         options = dict(name=actor_name(rid), **actor_options(m))
         if len(group) > 1:
             actor = self.group_remote.options(**options).remote(
-                {g.name: dict(max_batch=g.max_batch, **member_args(g)) for g in group})
+                m.engine, {g.name: dict(max_batch=g.max_batch, **member_args(g)) for g in group})
         else:
             actor = self.remote.options(**options).remote(m.engine, max_batch=m.max_batch, **member_args(m))
         replica = self.pools[unit][rid] = Replica(rid, actor)

@@ -27,6 +27,18 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lora_sources(tiny_dir, tmp_path_factory):
+    """Tiny member a as a base and with two LoRA adapters, x and y (resolved sources, as a config gives them)."""
+    from mixserve.models.tiny import make_adapter
+    from mixserve.references import resolve
+
+    out = tmp_path_factory.mktemp("adapters")
+    base = str(tiny_dir / "a")
+    return {"base": resolve(base), **{name: resolve(base, adapter=str(make_adapter(base, out / name, seed)))
+                                      for name, seed in (("x", 1), ("y", 2))}}
+
+
+@pytest.fixture(scope="session")
 def sim_config(tmp_path_factory):
     """sim.yaml: simulated members a (weight 0.8) and b (0.2), 20 ms + 0.5 ms per session a step, max_batch
     32 (mixserve/models/sim.py); mixserve.models.sim.make_sim writes variants (router replicas, method)."""

@@ -55,3 +55,24 @@ def test_co_located_members_write_the_texts_they_write_apart(raw, tiny_dir, ray_
             assert len(pids) == 4
     assert texts[True] == texts[False]
     assert len(set(texts[True])) == len(texts[True])  # the seeds and methods write different texts
+
+
+def test_vllm_members_of_one_base_share_one_vllm_engine_and_write_their_texts_apart(raw, tiny_dir, ray_local):
+    """vLLM's multi-LoRA (actors/vllm_stepper.py): the group is one process holding one vLLM engine,
+    and each member writes what it writes in a process of its own."""
+    vllm = {"engine": "vllm", "engine_options": {"kv_cache_space_gib": 0.25}, "replicas": 1}
+    members = [{**{k: v for k, v in m.items() if k != "batch_invariant"}, **vllm} for m in raw["members"][:2]]  # base, x
+    texts = {}
+    for colocate in (False, True):
+        config = parse_config({**raw, "members": members, "colocate": colocate}, tiny_dir)
+        assert list(units(config.members, colocate)) == (["base+x"] if colocate else ["base", "x"])
+        with build_ensemble(config) as ensemble:
+            pids = ray.get(ensemble.keeper.pids.remote(), timeout=60)
+            texts[colocate] = [ensemble.generate(prompt="the red cat sings and", max_tokens=16, seed=seed,
+                                                 method=method).choices[0].text
+                               for method in ("me", "ce") for seed in (1, 2)]
+            texts[colocate] += [ensemble.generate(prompt="the moon", max_tokens=12, seed=4, model=name).choices[0].text
+                                for name in ("base", "x")]
+        assert len(set(pids.values())) == (1 if colocate else 2)
+    assert texts[True] == texts[False]
+    assert texts[True][-1] != texts[True][-2]  # x's adapter changes what it writes

@@ -12,30 +12,21 @@ from mixserve.actors.engine import MemberEngine
 from mixserve.actors.group import GroupMember, MemberView, SharedForward
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.actors.weights import Weights
-from mixserve.models.tiny import make_adapter
 from mixserve.references import ModelReferenceError, resolve
 
 ARGS = dict(max_batch=16, batch_invariant=True)  # bit-identical rows whoever shares the forward
 
 
 @pytest.fixture(scope="module")
-def sources(tiny_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("adapters")
-    base = str(tiny_dir / "a")
-    return {"base": resolve(base), **{name: resolve(base, adapter=str(make_adapter(base, out / name, seed)))
-                                      for name, seed in (("x", 1), ("y", 2))}}
+def separate(lora_sources):
+    return {name: MemberEngine(name=name, source=source, **ARGS) for name, source in lora_sources.items()}
 
 
 @pytest.fixture(scope="module")
-def separate(sources):
-    return {name: MemberEngine(name=name, source=source, **ARGS) for name, source in sources.items()}
-
-
-@pytest.fixture(scope="module")
-def group(sources):
-    weights, shared = Weights(sources["base"]), SharedForward()
+def group(lora_sources):
+    weights, shared = Weights(lora_sources["base"]), SharedForward()
     return {name: GroupMember(shared, name=name, source=source, weights=weights, **ARGS)
-            for name, source in sources.items()}
+            for name, source in lora_sources.items()}
 
 
 def opening(engine, session, steps, seed, distribution=False):
@@ -56,12 +47,12 @@ def test_each_member_samples_the_same_tokens_alone_or_co_located(separate, group
     assert len({tuple(t) for t in alone.values()}) == 3  # the adapters change the member's tokens
 
 
-def test_the_runtime_adapter_is_the_merged_one(sources, separate, tmp_path, monkeypatch):
+def test_the_runtime_adapter_is_the_merged_one(lora_sources, separate, tmp_path, monkeypatch):
     from mixserve.actors.loading import model_dir
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("MIXSERVE_CACHE", str(tmp_path))
-    merged = AutoModelForCausalLM.from_pretrained(model_dir(sources["x"]), dtype="float32").eval()
+    merged = AutoModelForCausalLM.from_pretrained(model_dir(lora_sources["x"]), dtype="float32").eval()
     ids = list(separate["x"].prompt_ids("the moon is near the red tree"))
     with torch.inference_mode():
         want = torch.log_softmax(merged(torch.tensor([ids])).logits[0, :-1], dim=-1)
@@ -95,10 +86,10 @@ def test_the_group_holds_the_base_once(separate, group):
         assert group[name].core.adapter != group["base"].core.adapter == 0
 
 
-def test_an_adapter_that_does_not_fit_is_refused_by_name(sources, tmp_path):
+def test_an_adapter_that_does_not_fit_is_refused_by_name(lora_sources, tmp_path):
     from pathlib import Path
 
-    right = Path(sources["x"].adapter)
+    right = Path(lora_sources["x"].adapter)
     config = json.loads((right / "adapter_config.json").read_text())
     for name, change in (("rank", {"r": 2}), ("dora", {"use_dora": True})):
         wrong = tmp_path / name  # the same weights told to be another rank: what another model's adapter looks like
@@ -106,7 +97,7 @@ def test_an_adapter_that_does_not_fit_is_refused_by_name(sources, tmp_path):
         (wrong / "adapter_model.safetensors").write_bytes((right / "adapter_model.safetensors").read_bytes())
         (wrong / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(ModelReferenceError, match=f"{name}.*(does not fit the model|only plain LoRA)"):
-            Weights(sources["base"]).adapter(resolve(sources["base"].path, adapter=str(wrong)))
+            Weights(lora_sources["base"]).adapter(resolve(lora_sources["base"].path, adapter=str(wrong)))
 
 
 class _Method:
