@@ -52,8 +52,13 @@ class VllmStepper:
         if adapter not in self.loras:
             from vllm.lora.request import LoRARequest
 
+            from mixserve.references import ModelReferenceError
+
             lora = LoRARequest(f"{Path(adapter).name}-{len(self.loras) + 1}", len(self.loras) + 1, adapter)
-            self.thread.submit(self.vllm.add_lora, lora).result()
+            try:
+                self.thread.submit(self.vllm.add_lora, lora).result()
+            except Exception as e:  # noqa: BLE001 - vLLM's own message says what does not fit
+                raise ModelReferenceError(f"adapter {adapter!r} does not fit the model: {e}") from None
             self.loras[adapter] = lora
         return prefix, self.loras[adapter]
 

@@ -2,11 +2,14 @@
 adapters on one vLLM engine (its multi-LoRA) give every member the tokens it gives alone, the three
 members' runs and CE rows step together, each member's KV stays its own, and the base is held once."""
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
 from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.actors.vllm_engine import VllmEngine, vllm_group
+from mixserve.references import ModelReferenceError, resolve
 
 ARGS = dict(max_batch=4, options={"kv_cache_space_gib": 0.25})
 
@@ -80,3 +83,16 @@ def test_the_group_holds_the_base_once(separate, group):
     assert len(engines) == 1
     assert size(next(iter(engines.values()))) < 1.3 * size(separate["base"])
     assert group["base"].lora is None and group["x"].lora.lora_int_id != group["y"].lora.lora_int_id
+
+
+def test_an_adapter_that_does_not_fit_or_adapts_lm_head_is_refused_by_name(lora_sources, tmp_path):
+    right = Path(lora_sources["x"].adapter)
+    config = json.loads((right / "adapter_config.json").read_text())
+    for name, change, error in (("lm-head", {"target_modules": ["q_proj", "lm_head"]}, "adapts the embeddings or lm_head"),
+                                ("dora", {"use_dora": True}, "does not fit the model: .*DoRA")):
+        wrong = tmp_path / name  # the same weights, told to be something vLLM does not run
+        wrong.mkdir()
+        (wrong / "adapter_model.safetensors").write_bytes((right / "adapter_model.safetensors").read_bytes())
+        (wrong / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises((ValueError, ModelReferenceError), match=f"{name}.*{error}"):
+            VllmEngine(name=name, source=resolve(lora_sources["base"].path, adapter=str(wrong)), **ARGS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from mixserve.config import EnsembleConfig, load_config
@@ -57,7 +58,7 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
     tasks_of = SUITES[suite]
     out = Path(out)
     tasks = TaskManager(include_path=str(write_tasks(out / "tasks", n)), include_defaults=False)
-    tokenizers = {m.name: str(model_dir(m.source)) for m in config.members}
+    tokenizers = {m.name: str(model_dir(replace(m.source, adapter=None))) for m in config.members}  # an adapter's is its base's
     plan = rows(config)
     results = carried(out, plan, only, {"config": str(config_path), "suite": suite, "limit": limit,
                                         "examples_per_task": n}, config.weights) if only else {}
