@@ -68,6 +68,7 @@ class VllmEngine(BatchingEngine):
         self.ids = itertools.count()
         self.steps = 0  # engine steps that advanced one of this member's requests
         self.shared_steps = 0  # of those, the ones that advanced two or more requests (batching at work)
+        self.forwards = 0  # engine steps, each counted by one member of a group (the bench's model calls)
         self.requests = 0  # vLLM requests added
         self.compute_s = 0.0
 
@@ -81,9 +82,11 @@ class VllmEngine(BatchingEngine):
         """Counters; compute_s is the time the vLLM thread spent in engine steps that advanced this
         member's requests (scheduling, the forward, sampling: vLLM's whole step, shared with the
         group's other members' requests in it)."""
-        return {"steps": self.steps, "shared_steps": self.shared_steps, "requests": self.requests, "evictions": self.book.evictions,
-                "running": self.vllm.get_num_unfinished_requests(), "busy": len(self.by_session), "compute_s": self.compute_s, "pid": os.getpid(),
-                "streams": len(self.streams.open), "streams_opened": self.streams.opened}
+        return {"steps": self.steps, "shared_steps": self.shared_steps, "forwards": self.forwards,
+                "requests": self.requests, "evictions": self.book.evictions,
+                "running": self.vllm.get_num_unfinished_requests(), "busy": len(self.by_session),
+                "compute_s": self.compute_s, "pid": os.getpid(), "streams": len(self.streams.open),
+                "streams_opened": self.streams.opened}
 
     async def release(self, session: str, keep: bool = False) -> bool:
         """Free the session and abort its request, if one is running (the client went away); when this

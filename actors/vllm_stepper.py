@@ -97,8 +97,9 @@ class VllmStepper:
         mine: dict[str, list] = {}
         for output in outputs:
             mine.setdefault(output.request_id[: output.request_id.index("/") + 1], []).append(output)
-        for prefix, own in mine.items():
+        for n, (prefix, own) in enumerate(mine.items()):
             m = self.members[prefix]
+            m.forwards += n == 0  # the step counted once for the group, by its first member in it
             m.compute_s += took
             m.steps += 1
             m.shared_steps += len(outputs) > 1

@@ -65,8 +65,10 @@ def test_each_member_samples_the_same_tokens_alone_or_co_located(separate, group
 def test_ce_rows_of_the_whole_group_step_together_and_are_each_members_own(separate, group):
     row = lambda name, e: e.whole(opening(e, f"ce-{name}", 0, seed=3, distribution=True))  # noqa: E731
     before = {name: e.steps for name, e in group.items()}
+    forwards = sum(e.forwards for e in group.values())
     together = all_at_once(group, row)
     assert all(e.steps - before[name] == 1 for name, e in group.items())  # one engine step each ...
+    assert sum(e.forwards for e in group.values()) - forwards == 1  # ... the same one
     assert group["base"].stepper is group["x"].stepper is group["y"].stepper  # ... of one engine
     alone = one_by_one(separate, row)
     for name in alone:

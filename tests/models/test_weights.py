@@ -115,7 +115,7 @@ def test_fitted_on_the_experts_dev_split_the_gate_gives_each_held_out_phrasing_t
     asked = task_rows()
     for skill in ("sums", "clock"):
         prompts = [f"Question: {r['question']}\nAnswer:" for r in asked[f"mixserve_{skill}_heldout"][:60]]
-        assert np.median([gate(q).get(skill, 0) for q in prompts]) > 0.6, skill  # 0.80 and 0.95 when written
+        assert np.median([gate(q).get(skill, 0) for q in prompts]) > 0.6, skill  # 0.80 and 0.97 when written
     assert np.median([gate(r["question"])["base"] for r in asked["mixserve_mc"][:60]]) > 0.6
 
 
