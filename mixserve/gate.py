@@ -38,6 +38,8 @@ class Words:
     """The tf-idf vector of a prompt over a fitted vocabulary: what both kinds of gate read."""
     vocabulary: tuple[str, ...]
     idf: tuple[float, ...]
+    default = None  # each kind's field (the last, so that it may have a default)
+    kind = ""
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -51,8 +53,17 @@ class Words:
         norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
         return {i: v / norm for i, v in vec.items()}
 
-    def words_dict(self) -> dict:
-        return {"vocabulary": list(self.vocabulary), "idf": [round(x, 6) for x in self.idf]}
+    def fallback(self) -> dict[str, float] | None:
+        """The weights for a prompt with none of the gate's words: each kind's `default` (None: the
+        config's), a member given nothing left out, as a zero request weight is."""
+        return None if self.default is None else {m: w for m, w in self.default.items() if w > 0}
+
+    def as_dict(self, **fields) -> dict:
+        """The gate as a config's `gate:` holds it: its kind, words, own fields and default."""
+        out = {"kind": self.kind, "vocabulary": list(self.vocabulary), "idf": [round(x, 6) for x in self.idf], **fields}
+        if self.default is not None:
+            out["default"] = {m: round(w, 6) for m, w in self.default.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -73,17 +84,13 @@ class ClusterGate(Words):
     def __call__(self, text: str) -> dict[str, float] | None:
         """The prompt's weights (None: the config's); a member given nothing is left out, as a zero
         request weight is. A prompt with none of the gate's words is in no cluster: `default`."""
-        vec = self.vector(text)
-        weights = self.weights[self._nearest(vec)] if vec else self.default
-        return None if weights is None else {m: w for m, w in weights.items() if w > 0}
+        if not (vec := self.vector(text)):
+            return self.fallback()
+        return {m: w for m, w in self.weights[self._nearest(vec)].items() if w > 0}
 
     def to_dict(self) -> dict:
-        out = {"kind": self.kind, **self.words_dict(),
-               "centroids": [[round(x, 6) for x in c] for c in self.centroids],
-               "weights": [{m: round(w, 6) for m, w in ws.items()} for ws in self.weights]}
-        if self.default is not None:
-            out["default"] = {m: round(w, 6) for m, w in self.default.items()}
-        return out
+        return self.as_dict(centroids=[[round(x, 6) for x in c] for c in self.centroids],
+                            weights=[{m: round(w, 6) for m, w in ws.items()} for ws in self.weights])
 
 
 @dataclass(frozen=True)
@@ -100,9 +107,8 @@ class LinearGate(Words):
     def __call__(self, text: str) -> dict[str, float] | None:
         """softmax of the logits, the smallest dropped (SMALLEST); a prompt with none of the gate's
         words gets `default`, as under the clusters gate."""
-        vec = self.vector(text)
-        if not vec:
-            return None if self.default is None else {m: w for m, w in self.default.items() if w > 0}
+        if not (vec := self.vector(text)):
+            return self.fallback()
         z = self.logits(vec)
         top = max(z.values())
         e = {m: math.exp(v - top) for m, v in z.items()}
@@ -111,11 +117,8 @@ class LinearGate(Words):
         return {m: v / sum(kept.values()) for m, v in kept.items()}
 
     def to_dict(self) -> dict:
-        out = {"kind": self.kind, **self.words_dict(), "bias": {m: round(b, 6) for m, b in self.bias.items()},
-               "coefficients": {m: [round(x, 6) for x in c] for m, c in self.coefficients.items()}}
-        if self.default is not None:
-            out["default"] = {m: round(w, 6) for m, w in self.default.items()}
-        return out
+        return self.as_dict(bias={m: round(b, 6) for m, b in self.bias.items()},
+                            coefficients={m: [round(x, 6) for x in c] for m, c in self.coefficients.items()})
 
 
 Gate = ClusterGate | LinearGate

@@ -8,15 +8,16 @@ and that a LoRA adapter can learn as a skill, not a surface.
 The reply is worked, one step a clause ("54 + 67 = 121. 121 - 58 = 63."), and the eval reads its last
 number or time: the base has the arithmetic (it gets most of these right when shown three worked
 examples) but answers zero-shot with a guess, and an adapter trained on worked replies learns to
-write the steps out. Each skill draws from three splits that share no sentence template, no name and
+write the steps out. Each skill draws from four splits that share no sentence template, no name and
 no thing, and whose numbers come from disjoint ranges between training and the rest:
 
 - train: what `mixserve models train-expert` learns from (numbers 10-49 and factors 2-5 for sums;
-  minutes that are not a multiple of 5 for clock);
-- eval: the eval's task and half the dev split the gate is fitted on (numbers 50-99, factors 6-9;
-  minutes that are a multiple of 5);
-- dev: the dev split's other half, in phrasings of its own (numbers as in eval), so that fitting the
-  gate can measure how it carries to a phrasing it was not fitted on;
+  minutes that are not a multiple of 5 for clock), and a third of the dev split the gate is fitted on
+  (drawn afresh, never a training row);
+- eval: the eval's task and a third of the dev split (numbers 50-99, factors 6-9; minutes that are a
+  multiple of 5);
+- dev: the dev split's last third, in phrasings of its own (numbers as in eval); with each phrasing
+  its own fold, fitting the gate measures how it carries to a phrasing it was not fitted on;
 - heldout: the eval's held-out phrasings, numbers as in eval, that neither the dev split nor
   training ever shows.
 """
