@@ -45,8 +45,11 @@ def _bench(args) -> None:
     if args.colocate:
         from .colocate import markdown as colocate_table, run_colocate
 
+        if args.engines and len(args.engines) > 1:
+            raise ValueError("bench --colocate measures one engine at a time: --engines names one")
         print(colocate_table(run_colocate(args.config, args.prompt_tokens, args.max_tokens, args.concurrency,
-                                          args.repeats, out=args.out, address=args.address)))
+                                          args.repeats, out=args.out, address=args.address,
+                                          engine=args.engines[0] if args.engines else None)))
         print(f"wrote colocate.json and colocate.md to {args.out}")
         return
     from .methods import run_bench

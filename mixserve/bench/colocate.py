@@ -16,18 +16,22 @@ import ray
 
 from mixserve.config import load_config
 
-from .methods import _one_method, measure
+from .methods import _one_method, measure, on_engine
 
 LAYOUTS = ("separate", "co-located")
 
 
 def run_colocate(config_path: str, prompt_tokens: int = 64, max_tokens: int = 128, concurrency=(1, 16),
-                 repeats: int = 5, out: str | Path = "bench-out", address: str | None = None) -> dict:
+                 repeats: int = 5, out: str | Path = "bench-out", address: str | None = None,
+                 engine: str | None = None) -> dict:
+    """`engine`: run the members on it (as the config's, by default)."""
     import psutil
 
     from mixserve.serving.ensemble import build_ensemble
 
     config = load_config(config_path)
+    if engine is not None:
+        config = on_engine(config, engine)
     waves = {c: repeats if c == 1 else c for c in concurrency}
     plan = {f"single:{m.name}": {"method": "single", "member": m.name} for m in config.members}
     plan.update({"me": {"method": "me"}, "ce-parallel": {"method": "ce"}})
@@ -46,7 +50,8 @@ def run_colocate(config_path: str, prompt_tokens: int = 64, max_tokens: int = 12
                            "model_forwards_per_token": forwards, **summary(config.weights, rows, max(concurrency))}
     one = layouts["separate"]["rss_bytes"]
     report = {"settings": dict(prompt_tokens=prompt_tokens, max_tokens=max_tokens, concurrency=list(concurrency),
-                               repeats=repeats), "weights": config.weights, "layouts": layouts,
+                               repeats=repeats), "engine": config.members[0].engine, "weights": config.weights,
+              "layouts": layouts,
               "rss_one_member_bytes": min(one.values()),
               "rss_co_located_over_one_member": sum(layouts["co-located"]["rss_bytes"].values()) / min(one.values())}
     out = Path(out)
@@ -94,7 +99,8 @@ def markdown(report: dict) -> str:
             layout, num(r["me_ms"]), num(r["floor_ms"]), num(r["switch_ms"]), num(r["ce_parallel_ms"]),
             num(r["model_forwards_per_token"]["ce-parallel"], "{:.2f}"), num(r[f"me_tokens_per_s_at_{top}"]),
             num(r[f"ce_parallel_tokens_per_s_at_{top}"]), num(sum(r["rss_bytes"].values()) / 2**20, "{:.0f}")]) + " |")
-    lines += ["", f"- resident memory, co-located ensemble / one member alone: "
+    lines += ["", f"- engine: {report.get('engine', 'transformers')}",
+              f"- resident memory, co-located ensemble / one member alone: "
                   f"**{report['rss_co_located_over_one_member']:.2f}x** "
                   f"(one member {report['rss_one_member_bytes'] / 2**20:.0f} MiB)"]
     return "\n".join(lines) + "\n"
