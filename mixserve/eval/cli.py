@@ -21,9 +21,9 @@ def add_command(sub) -> None:
     evaluate.add_argument("--weights", type=member_weights, help="the ensemble rows' member weights instead of the "
                                                                  "config's, e.g. generalist=0.3,specialist=0.7")
     evaluate.add_argument("--rows", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                          help="run only these rows (e.g. me,ce after refitting the gate) and carry the others "
-                               "from the eval.json already in --out, which must be a run of the same config, "
-                               "suite, --examples and --limit")
+                          help="run only these rows (e.g. me,ce after refitting the gate, or those a run cut "
+                               "short lacks) and carry the others from the eval.json already in --out, which must "
+                               "be a run of the same config, suite, --examples and --limit")
     evaluate.set_defaults(handler=_eval)
 
 

@@ -45,7 +45,8 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
              suite: str = "default", concurrent: int = 1, only: list[str] | None = None) -> dict:
     """`only`: run just these rows and carry the others from the eval.json already in `out` (same
     config, suite and questions; carried(): after a refit changes the gate, the members' rows have
-    nothing new to say)."""
+    nothing new to say). eval.json is written as each row finishes ("partial": true until the end),
+    so a run cut short can be finished with `only` naming the rows it lacks."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -60,8 +61,8 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
     tasks = TaskManager(include_path=str(write_tasks(out / "tasks", n)), include_defaults=False)
     tokenizers = {m.name: str(model_dir(replace(m.source, adapter=None))) for m in config.members}  # an adapter's is its base's
     plan = rows(config)
-    results = carried(out, plan, only, {"config": str(config_path), "suite": suite, "limit": limit,
-                                        "examples_per_task": n}, config.weights) if only else {}
+    same = {"config": str(config_path), "suite": suite, "limit": limit, "examples_per_task": n}
+    results = carried(out, plan, only, same, config.weights) if only else {}
     connect(address)
     with served(config) as url:
         fingerprints = _member_tokenizers(url)
@@ -85,12 +86,15 @@ def run_eval(config_path: str, out: str | Path = "eval-out", limit: int | None =
             for key, parts in tasks_of.mixed.items():
                 if (score := mixed(results[name], parts)) is not None:
                     results[name][key] = score
+            # Each row as it finishes: a run cut short keeps its rows, and `--rows` carries them
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "eval.json").write_text(json.dumps({**same, "rows": results, "weights": config.weights,
+                                                       "partial": True}, indent=2))
         one_tokenizer = len({fingerprints[m] for m in config.weights}) == 1
         weights = None if config.gate is not None else config.weights  # the gate's, as the server picks them
         check = mixture_check(url, config.model_name, weights, CHECK_PROMPT, one_tokenizer, check_samples) \
             if len(config.members) > 1 else None
-    report = {"config": str(config_path), "suite": suite, "limit": limit, "examples_per_task": n,
-              "rows": {name: results[name] for name in plan}, "weights": config.weights, "mixture_check": check}
+    report = {**same, "rows": {name: results[name] for name in plan}, "weights": config.weights, "mixture_check": check}
     if only:
         report["carried"] = [name for name in plan if name not in only]
     write_report(report, out)

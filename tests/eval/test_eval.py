@@ -30,6 +30,7 @@ def test_eval_scores_every_row_through_lm_eval(tiny_dir, tmp_path):
     report = json.loads((tmp_path / "eval.json").read_text())
 
     assert list(report["rows"]) == ["a", "b", "c", "me", "ce", "me+healing"]
+    assert "partial" not in report  # written as each row finished, then whole
     for name, tasks in report["rows"].items():
         assert set(tasks) == (TASKS if name in "abc" else GENERATED), name
         assert all(t["n"] == 2 for k, t in tasks.items() if k != "mixed"), name
