@@ -67,6 +67,7 @@ models/bench/bench.yaml: mixserve/models/tiny.py $(VENV)/.models
 bench: models/bench/bench.yaml
 	$(PY) -m mixserve bench --config models/bench/bench.yaml --out bench-out $(BENCH_ARGS)
 	$(PY) -m mixserve bench --colocate --config models/bench/experts.yaml --concurrency 1,16 --out bench-out
+	$(PY) -m mixserve bench --colocate --engines vllm --config models/bench/experts.yaml --concurrency 1,16 --out bench-out/vllm
 
 # The arithmetic specialist of cluster/specialist.yaml: a LoRA adapter on SmolLM2-135M-Instruct, trained
 # here from a seed (mixserve/models/specialist.py; its settings and loss curve land beside it).

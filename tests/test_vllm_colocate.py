@@ -98,3 +98,18 @@ def test_an_adapter_that_does_not_fit_or_adapts_lm_head_is_refused_by_name(lora_
         (wrong / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises((ValueError, ModelReferenceError), match=f"{name}.*{error}"):
             VllmEngine(name=name, source=resolve(lora_sources["base"].path, adapter=str(wrong)), **ARGS)
+
+
+def test_lora_settings_keep_a_spare_slot_and_the_smallest_rank_that_holds_every_adapter(tmp_path):
+    from mixserve.actors.vllm_setup import lora_options
+
+    folders = []
+    for name, rank in (("a", 4), ("b", 9)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"r": rank, "target_modules": ["q_proj"]}))
+        folders.append(str(tmp_path / name))
+    assert lora_options(folders[:1]) == {"enable_lora": True, "max_loras": 2, "max_cpu_loras": 2, "max_lora_rank": 8}
+    assert lora_options(folders)["max_loras"] == 3 and lora_options(folders)["max_lora_rank"] == 16
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({"r": 1024, "target_modules": ["q_proj"]}))
+    with pytest.raises(ValueError, match="rank 1024: vLLM takes ranks up to 512"):
+        lora_options(folders)
