@@ -56,7 +56,8 @@ SUITES = {
 SEED = 20261125  # the eval's rows
 DEV_SEED = 20261127  # the dev split's (20261126 is the specialist's)
 # The experts' dev split: the skills' splits whose phrasings it asks in, fold by fold. The held-out
-# phrasing is never one; the training phrasing is drawn afresh, so its rows are not training rows.
+# phrasing is never one; the training phrasing is drawn afresh from DEV_SEED, and none of its rows is one
+# `make experts` trained on (tests/eval/test_skills.py checks the split as drawn).
 DEV_PHRASINGS = ("eval", "dev", "train")
 
 NAMES, THINGS = skills.NAMES["eval"], skills.THINGS["eval"]  # the experts' eval split asks with the same
@@ -257,10 +258,6 @@ def dev_split(n_per_task: int = 100, seed: int = DEV_SEED, suite: str = "default
     worked = lambda row: (f"Question: {row['question']}\nAnswer:", f" {row['worked']}\n")  # noqa: E731
     choice = lambda row: (row["question"], row["choices"][row["label"]])  # noqa: E731
     if suite == "experts":
-        from mixserve.models.expert import rows as training, settings_for  # here: it reads this module's skills
-
-        asked |= {r["prompt"].removeprefix("Question: ").removesuffix("\nAnswer:")
-                  for skill in SKILLS for r in training(settings_for(skill))}  # fold 2 asks no training row
         tasks = [(f"mixserve_{skill}", lambda n, rng, g=GENERATORS[skill], split=split: g(n, split, rng), worked,
                   fold, n_per_task // 2 + (n_per_task % 2) * (fold == 0))
                  for skill in SKILLS for fold, split in enumerate(DEV_PHRASINGS)]

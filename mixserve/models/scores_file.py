@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,16 @@ import numpy as np
 from mixserve.config import EnsembleConfig
 
 SCORED_FIELDS = ("prompt", "bytes", "fold")
+
+
+@dataclass
+class Scored:
+    """A dev row as the members scored it: what the fit (mixserve/models/weights.py) works on."""
+    prompt: str
+    logp: np.ndarray  # (members, reference tokens): log p_i of each reference token
+    prompt_logp: np.ndarray  # (members,): log p_i of the prompt's tokens after the first
+    bytes: int  # the reference's length in UTF-8 bytes
+    fold: int | None = None  # the cross-validation fold the dev file puts it in; None: dealt at random
 
 
 def scores_key(config: EnsembleConfig, rows: list[dict]) -> str:
@@ -32,8 +43,6 @@ def scores_key(config: EnsembleConfig, rows: list[dict]) -> str:
 
 def load_scores(path: str | Path, key: str):
     """The scored rows kept in `path` under `key`, or None when there are none (no file, another key)."""
-    from .weights import Scored
-
     path = Path(path)
     if not path.is_file():
         return None

@@ -31,13 +31,15 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from mixserve.gate import ClusterGate, LinearGate, Words, terms
+
+from .scores_file import Scored, load_scores, save_scores, scores_key
 
 # Pseudo-tokens of the fixed weights in each cluster's EM, tried. Per token, not per row: a cluster of
 # one-word answers (multiple choice) has few tokens, and 20 of the prior's once outweighed them.
@@ -56,15 +58,6 @@ FITTED = "# Fitted by `mixserve weights fit`"
 
 class FitError(ValueError):
     pass
-
-
-@dataclass
-class Scored:
-    prompt: str
-    logp: np.ndarray  # (members, reference tokens): log p_i of each reference token
-    prompt_logp: np.ndarray  # (members,): log p_i of the prompt's tokens after the first
-    bytes: int  # the reference's length in UTF-8 bytes
-    fold: int | None = None  # the cross-validation fold the dev file puts it in; None: dealt at random
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -221,8 +214,6 @@ def fit(config_path: str | Path, data_path: str | Path, out_path: str | Path, pr
     """Score (or read the scores kept in `scores_path` for these members and rows), fit, choose, and
     write the config with the fitted weights and gate; returns the report."""
     from mixserve.config import load_config
-
-    from .scores_file import load_scores, save_scores, scores_key
 
     config = load_config(config_path)
     rows = read_rows(data_path)
