@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mixserve.actors.messages import SamplingParams, Segment, StepRequest
+from mixserve.actors.messages import SamplingParams, StepRequest
 from mixserve.actors.vllm_engine import VllmEngine, vllm_group
 from mixserve.references import ModelReferenceError, resolve
+from tests.colocated import opening, tokens
 
 ARGS = dict(max_batch=4, options={"kv_cache_space_gib": 0.25})
 
@@ -22,15 +23,6 @@ def separate(lora_sources):
 @pytest.fixture(scope="module")
 def group(lora_sources):
     return vllm_group({name: dict(name=name, source=source, **ARGS) for name, source in lora_sources.items()})
-
-
-def opening(engine, session, steps, seed, distribution=False):
-    ids = tuple(engine.prompt_ids("the river runs under the stone"))
-    return StepRequest(session, (Segment(ids=ids),), 0, steps, SamplingParams(seed=seed), distribution, fresh=True)
-
-
-async def tokens(engine, req):
-    return [t async for part in engine.step(req) for t in part.tokens]
 
 
 def all_at_once(engines, make):

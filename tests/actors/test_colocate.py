@@ -10,9 +10,9 @@ import torch
 
 from mixserve.actors.engine import MemberEngine
 from mixserve.actors.group import GroupMember, MemberView, SharedForward
-from mixserve.actors.messages import SamplingParams, Segment, StepRequest
 from mixserve.actors.weights import Weights
 from mixserve.references import ModelReferenceError, resolve
+from tests.colocated import opening, tokens
 
 ARGS = dict(max_batch=16, batch_invariant=True)  # bit-identical rows whoever shares the forward
 
@@ -27,15 +27,6 @@ def group(lora_sources):
     weights, shared = Weights(lora_sources["base"]), SharedForward()
     return {name: GroupMember(shared, name=name, source=source, weights=weights, **ARGS)
             for name, source in lora_sources.items()}
-
-
-def opening(engine, session, steps, seed, distribution=False):
-    ids = tuple(engine.prompt_ids("the river runs under the stone"))
-    return StepRequest(session, (Segment(ids=ids),), 0, steps, SamplingParams(seed=seed), distribution, fresh=True)
-
-
-async def tokens(engine, req):
-    return [t async for part in engine.step(req) for t in part.tokens]
 
 
 def test_each_member_samples_the_same_tokens_alone_or_co_located(separate, group):
