@@ -1,44 +1,44 @@
-"""Members on their own nodes: a three-node Ray cluster on this machine (ray.cluster_utils.Cluster)."""
-import json
+"""Members on their own nodes: `ray start` a head and a worker on this machine (as on two machines), each
+declaring one member's resource, then `mixserve serve --address` and HTTP."""
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import psutil
+import requests
+import yaml
+
+from tests.conftest import free_port
+from tests.processes import read_until
 
 
-def test_members_land_on_their_own_nodes_and_the_text_matches_one_node(tiny_dir, ensemble):
-    out = subprocess.run([sys.executable, "-m", "tests.cluster.multinode", str(tiny_dir), "the moon", "13"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["landed"] == result["workers"]  # a on the member_a node, b on the member_b node
-    assert result["head"] not in result["landed"].values()
-    one_node = ensemble.generate(prompt="the moon", max_tokens=40, seed=13).choices[0].text
-    assert result["text"] == one_node
+def members_under(node: subprocess.Popen) -> int:
+    """Member processes among a `ray start --block` node's descendants (its raylet's workers)."""
+    found = 0
+    for p in psutil.Process(node.pid).children(recursive=True):
+        try:
+            found += p.name().startswith("ray::MemberHost")
+        except psutil.NoSuchProcess:
+            pass  # a worker that ended meanwhile
+    return found
 
 
-def test_serve_joins_a_cluster_of_real_ray_processes(tiny_dir, tmp_path):
-    """`ray start` a head and a worker (as on two machines), then `mixserve serve --address` and HTTP."""
-    import signal
-    import tempfile
-
-    import requests
-    import yaml
-
-    from tests.conftest import free_port
-    from tests.processes import read_until
-
+def test_serve_joins_a_cluster_and_each_member_lands_on_its_node_and_writes_the_one_node_text(tiny_dir, tmp_path,
+                                                                                             ensemble):
+    """The ensemble of `ensemble.yaml`, a on the head and b on the worker: the text of a seeded request is
+    the one-node ensemble's (the steps and their KV crossed nodes)."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     gcs, http = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="mxr", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    members = [{"name": n, "model": str(tiny_dir / n), "resources": {"num_cpus": 0.5, f"member_{n}": 1}}
-               for n in ("a", "b")]
-    (tmp_path / "two.yaml").write_text(yaml.safe_dump({"members": members}))
+    raw = yaml.safe_load((tiny_dir / "ensemble.yaml").read_text())
+    for m in raw["members"]:
+        m.update(model=str(tiny_dir / m["model"]), resources={"num_cpus": 0.5, f"member_{m['name']}": 1})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(raw))
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
     procs = [subprocess.Popen([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=1", "--block",
                                f"--temp-dir={temp}", "--include-dashboard=false", '--resources={"member_a": 1}'],
@@ -53,8 +53,11 @@ def test_serve_joins_a_cluster_of_real_ray_processes(tiny_dir, tmp_path):
         procs.append(serve)
         read_until(serve, "Ctrl-C to stop.", timeout_s=180)
         reply = requests.post(f"http://127.0.0.1:{http}/v1/completions", timeout=60,
-                              json={"prompt": "the cat", "max_tokens": 6, "seed": 2})
-        assert reply.status_code == 200 and set(reply.json()["usage"]["member_tokens"]) <= {"a", "b"}
+                              json={"prompt": "the moon", "max_tokens": 40, "seed": 13})
+        assert reply.status_code == 200 and set(reply.json()["usage"]["member_tokens"]) == {"a", "b"}
+        assert members_under(procs[0]) == 1 and members_under(procs[1]) == 1  # a on the head, b on the worker
+        one_node = ensemble.generate(prompt="the moon", max_tokens=40, seed=13).choices[0].text
+        assert reply.json()["choices"][0]["text"] == one_node
         serve.send_signal(signal.SIGINT)
         assert serve.wait(timeout=60) == 0
     finally:
